@@ -1,0 +1,37 @@
+# snowgate: the README's two commands are `make run` and `make test`.
+GO ?= go
+JSCLIENT := portalmock/testdata/jsclient
+
+.PHONY: run test test-short build lint fmt js-deps bench
+
+## run: the whole local stack in one process on loopback, with embedded defaults (no root, no config).
+run:
+	$(GO) run ./cmd/snowgate-devstack
+
+## test: everything CI runs (unit, property, fuzz seeds, in-process and, as root, network-namespace tests).
+test: js-deps
+	$(GO) test -race -timeout 25m ./...
+
+## test-short: quick unit tests, no race detector.
+test-short:
+	$(GO) test -short ./...
+
+## js-deps: the official Phoenix JavaScript client used by the interop test (npm registry only).
+js-deps:
+	@if command -v npm >/dev/null 2>&1 && [ -f $(JSCLIENT)/package.json ]; then \
+		npm ci --prefix $(JSCLIENT) --no-audit --no-fund --loglevel=error; \
+	fi
+
+build:
+	$(GO) build ./...
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	@if command -v staticcheck >/dev/null 2>&1; then staticcheck ./...; else echo "staticcheck not installed; skipped"; fi
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+bench:
+	@for b in bench/*/run; do [ -x "$$b" ] && "$$b"; done
