@@ -1,0 +1,57 @@
+package teltest
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/snowgate/snowgate/internal/telemetry"
+)
+
+// recorder captures failures of AssertNoSecrets.
+type recorder struct {
+	testing.TB
+	errs []string
+}
+
+func (r *recorder) Helper()                   {}
+func (r *recorder) Errorf(f string, a ...any) { r.errs = append(r.errs, fmt.Sprintf(f, a...)) }
+
+func TestAssertNoSecrets(t *testing.T) {
+	raw := make([]byte, 32)
+	_, _ = rand.Read(raw)
+	key := base64.StdEncoding.EncodeToString(raw)
+	cases := []struct {
+		out  string
+		fail bool
+	}{
+		{"nothing here", false},
+		{"key " + key, true},
+		{"hex " + hex.EncodeToString(raw), true},
+		{"url " + base64.RawURLEncoding.EncodeToString(raw), true},
+	}
+	for i, tc := range cases {
+		r := &recorder{TB: t}
+		AssertNoSecrets(r, tc.out, key, "")
+		if got := len(r.errs) > 0; got != tc.fail {
+			t.Errorf("case %d: failed=%v, want %v (%v)", i, got, tc.fail, r.errs)
+		}
+	}
+}
+
+func TestSetupLogsAtTraceWithoutSecrets(t *testing.T) {
+	tel, out := Setup(t, telemetry.Options{Component: "relay"})
+	tel.Logger.Log(t.Context(), telemetry.LevelTrace, "allocation", "password", "turn-pw-1", "user", "1700000000:abc")
+	if !strings.Contains(out.String(), "TRACE relay: allocation password=[redacted] user=1700000000:abc") {
+		t.Errorf("output %q", out.String())
+	}
+	AssertNoSecrets(t, out.String(), "turn-pw-1")
+	l, buf := NewLogger(t)
+	l.Debug("x")
+	if !strings.Contains(buf.String(), "DEBUG test: x") {
+		t.Errorf("NewLogger output %q", buf.String())
+	}
+}
