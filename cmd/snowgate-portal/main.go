@@ -1,0 +1,114 @@
+// Command snowgate-portal runs the mock portal: the Phoenix channel endpoints for clients, gateways and
+// relays, and an admin HTTP API to change resources and policies at run time.
+//
+// Flags (environment variable in brackets):
+//
+//	--config       path of the YAML configuration [SNOWGATE_PORTAL_CONFIG]; empty → the embedded default
+//	               (dev tokens, see examples/portal.yaml)
+//	--listen       WebSocket listen address [LISTEN_ADDR], default 127.0.0.1:8081
+//	--admin-addr   admin API listen address [ADMIN_ADDR], default 127.0.0.1:8082; "" disables it
+//	--metrics-addr /healthz, /readyz and /metrics listen address [METRICS_ADDR]; "" disables it
+//	--log-level    level directives [LOG_LEVEL], e.g. "info" or "info,portal=debug"
+//	--log-format   human|json [LOG_FORMAT]
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/snowgate/snowgate/internal/telemetry"
+	"github.com/snowgate/snowgate/portalmock"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "snowgate-portal:", err)
+		os.Exit(1)
+	}
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// run runs the portal until ctx is done, logging to out; ready (if not nil) is called with the server once it
+// listens.
+func run(ctx context.Context, args []string, out io.Writer, ready func(*portalmock.Server)) error {
+	fs := flag.NewFlagSet("snowgate-portal", flag.ContinueOnError)
+	configPath := fs.String("config", env("SNOWGATE_PORTAL_CONFIG", ""), "YAML configuration file (empty: embedded dev default)")
+	listen := fs.String("listen", env("LISTEN_ADDR", "127.0.0.1:8081"), "WebSocket listen address")
+	adminAddr := fs.String("admin-addr", env("ADMIN_ADDR", "127.0.0.1:8082"), "admin API listen address (empty: disabled)")
+	metricsAddr := fs.String("metrics-addr", env("METRICS_ADDR", ""), "health and Prometheus metrics address (empty: disabled)")
+	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level directives")
+	logFormat := fs.String("log-format", env("LOG_FORMAT", "human"), "log format: human or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+
+	tel, err := telemetry.Setup(ctx, telemetry.Options{Component: "portal", LogLevel: *logLevel, LogFormat: *logFormat, Output: out})
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	defer func() { _ = tel.Shutdown(context.WithoutCancel(ctx)) }()
+	log := tel.Logger
+
+	var file *portalmock.File
+	if *configPath != "" {
+		if file, err = portalmock.LoadFile(*configPath); err != nil {
+			return err
+		}
+		log.Info("portal configuration loaded", "path", *configPath)
+	} else {
+		log.Info("portal using the embedded development configuration (dev tokens)")
+	}
+	srv, err := portalmock.New(portalmock.Config{File: file, Logger: log, MeterProvider: tel.MeterProvider})
+	if err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("listen on %q: %w", *listen, err)
+	}
+	if err := srv.Start(ln); err != nil {
+		return err
+	}
+	if *adminAddr != "" {
+		aln, err := net.Listen("tcp", *adminAddr)
+		if err != nil {
+			return fmt.Errorf("admin listen on %q: %w", *adminAddr, err)
+		}
+		if err := srv.StartAdmin(aln); err != nil {
+			return err
+		}
+	}
+	if *metricsAddr != "" {
+		addr, err := telemetry.Serve(ctx, *metricsAddr, nil, tel.MetricsHandler, log)
+		if err != nil {
+			return err
+		}
+		log.Info("portal metrics listening", "addr", addr.String())
+	}
+	if ready != nil {
+		ready(srv)
+	}
+	<-ctx.Done()
+	log.Info("portal shutting down")
+	if err := srv.Close(); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,315 @@
+package portalmock
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/netip"
+	"slices"
+	"strconv"
+	"testing"
+	"time"
+
+	"pgregory.net/rapid"
+
+	"github.com/snowgate/snowgate/internal/phoenix"
+	"github.com/snowgate/snowgate/internal/portalapi"
+)
+
+// coreMachine drives the portal core with random connects, disconnects, relay churn, flows, signalling
+// and admin changes, and checks what it sends against a model built from the outputs alone:
+//   - frames go only to live sockets and are well-formed; error replies only to the sender;
+//   - every joined client and gateway knows exactly the first two online relays (init + relays_presence),
+//     with credentials derived from its current key;
+//   - authorize_flow / flow_created carry the credentials and PSK derived from both current keys;
+//   - ICE candidates reach a peer only from a peer it was authorized with.
+type coreMachine struct {
+	c        *core
+	nextID   uint64
+	live     map[uint64]*session
+	keys     map[string]string // device id → current public key
+	keySeq   int
+	relays   []string          // online relay ids in join order
+	secrets  map[string]string // relay id → stamp secret
+	relaySes map[string]uint64
+	views    map[uint64][]portalapi.Relay // what each session was told about relays
+	authz    map[string]map[string]bool   // gateway id → client ids it was asked to authorize
+	refs     []string
+	sender   uint64 // the session whose frame is being handled (0: none)
+}
+
+var (
+	machineClients  = []string{client1, client2}
+	machineGateways = []string{gateway1, gateway2}
+	machineSecrets  = []string{"s1", "s2", "s3", "s4"}
+	machineRes      = []string{resCIDR, resDNS, resInet, "00000000-0000-4000-8000-00000000dead"}
+)
+
+func (m *coreMachine) key(id string, fresh bool) string {
+	if k, ok := m.keys[id]; ok && !fresh {
+		return k
+	}
+	m.keySeq++
+	b := make([]byte, 32)
+	copy(b, strconv.Itoa(m.keySeq))
+	m.keys[id] = base64.StdEncoding.EncodeToString(b)
+	return m.keys[id]
+}
+
+func (m *coreMachine) frame(t *rapid.T, s *session, topic, event string, payload any) {
+	b, err := json.Marshal(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := phoenix.Encode(phoenix.V1, phoenix.Message{Ref: phoenix.IntRef(1), Topic: topic, Event: event, Payload: b})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.sender = s.id
+	m.c.frame(s.id, data)
+	m.drain(t)
+	m.sender = 0
+}
+
+func (m *coreMachine) connect(t *rapid.T, kind tokenKind, id string, fresh bool) {
+	m.nextID++
+	s := &session{id: m.nextID, kind: kind, peerID: id, publicKey: m.key(id, fresh), version: phoenix.V1}
+	m.live[s.id] = s
+	m.c.connect(s)
+	m.frame(t, s, kind.String(), phoenix.EventJoin, nil)
+}
+
+func (m *coreMachine) pick(t *rapid.T, kind tokenKind) *session {
+	var ss []*session
+	for _, id := range sortedKeys(m.live) {
+		if s := m.live[id]; s.kind == kind && s.joined {
+			ss = append(ss, s)
+		}
+	}
+	if len(ss) == 0 {
+		t.Skip("no session")
+	}
+	return rapid.SampledFrom(ss).Draw(t, "session")
+}
+
+func (m *coreMachine) disconnect(t *rapid.T, id uint64) {
+	s := m.live[id]
+	delete(m.live, id)
+	delete(m.views, id)
+	if s.kind == kindRelay && s.joined && m.relaySes[s.relayID] == id {
+		m.relays = slices.DeleteFunc(m.relays, func(r string) bool { return r == s.relayID })
+		delete(m.relaySes, s.relayID)
+	}
+	m.c.disconnect(id)
+	m.drain(t)
+}
+
+// drain checks and consumes the core's output.
+func (m *coreMachine) drain(t *rapid.T) {
+	for len(m.c.out) > 0 {
+		out := m.c.out
+		m.c.out = nil
+		for _, o := range out {
+			s := m.live[o.sess]
+			if s == nil {
+				t.Fatalf("frame for dead session %d", o.sess)
+			}
+			if o.data != nil {
+				m.check(t, s, o.data)
+			}
+			if o.close { // the driver cancels the socket, which then disconnects
+				m.disconnect(t, o.sess)
+			}
+		}
+	}
+	m.c.events = m.c.events[:0]
+}
+
+func (m *coreMachine) check(t *rapid.T, s *session, data []byte) {
+	msg, err := phoenix.Decode(phoenix.V1, data)
+	if err != nil {
+		t.Fatalf("malformed frame %q", data)
+	}
+	if msg.Event == phoenix.EventReply {
+		var rp phoenix.ReplyPayload
+		if err := json.Unmarshal(msg.Payload, &rp); err != nil || (rp.Status == phoenix.StatusError && s.id != m.sender) {
+			t.Fatalf("reply %s to session %d while handling %d", msg.Payload, s.id, m.sender)
+		}
+		return
+	}
+	var dec portalapi.Message
+	switch s.kind {
+	case kindClient:
+		dec, err = portalapi.DecodeClientIngress(msg.Event, msg.Payload)
+	case kindGateway:
+		dec, err = portalapi.DecodeGatewayIngress(msg.Event, msg.Payload)
+	default:
+		dec, err = portalapi.DecodeRelayIngress(msg.Event, msg.Payload)
+	}
+	if err != nil {
+		t.Fatalf("undecodable %s: %v", msg.Event, err)
+	}
+	switch v := dec.(type) {
+	case portalapi.ClientInit:
+		m.views[s.id] = v.Relays
+	case portalapi.GatewayInit:
+		m.views[s.id] = v.Relays
+	case portalapi.RelaysPresence:
+		for _, id := range v.DisconnectedIDs {
+			if !slices.ContainsFunc(m.views[s.id], func(r portalapi.Relay) bool { return r.ID == id }) {
+				t.Fatalf("relay %s disconnected but never announced to session %d", id, s.id)
+			}
+		}
+		m.views[s.id] = v.Connected
+	case portalapi.AuthorizeFlow:
+		cp := portalapi.FlowPeer{ID: v.Client.ID, PublicKey: m.keys[v.Client.ID]}
+		gp := portalapi.FlowPeer{ID: s.peerID, PublicKey: s.publicKey}
+		cc, gc := portalapi.IceCredentialsFor(cp, gp)
+		psk, _ := portalapi.PresharedKey(cp, pskBaseOf(cp.ID), gp, pskBaseOf(gp.ID))
+		if v.ClientIceCredentials != cc || v.GatewayIceCredentials != gc || v.Client.PresharedKey != psk || v.Client.PublicKey != cp.PublicKey {
+			t.Fatalf("authorize_flow credentials do not match the current keys: %+v", v)
+		}
+		if m.authz[s.peerID] == nil {
+			m.authz[s.peerID] = map[string]bool{}
+		}
+		m.authz[s.peerID][v.Client.ID] = true
+		m.refs = append(m.refs, v.Ref)
+	case portalapi.FlowCreated:
+		cp := portalapi.FlowPeer{ID: s.peerID, PublicKey: s.publicKey}
+		gp := portalapi.FlowPeer{ID: v.GatewayID, PublicKey: v.GatewayPublicKey}
+		cc, gc := portalapi.IceCredentialsFor(cp, gp)
+		psk, _ := portalapi.PresharedKey(cp, pskBaseOf(cp.ID), gp, pskBaseOf(gp.ID))
+		if v.ClientIceCredentials != cc || v.GatewayIceCredentials != gc || v.PresharedKey != psk {
+			t.Fatalf("flow_created credentials do not match the keys: %+v", v)
+		}
+	case portalapi.ClientIceCandidates:
+		if !m.authz[s.peerID][v.ClientID] {
+			t.Fatalf("gateway %s got candidates from client %s it was never asked to authorize", s.peerID, v.ClientID)
+		}
+	case portalapi.GatewayIceCandidates:
+		if !m.authz[v.GatewayID][s.peerID] {
+			t.Fatalf("client %s got candidates from gateway %s never asked to authorize it", s.peerID, v.GatewayID)
+		}
+	}
+}
+
+// Check is the invariant: every joined client and gateway knows the first two online relays.
+func (m *coreMachine) Check(t *rapid.T) {
+	want := m.relays
+	if len(want) > maxRelaysPerPeer {
+		want = want[:maxRelaysPerPeer]
+	}
+	for _, id := range sortedKeys(m.live) {
+		s := m.live[id]
+		if !s.joined || s.kind == kindRelay {
+			continue
+		}
+		var got []string
+		for _, r := range m.views[id] {
+			if !slices.Contains(got, r.ID) {
+				got = append(got, r.ID)
+			}
+			exp := portalapi.GatewayRelayExpiry
+			if s.kind == kindClient {
+				exp = m.c.m.clients[s.peerID].expiresAt
+			}
+			u, p := portalapi.RelayCredentials(m.secrets[r.ID], s.publicKey, exp)
+			if r.Username != u || r.Password != p {
+				t.Fatalf("session %d: relay %s credentials not derived from its key", id, r.ID)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("session %d (%s) knows relays %v, want %v", id, s.kind, got, want)
+		}
+	}
+}
+
+func TestCoreStateMachine(t *testing.T) {
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	rapid.Check(t, func(t *rapid.T) {
+		mdl, err := buildModel(DefaultFile())
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := &coreMachine{
+			c:    newCore(mdl, func() time.Time { return time.Unix(1700000000, 0) }, log),
+			live: map[uint64]*session{}, keys: map[string]string{}, secrets: map[string]string{},
+			relaySes: map[string]uint64{}, views: map[uint64][]portalapi.Relay{}, authz: map[string]map[string]bool{},
+		}
+		t.Repeat(map[string]func(*rapid.T){
+			"connect client": func(t *rapid.T) {
+				m.connect(t, kindClient, rapid.SampledFrom(machineClients).Draw(t, "client"), rapid.Bool().Draw(t, "new key"))
+			},
+			"connect gateway": func(t *rapid.T) {
+				m.connect(t, kindGateway, rapid.SampledFrom(machineGateways).Draw(t, "gateway"), rapid.Bool().Draw(t, "new key"))
+			},
+			"disconnect": func(t *rapid.T) {
+				ids := sortedKeys(m.live)
+				if len(ids) == 0 {
+					t.Skip("nobody online")
+				}
+				m.disconnect(t, rapid.SampledFrom(ids).Draw(t, "session"))
+			},
+			"relay join": func(t *rapid.T) {
+				secret := rapid.SampledFrom(machineSecrets).Draw(t, "secret")
+				m.nextID++
+				s := &session{id: m.nextID, kind: kindRelay, peerID: "dev-relays", version: phoenix.V1,
+					addr4: netip.MustParseAddrPort("198.18.0.1:3478")}
+				if rapid.Bool().Draw(t, "dual stack") {
+					s.addr6 = netip.MustParseAddrPort("[2001:db8::1]:3478")
+				}
+				m.live[s.id] = s
+				m.c.connect(s)
+				rid := portalapi.RelayID(secret)
+				m.relays = append(slices.DeleteFunc(m.relays, func(r string) bool { return r == rid }), rid)
+				m.secrets[rid] = secret
+				m.relaySes[rid] = s.id
+				m.frame(t, s, portalapi.TopicRelay, phoenix.EventJoin, portalapi.RelayJoin{StampSecret: secret})
+			},
+			"create flow": func(t *rapid.T) {
+				s := m.pick(t, kindClient)
+				var connected []string
+				if rapid.Bool().Draw(t, "connected") {
+					connected = []string{rapid.SampledFrom(machineGateways).Draw(t, "connected gateway")}
+				}
+				m.frame(t, s, portalapi.TopicClient, portalapi.EventCreateFlow, portalapi.CreateFlow{
+					ResourceID: rapid.SampledFrom(machineRes).Draw(t, "resource"), ConnectedGatewayIDs: connected})
+			},
+			"flow authorized": func(t *rapid.T) {
+				if len(m.refs) == 0 {
+					t.Skip("no refs")
+				}
+				s := m.pick(t, kindGateway)
+				m.frame(t, s, portalapi.TopicGateway, portalapi.EventFlowAuthorized, portalapi.FlowAuthorized{Ref: rapid.SampledFrom(m.refs).Draw(t, "ref")})
+			},
+			"client candidates": func(t *rapid.T) {
+				s := m.pick(t, kindClient)
+				m.frame(t, s, portalapi.TopicClient, portalapi.EventBroadcastIceCandidates, portalapi.BroadcastGatewayIceCandidates{
+					GatewayIDs: rapid.SliceOfNDistinct(rapid.SampledFrom(machineGateways), 1, 2, rapid.ID[string]).Draw(t, "to"), Candidates: []string{"c"}})
+			},
+			"gateway candidates": func(t *rapid.T) {
+				s := m.pick(t, kindGateway)
+				m.frame(t, s, portalapi.TopicGateway, portalapi.EventBroadcastIceCandidates, portalapi.BroadcastClientIceCandidates{
+					ClientIDs: rapid.SliceOfNDistinct(rapid.SampledFrom(machineClients), 1, 2, rapid.ID[string]).Draw(t, "to"), Candidates: []string{"c"}})
+			},
+			"toggle policy": func(t *rapid.T) {
+				res := rapid.SampledFrom(machineRes[:3]).Draw(t, "resource")
+				pid := "rapid-" + res
+				if _, ok := m.c.m.policies[pid]; ok {
+					_ = m.c.deletePolicy(pid)
+				} else if err := m.c.putPolicy(PolicyConfig{ID: pid, Client: rapid.SampledFrom(machineClients).Draw(t, "client"), Resource: res}); err != nil {
+					t.Fatal(err)
+				}
+				m.drain(t)
+			},
+			"delete default policies": func(t *rapid.T) {
+				for _, id := range sortedKeys(m.c.m.policies) {
+					_ = m.c.deletePolicy(id)
+				}
+				m.drain(t)
+			},
+			"": m.Check,
+		})
+	})
+}

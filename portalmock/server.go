@@ -1,0 +1,542 @@
+// Package portalmock is a real (if small) snowgate portal: a Phoenix channel server over WebSocket that
+// authenticates clients, gateways and relays by token, tells them their configuration (init), hands out
+// relays with derived credentials, authorizes flows (create_flow → authorize_flow → flow_created) with
+// deterministic ICE credentials and PSKs, relays ICE signalling between the two sides of a flow, and applies
+// resource and policy changes made through an admin HTTP API.
+//
+// The state machine (core) does no I/O; Server drives it from WebSocket connections. A Server holds no
+// package-level state and owns every goroutine it starts until Close.
+package portalmock
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/snowgate/snowgate/internal/phoenix"
+)
+
+// Config configures a Server.
+type Config struct {
+	// File is the declarative configuration; nil means the embedded default (DefaultFile).
+	File *File
+	// Logger receives the server's logs; nil discards them.
+	Logger *slog.Logger
+	// MeterProvider provides the server's metrics; nil means no metrics.
+	MeterProvider metric.MeterProvider
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+	// IdleTimeout closes a socket that sent nothing (not even a heartbeat) for this long; 0 means 60 s.
+	IdleTimeout time.Duration
+	// WriteTimeout bounds one frame write; 0 means 10 s.
+	WriteTimeout time.Duration
+	// SendQueue is the per-socket queue of frames; a peer that falls further behind is disconnected.
+	// 0 means 1024.
+	SendQueue int
+}
+
+// Server is the mock portal.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	core     *core
+	closed   bool
+	conns    map[uint64]*wsConn
+	nextID   uint64
+	history  []Event
+	histBase int
+	notify   chan struct{}
+	servers  []*http.Server
+	url      string
+	adminURL string
+
+	sessions metric.Int64UpDownCounter
+	flows    metric.Int64Counter
+}
+
+type wsConn struct {
+	out    chan []byte
+	cancel context.CancelFunc
+}
+
+// maxHistory bounds the event history kept for WaitFor.
+const maxHistory = 4096
+
+// New validates the configuration and creates a stopped server.
+func New(cfg Config) (*Server, error) {
+	if cfg.File == nil {
+		cfg.File = DefaultFile()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if cfg.MeterProvider == nil {
+		cfg.MeterProvider = noop.NewMeterProvider()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 60 * time.Second
+	}
+	if cfg.WriteTimeout <= 0 {
+		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.SendQueue <= 0 {
+		cfg.SendQueue = 1024
+	}
+	m, err := buildModel(cfg.File)
+	if err != nil {
+		return nil, err
+	}
+	meter := cfg.MeterProvider.Meter("github.com/snowgate/snowgate/portalmock")
+	sessions, err := meter.Int64UpDownCounter("portal.sessions", metric.WithDescription("open WebSocket sessions by kind"))
+	if err != nil {
+		return nil, fmt.Errorf("portalmock: metric: %w", err)
+	}
+	flows, err := meter.Int64Counter("portal.flows", metric.WithDescription("flow requests by result"))
+	if err != nil {
+		return nil, fmt.Errorf("portalmock: metric: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Server{
+		cfg: cfg, log: cfg.Logger, ctx: ctx, cancel: cancel,
+		core:  newCore(m, cfg.Now, cfg.Logger),
+		conns: map[uint64]*wsConn{}, notify: make(chan struct{}),
+		sessions: sessions, flows: flows,
+	}, nil
+}
+
+// ErrClosed is returned when starting a server that was closed.
+var ErrClosed = errors.New("portalmock: server closed")
+
+// Handler returns the WebSocket endpoints: /client/websocket, /gateway/websocket, /relay/websocket, their
+// /…/v2/websocket aliases, and /healthz.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	for _, k := range []tokenKind{kindClient, kindGateway, kindRelay} {
+		mux.HandleFunc("/"+k.String()+"/websocket", s.handleWS(k))
+		mux.HandleFunc("/"+k.String()+"/v2/websocket", s.handleWS(k))
+	}
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	return mux
+}
+
+// Start serves the WebSocket endpoints on ln in the background until Close.
+func (s *Server) Start(ln net.Listener) error {
+	if err := s.startHTTP(ln, s.Handler()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.url = "ws://" + ln.Addr().String()
+	s.mu.Unlock()
+	s.log.Info("portal listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// StartAdmin serves the admin API on ln in the background until Close.
+func (s *Server) StartAdmin(ln net.Listener) error {
+	if err := s.startHTTP(ln, s.AdminHandler()); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	s.adminURL = "http://" + ln.Addr().String()
+	s.mu.Unlock()
+	s.log.Info("portal admin API listening", "addr", ln.Addr().String())
+	return nil
+}
+
+// Serve serves the WebSocket endpoints on ln until ctx is done, then closes the server.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	if err := s.Start(ln); err != nil {
+		return err
+	}
+	<-ctx.Done()
+	return s.Close()
+}
+
+// URL is the base WebSocket URL ("ws://127.0.0.1:port") once Start has been called; peers append
+// "/client/websocket?…" and so on.
+func (s *Server) URL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.url
+}
+
+// AdminURL is the admin API's base URL ("http://…") once StartAdmin has been called.
+func (s *Server) AdminURL() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.adminURL
+}
+
+func (s *Server) startHTTP(ln net.Listener, h http.Handler) error {
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return s.ctx },
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+	}
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return ErrClosed
+	}
+	s.servers = append(s.servers, srv)
+	s.wg.Add(1)
+	s.mu.Unlock()
+	go func() {
+		defer s.wg.Done()
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Warn("http server stopped", "addr", ln.Addr().String(), "error", err)
+		}
+	}()
+	return nil
+}
+
+// Close stops the listeners, closes every socket and waits for all goroutines.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	servers := s.servers
+	s.mu.Unlock()
+	s.cancel()
+	var errs []error
+	for _, srv := range servers {
+		if err := srv.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	s.wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("portalmock: close: %w", err)
+	}
+	return nil
+}
+
+// bearerToken takes the token from X-Authorization (or Authorization): Bearer …, else the token query
+// parameter (for clients that cannot set headers, like browsers and the Phoenix JS client).
+func bearerToken(r *http.Request) string {
+	for _, h := range []string{"X-Authorization", "Authorization"} {
+		if v := r.Header.Get(h); v != "" {
+			if tok, ok := strings.CutPrefix(v, "Bearer "); ok {
+				return strings.TrimSpace(tok)
+			}
+		}
+	}
+	return r.URL.Query().Get("token")
+}
+
+func (s *Server) handleWS(kind tokenKind) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		tok := bearerToken(r)
+		s.mu.Lock()
+		id, ok := s.core.m.tokens[tokenKey(tok)]
+		expired := ok && id.kind == kindClient && !s.core.m.clients[id.id].expiresAt.After(s.cfg.Now())
+		s.mu.Unlock()
+		if tok == "" || !ok || id.kind != kind || expired {
+			s.log.Info("refused connection: unknown or expired token", "path", r.URL.Path, "remote", r.RemoteAddr)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		sess, err := newSession(kind, id, r)
+		if err != nil {
+			s.log.Debug("bad connect request", "path", r.URL.Path, "error", err)
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			http.Error(w, "shutting down", http.StatusServiceUnavailable)
+			return
+		}
+		s.nextID++
+		sess.id = s.nextID
+		s.wg.Add(1)
+		s.mu.Unlock()
+		defer s.wg.Done()
+
+		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+		if err != nil {
+			s.log.Debug("websocket upgrade failed", "error", err)
+			return
+		}
+		defer ws.CloseNow()
+		ws.SetReadLimit(1 << 20)
+		ctx, cancel := context.WithCancel(s.ctx)
+		defer cancel()
+		c := &wsConn{out: make(chan []byte, s.cfg.SendQueue), cancel: cancel}
+		attrs := metric.WithAttributes(attribute.String("kind", kind.String()))
+		s.sessions.Add(ctx, 1, attrs)
+		defer s.sessions.Add(context.Background(), -1, attrs)
+		s.log.Info("connected", "kind", kind, "id", id.id, "name", sess.name, "session", sess.id, "vsn", sess.version)
+
+		s.mu.Lock()
+		s.conns[sess.id] = c
+		s.core.connect(sess)
+		s.flush()
+		s.wg.Add(1)
+		s.mu.Unlock()
+		go func() {
+			defer s.wg.Done()
+			s.writeLoop(ctx, ws, c)
+		}()
+
+		err = s.readLoop(ctx, ws, sess.id)
+		cancel()
+		s.mu.Lock()
+		delete(s.conns, sess.id)
+		s.core.disconnect(sess.id)
+		s.flush()
+		s.mu.Unlock()
+		s.log.Info("disconnected", "kind", kind, "id", id.id, "session", sess.id, "reason", err)
+	}
+}
+
+func newSession(kind tokenKind, id identity, r *http.Request) (*session, error) {
+	q := r.URL.Query()
+	v, err := phoenix.ParseVersion(q.Get("vsn"))
+	if err != nil {
+		return nil, fmt.Errorf("vsn: %w", err)
+	}
+	s := &session{kind: kind, peerID: id.id, name: q.Get("name"), version: v}
+	switch kind {
+	case kindClient, kindGateway:
+		pk := q.Get("public_key")
+		if b, err := base64.StdEncoding.DecodeString(pk); err != nil || len(b) != 32 {
+			return nil, errors.New("public_key must be a base64 32-byte WireGuard key")
+		}
+		s.publicKey = pk
+	case kindRelay:
+		port := uint16(3478)
+		if p := q.Get("port"); p != "" {
+			n, err := strconv.ParseUint(p, 10, 16)
+			if err != nil || n == 0 {
+				return nil, fmt.Errorf("port %q is not a port number", p)
+			}
+			port = uint16(n)
+		}
+		for _, fam := range []string{"ipv4", "ipv6"} {
+			v := q.Get(fam)
+			if v == "" {
+				continue
+			}
+			a, err := netip.ParseAddr(v)
+			if err != nil || a.Is4() != (fam == "ipv4") {
+				return nil, fmt.Errorf("%s %q is not an %s address", fam, v, fam)
+			}
+			if fam == "ipv4" {
+				s.addr4 = netip.AddrPortFrom(a, port)
+			} else {
+				s.addr6 = netip.AddrPortFrom(a, port)
+			}
+		}
+		if !s.addr4.IsValid() && !s.addr6.IsValid() {
+			return nil, errors.New("relay needs ipv4 and/or ipv6")
+		}
+		if s.name == "" {
+			s.name = id.id
+		}
+	}
+	return s, nil
+}
+
+func (s *Server) readLoop(ctx context.Context, ws *websocket.Conn, id uint64) error {
+	for {
+		rctx, rcancel := context.WithTimeout(ctx, s.cfg.IdleTimeout)
+		_, data, err := ws.Read(rctx)
+		rcancel()
+		if err != nil {
+			return fmt.Errorf("read: %w", err)
+		}
+		s.mu.Lock()
+		s.core.frame(id, data)
+		s.flush()
+		s.mu.Unlock()
+	}
+}
+
+func (s *Server) writeLoop(ctx context.Context, ws *websocket.Conn, c *wsConn) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case b := <-c.out:
+			wctx, cancel := context.WithTimeout(ctx, s.cfg.WriteTimeout)
+			err := ws.Write(wctx, websocket.MessageText, b)
+			cancel()
+			if err != nil {
+				s.log.Debug("write failed", "error", err)
+				c.cancel()
+				return
+			}
+		}
+	}
+}
+
+// flush hands the core's output to the sockets and records its events. Called with s.mu held.
+func (s *Server) flush() {
+	for _, o := range s.core.out {
+		c := s.conns[o.sess]
+		if c == nil {
+			continue
+		}
+		if o.data != nil {
+			select {
+			case c.out <- o.data:
+			default:
+				s.log.Warn("peer too slow, disconnecting", "session", o.sess)
+				c.cancel()
+			}
+		}
+		if o.close {
+			c.cancel()
+		}
+	}
+	s.core.out = s.core.out[:0]
+	if len(s.core.events) == 0 {
+		return
+	}
+	for _, e := range s.core.events {
+		switch e.Kind {
+		case EventFlowAuthorized:
+			s.flows.Add(s.ctx, 1, metric.WithAttributes(attribute.String("result", "authorized")))
+		case EventFlowFailed:
+			s.flows.Add(s.ctx, 1, metric.WithAttributes(attribute.String("result", e.Detail)))
+		}
+	}
+	s.history = append(s.history, s.core.events...)
+	s.core.events = s.core.events[:0]
+	if over := len(s.history) - maxHistory; over > 0 {
+		s.history = append([]Event(nil), s.history[over:]...)
+		s.histBase += over
+	}
+	close(s.notify)
+	s.notify = make(chan struct{})
+}
+
+// EventCount returns the number of events so far; pass it to WaitFrom to wait only for later events.
+func (s *Server) EventCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.histBase + len(s.history)
+}
+
+// WaitFor returns the first event since the server started (of the last 4096) that matches, waiting for
+// one if needed.
+func (s *Server) WaitFor(ctx context.Context, match func(Event) bool) (Event, error) {
+	return s.WaitFrom(ctx, 0, match)
+}
+
+// WaitFrom is WaitFor for events numbered from (see EventCount) onwards.
+func (s *Server) WaitFrom(ctx context.Context, from int, match func(Event) bool) (Event, error) {
+	for {
+		s.mu.Lock()
+		end := s.histBase + len(s.history)
+		for i := max(from, s.histBase); i < end; i++ {
+			if e := s.history[i-s.histBase]; match(e) {
+				s.mu.Unlock()
+				return e, nil
+			}
+		}
+		from = end
+		ch := s.notify
+		s.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return Event{}, fmt.Errorf("portalmock: waiting for event: %w", ctx.Err())
+		}
+	}
+}
+
+// Is returns a matcher for WaitFor: an event of that kind about that id ("" matches any id).
+func Is(kind EventKind, id string) func(Event) bool {
+	return func(e Event) bool { return e.Kind == kind && (id == "" || e.ID == id) }
+}
+
+// State returns a snapshot of online peers, relays and flows.
+func (s *Server) State() State {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.core.state()
+}
+
+// PutResource creates or replaces a resource and pushes the change to affected clients and gateways.
+func (s *Server) PutResource(r ResourceConfig) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.flush()
+	return s.core.putResource(r)
+}
+
+// DeleteResource removes a resource (and its policies) and revokes access to it.
+func (s *Server) DeleteResource(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.flush()
+	return s.core.deleteResource(id)
+}
+
+// PutPolicy creates or replaces a policy and pushes the change.
+func (s *Server) PutPolicy(p PolicyConfig) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.flush()
+	return s.core.putPolicy(p)
+}
+
+// DeletePolicy removes a policy and revokes the access it gave.
+func (s *Server) DeletePolicy(id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.flush()
+	return s.core.deletePolicy(id)
+}
+
+// Resources lists the resources, sorted by id.
+func (s *Server) Resources() []ResourceConfig {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []ResourceConfig{}
+	for _, id := range sortedKeys(s.core.m.resources) {
+		out = append(out, s.core.m.resources[id])
+	}
+	return out
+}
+
+// Policies lists the policies, sorted by id.
+func (s *Server) Policies() []PolicyConfig {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := []PolicyConfig{}
+	for _, id := range sortedKeys(s.core.m.policies) {
+		out = append(out, s.core.m.policies[id])
+	}
+	return out
+}
