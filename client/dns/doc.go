@@ -1,0 +1,33 @@
+// Package dns is the client's stub resolver for DNS resources: a sans-IO core (no goroutines, no sockets,
+// the clock passed in) that the tunnel and the driver in client/dns/server feed with DNS queries sent to the
+// sentinel addresses.
+//
+// Configuration: each upstream resolver (the portal's upstream_dns, else the nameservers of the system's
+// resolv.conf) gets a sentinel of its family, 100.100.111.n or fd00:2021:1111:8000:100:100:111:n. Upstreams
+// inside the tunnel, proxy or sentinel ranges, or on the stub's own listen addresses, are refused by New with
+// a *ReservedUpstreamError (errors.Is ErrReservedUpstream).
+//
+// Queries for resource names (see Pattern for the exact wildcard rules; the most specific pattern wins):
+//
+//	A / AAAA      4 proxy IPs from 100.96.0.0/11 / fd00:2021:1111:8000::/107, stable for the name for the life
+//	              of the Resolver, TTL 1 s; the family excluded by the resource's ip_stack → NOERROR, empty
+//	HTTPS / SVCB  NOERROR, no answers (RFC 9460 client fallback to A/AAAA)
+//	SRV / TXT     forwarded like any other name (Firezone recurses them through the resource's site; we have
+//	              no such path yet)
+//	other types   NOERROR, empty
+//	PTR           for an assigned proxy IP → the name; for an unassigned proxy IP → NXDOMAIN; else forwarded
+//
+// Every new (name, resource) assignment is reported once as a NameAssigned event (PollEvent).
+//
+// Everything else is forwarded: PollForward yields "query Q to upstream U over UDP|TCP" (ThroughTunnel when U
+// lies inside a CIDR resource); the driver answers with HandleUpstreamResponse / HandleUpstreamError, or, for
+// answers that arrive as raw packets, HandleUpstreamPacket (matched by upstream and DNS id). Every query gets
+// an answer except a UDP query whose upstream timed out (the application retries, as without snowgate):
+// upstream errors and malformed answers become SERVFAIL, malformed queries FORMERR, other opcodes NOTIMP.
+// UDP answers larger than min(1212, max(512, the query's EDNS0 size)) are cut after the question with TC set.
+// Nothing is cached, so truncated answers are never cached either.
+//
+// DNS over TCP: HandleTCPAccept enforces MaxTCPConnsPerSentinel; Roam lists every TCP connection to reset
+// and every in-flight forward to abandon, answers in-flight UDP queries SERVFAIL (in-flight TCP queries end
+// with their connection's reset).
+package dns

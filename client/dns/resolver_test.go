@@ -1,0 +1,488 @@
+package dns
+
+import (
+	"errors"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	mdns "github.com/miekg/dns"
+)
+
+var (
+	up1       = netip.MustParseAddrPort("192.0.2.53:53")
+	up2       = netip.MustParseAddrPort("198.51.100.53:53")
+	up6       = netip.MustParseAddrPort("[2001:db8::53]:53")
+	sent1     = netip.MustParseAddr("100.100.111.1")
+	sent2     = netip.MustParseAddr("100.100.111.2")
+	sent6     = netip.MustParseAddr("fd00:2021:1111:8000:100:100:111:1")
+	appClient = netip.MustParseAddrPort("100.64.0.2:40000")
+	t0        = time.Unix(1_800_000_000, 0)
+)
+
+// tb is what the helpers need; both *testing.T and *rapid.T provide it.
+type tb interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
+func newTestResolver(t tb) *Resolver {
+	t.Helper()
+	r, err := New(Config{UpstreamDNS: []netip.AddrPort{up1, up2, up6}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func udpSrc(s netip.Addr) Source {
+	return Source{Transport: UDP, Client: appClient, Server: netip.AddrPortFrom(s, 53)}
+}
+
+func query(t tb, name string, qtype uint16, id uint16) []byte {
+	t.Helper()
+	m := new(mdns.Msg)
+	m.SetQuestion(mdns.Fqdn(name), qtype)
+	m.Id = id
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func unpack(t tb, b []byte) *mdns.Msg {
+	t.Helper()
+	m := new(mdns.Msg)
+	if err := m.Unpack(b); err != nil {
+		t.Fatalf("unpack reply: %v (% x)", err, b)
+	}
+	return m
+}
+
+func TestConfigUpstreams(t *testing.T) {
+	r, err := New(Config{SystemResolvConf: strings.NewReader("# c\nsearch x\nnameserver 192.0.2.1\nnameserver fe80::1%eth0\noptions ndots:1\nnameserver 198.51.100.1\n")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := r.Sentinels()
+	want := []Sentinel{
+		{sent1, netip.MustParseAddrPort("192.0.2.1:53")},
+		{sent6, netip.MustParseAddrPort("[fe80::1]:53")},
+		{sent2, netip.MustParseAddrPort("198.51.100.1:53")},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("sentinels = %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("sentinel %d = %v, want %v", i, got[i], want[i])
+		}
+	}
+	// The portal's list wins over resolv.conf.
+	r, err = New(Config{UpstreamDNS: []netip.AddrPort{up2}, SystemResolvConf: strings.NewReader("nameserver 192.0.2.1\n")})
+	if err != nil || r.Sentinels()[0].Upstream != up2 || len(r.Sentinels()) != 1 {
+		t.Fatalf("portal upstreams not preferred: %v %v", r.Sentinels(), err)
+	}
+	if _, err := New(Config{}); !errors.Is(err, ErrNoUpstreams) {
+		t.Errorf("no upstreams: err = %v", err)
+	}
+}
+
+func TestConfigRefusesReservedUpstreams(t *testing.T) {
+	cases := []struct {
+		up, rng string
+	}{
+		{"100.64.0.1:53", "tunnel"},
+		{"100.95.255.255:53", "tunnel"},
+		{"[fd00:2021:1111::1]:53", "tunnel"},
+		{"100.96.0.1:53", "proxy"},
+		{"[fd00:2021:1111:8000::7]:53", "proxy"},
+		{"100.100.111.1:53", "sentinel"},
+		{"[fd00:2021:1111:8000:100:100:111:2]:53", "sentinel"},
+		{"127.0.0.53:53", "stub listen address"},
+		{"0.0.0.0:53", "unspecified"},
+	}
+	for _, c := range cases {
+		_, err := New(Config{UpstreamDNS: []netip.AddrPort{up1, netip.MustParseAddrPort(c.up)},
+			StubAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.53")}})
+		var re *ReservedUpstreamError
+		if !errors.Is(err, ErrReservedUpstream) || !errors.As(err, &re) || re.RangeName != c.rng {
+			t.Errorf("upstream %s: err = %v, want reserved %s", c.up, err, c.rng)
+		}
+	}
+	if _, err := New(Config{SystemResolvConf: strings.NewReader("nameserver 100.100.111.1\n")}); !errors.Is(err, ErrReservedUpstream) {
+		t.Errorf("resolv.conf sentinel upstream: err = %v", err)
+	}
+	// 100.128.0.1 is just outside the /11s: allowed.
+	if _, err := New(Config{UpstreamDNS: []netip.AddrPort{netip.MustParseAddrPort("100.128.0.1:53")}}); err != nil {
+		t.Errorf("100.128.0.1: %v", err)
+	}
+}
+
+func TestResourceAnswers(t *testing.T) {
+	r := newTestResolver(t)
+	if err := r.SetResources([]Resource{
+		{ID: "r1", Address: "app.example.com"},
+		{ID: "r4", Address: "v4.example.com", IPStack: IPv4Only},
+		{ID: "r6", Address: "v6.example.com", IPStack: IPv6Only},
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name    string
+		qtype   uint16
+		answers int
+		rtype   uint16
+	}{
+		{"app.example.com", mdns.TypeA, 4, mdns.TypeA},
+		{"APP.example.com", mdns.TypeAAAA, 4, mdns.TypeAAAA},
+		{"app.example.com", mdns.TypeHTTPS, 0, 0},
+		{"app.example.com", mdns.TypeSVCB, 0, 0},
+		{"app.example.com", mdns.TypeMX, 0, 0},
+		{"app.example.com", mdns.TypeCNAME, 0, 0},
+		{"v4.example.com", mdns.TypeA, 4, mdns.TypeA},
+		{"v4.example.com", mdns.TypeAAAA, 0, 0},
+		{"v6.example.com", mdns.TypeA, 0, 0},
+		{"v6.example.com", mdns.TypeAAAA, 4, mdns.TypeAAAA},
+	}
+	for _, c := range cases {
+		b, ok := r.HandleQuery(udpSrc(sent1), query(t, c.name, c.qtype, 7), t0, nil)
+		if !ok {
+			t.Fatalf("%s %s: not answered locally", c.name, mdns.TypeToString[c.qtype])
+		}
+		m := unpack(t, b)
+		if m.Rcode != mdns.RcodeSuccess || !m.Response || m.Id != 7 || len(m.Answer) != c.answers || len(m.Question) != 1 {
+			t.Errorf("%s %s: reply %v", c.name, mdns.TypeToString[c.qtype], m)
+			continue
+		}
+		for _, rr := range m.Answer {
+			h := rr.Header()
+			if h.Rrtype != c.rtype || h.Ttl != 1 || !strings.EqualFold(h.Name, mdns.Fqdn(c.name)) {
+				t.Errorf("%s: bad record %v", c.name, rr)
+			}
+			var ip netip.Addr
+			switch v := rr.(type) {
+			case *mdns.A:
+				ip, _ = netip.AddrFromSlice(v.A.To4())
+				if !ProxyRangeV4.Contains(ip) {
+					t.Errorf("A %v outside proxy range", ip)
+				}
+			case *mdns.AAAA:
+				ip, _ = netip.AddrFromSlice(v.AAAA)
+				if !ProxyRangeV6.Contains(ip) {
+					t.Errorf("AAAA %v outside proxy range", ip)
+				}
+			}
+		}
+	}
+	if _, ok := r.PollForward(); ok {
+		t.Error("a resource query was forwarded")
+	}
+	// One event per name, listing only the families of its ip_stack.
+	events := map[string]NameAssigned{}
+	for e, ok := r.PollEvent(); ok; e, ok = r.PollEvent() {
+		if _, dup := events[e.Name]; dup {
+			t.Errorf("second event for %s", e.Name)
+		}
+		events[e.Name] = e
+	}
+	if len(events) != 3 || len(events["app.example.com"].IPs) != 8 || len(events["v4.example.com"].IPs) != 4 ||
+		!events["v4.example.com"].IPs[0].Is4() || !events["v6.example.com"].IPs[0].Is6() || events["v6.example.com"].ResourceID != "r6" {
+		t.Errorf("events = %+v", events)
+	}
+}
+
+func TestSRVAndTXTForwardedForResources(t *testing.T) {
+	r := newTestResolver(t)
+	_ = r.SetResources([]Resource{{ID: "r", Address: "**.example.com"}}, nil)
+	for _, qt := range []uint16{mdns.TypeSRV, mdns.TypeTXT} {
+		if _, ok := r.HandleQuery(udpSrc(sent1), query(t, "a.example.com", qt, 1), t0, nil); ok {
+			t.Errorf("%s answered locally", mdns.TypeToString[qt])
+		}
+		if f, ok := r.PollForward(); !ok || f.Upstream != up1 {
+			t.Errorf("%s not forwarded: %+v", mdns.TypeToString[qt], f)
+		}
+	}
+}
+
+func TestPTR(t *testing.T) {
+	r := newTestResolver(t)
+	_ = r.SetResources([]Resource{{ID: "r", Address: "*.example.com"}}, nil)
+	b, _ := r.HandleQuery(udpSrc(sent1), query(t, "db.example.com", mdns.TypeA, 1), t0, nil)
+	a4 := unpack(t, b).Answer[2].(*mdns.A).A
+	b, _ = r.HandleQuery(udpSrc(sent1), query(t, "db.example.com", mdns.TypeAAAA, 2), t0, nil)
+	a6 := unpack(t, b).Answer[3].(*mdns.AAAA).AAAA
+	for _, ip := range []string{a4.String(), a6.String()} {
+		rev, _ := mdns.ReverseAddr(ip)
+		b, ok := r.HandleQuery(udpSrc(sent1), query(t, rev, mdns.TypePTR, 3), t0, nil)
+		if !ok {
+			t.Fatalf("PTR %s forwarded", ip)
+		}
+		m := unpack(t, b)
+		if len(m.Answer) != 1 || m.Answer[0].(*mdns.PTR).Ptr != "db.example.com." || m.Answer[0].Header().Ttl != 1 {
+			t.Errorf("PTR %s: %v", ip, m)
+		}
+	}
+	// An unassigned proxy IP: NXDOMAIN, never leaked upstream.
+	b, ok := r.HandleQuery(udpSrc(sent1), query(t, "77.77.120.100.in-addr.arpa", mdns.TypePTR, 4), t0, nil)
+	if !ok || unpack(t, b).Rcode != mdns.RcodeNameError {
+		t.Errorf("unassigned proxy PTR: ok=%v", ok)
+	}
+	// Other addresses are forwarded.
+	if _, ok := r.HandleQuery(udpSrc(sent1), query(t, "1.2.0.192.in-addr.arpa", mdns.TypePTR, 5), t0, nil); ok {
+		t.Error("PTR for a non-proxy IP answered locally")
+	}
+}
+
+func TestStableProxyIPsAcrossResourceChanges(t *testing.T) {
+	r := newTestResolver(t)
+	_ = r.SetResources([]Resource{{ID: "r1", Address: "**.example.com"}}, nil)
+	b, _ := r.HandleQuery(udpSrc(sent1), query(t, "x.example.com", mdns.TypeA, 1), t0, nil)
+	first := unpack(t, b).Answer
+	r.PollEvent()
+	_ = r.SetResources([]Resource{{ID: "r2", Address: "x.example.com"}}, nil)
+	b, _ = r.HandleQuery(udpSrc(sent1), query(t, "x.example.com", mdns.TypeA, 1), t0, nil)
+	second := unpack(t, b).Answer
+	for i := range first {
+		if first[i].String() != second[i].String() {
+			t.Errorf("IP %d changed: %v → %v", i, first[i], second[i])
+		}
+	}
+	if e, ok := r.PollEvent(); !ok || e.ResourceID != "r2" {
+		t.Errorf("resource change not reported: %+v", e)
+	}
+	// No longer a resource: forwarded.
+	_ = r.SetResources(nil, nil)
+	if _, ok := r.HandleQuery(udpSrc(sent1), query(t, "x.example.com", mdns.TypeA, 1), t0, nil); ok {
+		t.Error("non-resource answered locally")
+	}
+}
+
+func TestForwardAndAnswer(t *testing.T) {
+	r := newTestResolver(t)
+	_ = r.SetResources(nil, []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")})
+	q := query(t, "example.org", mdns.TypeA, 42)
+	if _, ok := r.HandleQuery(udpSrc(sent1), q, t0, nil); ok {
+		t.Fatal("answered locally")
+	}
+	f, ok := r.PollForward()
+	if !ok || f.Upstream != up1 || f.Transport != UDP || f.ThroughTunnel || string(f.Query) != string(q) || !f.Deadline.Equal(t0.Add(5*time.Second)) {
+		t.Fatalf("forward = %+v", f)
+	}
+	// Upstream 2 is inside a CIDR resource: through the tunnel.
+	r.HandleQuery(udpSrc(sent2), q, t0, nil)
+	f2, _ := r.PollForward()
+	if f2.Upstream != up2 || !f2.ThroughTunnel {
+		t.Errorf("forward 2 = %+v", f2)
+	}
+	resp := new(mdns.Msg)
+	_ = resp.Unpack(q)
+	resp.Response = true
+	resp.Answer = []mdns.RR{&mdns.A{Hdr: mdns.RR_Header{Name: "example.org.", Rrtype: mdns.TypeA, Class: 1, Ttl: 60}, A: []byte{192, 0, 2, 9}}}
+	rb, _ := resp.Pack()
+	r.HandleUpstreamResponse(f.ID, rb, t0)
+	rep, ok := r.PollReply()
+	if !ok || rep.To != udpSrc(sent1) || string(rep.Payload) != string(rb) {
+		t.Fatalf("reply = %+v, %v", rep, ok)
+	}
+	// A second response for the same forward is ignored.
+	r.HandleUpstreamResponse(f.ID, rb, t0)
+	if _, ok := r.PollReply(); ok {
+		t.Error("duplicate response delivered")
+	}
+}
+
+func TestSERVFAILAndSilence(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		transport Transport
+		err       error
+		want      int // -1: no reply
+	}{
+		{"udp refused", UDP, errors.New("connection refused"), mdns.RcodeServerFailure},
+		{"udp timeout", UDP, ErrUpstreamTimeout, -1},
+		{"tcp timeout", TCP, ErrUpstreamTimeout, mdns.RcodeServerFailure},
+		{"tcp reset", TCP, errors.New("connection reset"), mdns.RcodeServerFailure},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newTestResolver(t)
+			src := udpSrc(sent1)
+			src.Transport = c.transport
+			r.HandleQuery(src, query(t, "example.org", mdns.TypeA, 9), t0, nil)
+			f, _ := r.PollForward()
+			r.HandleUpstreamError(f.ID, c.err, t0)
+			rep, ok := r.PollReply()
+			if c.want < 0 {
+				if ok {
+					t.Fatalf("got a reply on timeout: %v", rep)
+				}
+				return
+			}
+			if !ok {
+				t.Fatal("no reply")
+			}
+			m := unpack(t, rep.Payload)
+			if m.Rcode != c.want || m.Id != 9 || len(m.Question) != 1 || m.Question[0].Name != "example.org." {
+				t.Errorf("reply %v", m)
+			}
+		})
+	}
+	t.Run("deadline via HandleTimeout", func(t *testing.T) {
+		r := newTestResolver(t)
+		r.HandleQuery(udpSrc(sent1), query(t, "a.org", mdns.TypeA, 1), t0, nil)
+		tcp := udpSrc(sent1)
+		tcp.Transport = TCP
+		r.HandleQuery(tcp, query(t, "b.org", mdns.TypeA, 2), t0, nil)
+		if d, ok := r.PollTimeout(); !ok || !d.Equal(t0.Add(5*time.Second)) {
+			t.Fatalf("PollTimeout = %v %v", d, ok)
+		}
+		r.HandleTimeout(t0.Add(4 * time.Second))
+		if r.InFlight() != 2 {
+			t.Fatal("expired early")
+		}
+		r.HandleTimeout(t0.Add(5 * time.Second))
+		rep, ok := r.PollReply()
+		if !ok || rep.To.Transport != TCP || unpack(t, rep.Payload).Rcode != mdns.RcodeServerFailure {
+			t.Errorf("tcp timeout reply = %v %v", rep, ok)
+		}
+		if _, ok := r.PollReply(); ok || r.InFlight() != 0 {
+			t.Error("udp timeout answered")
+		}
+	})
+	t.Run("malformed upstream answer", func(t *testing.T) {
+		r := newTestResolver(t)
+		r.HandleQuery(udpSrc(sent1), query(t, "a.org", mdns.TypeA, 5), t0, nil)
+		f, _ := r.PollForward()
+		r.HandleUpstreamResponse(f.ID, []byte{0, 5, 0x80}, t0)
+		rep, _ := r.PollReply()
+		if m := unpack(t, rep.Payload); m.Rcode != mdns.RcodeServerFailure || m.Id != 5 {
+			t.Errorf("reply %v", m)
+		}
+	})
+	t.Run("query to a sentinel without upstream", func(t *testing.T) {
+		r := newTestResolver(t)
+		b, ok := r.HandleQuery(udpSrc(netip.MustParseAddr("100.100.111.99")), query(t, "a.org", mdns.TypeA, 5), t0, nil)
+		if !ok || unpack(t, b).Rcode != mdns.RcodeServerFailure {
+			t.Error("want SERVFAIL")
+		}
+	})
+}
+
+func TestSameIDToTwoUpstreams(t *testing.T) {
+	r := newTestResolver(t)
+	srcA := udpSrc(sent1)
+	srcB := udpSrc(sent2)
+	srcB.Client = netip.MustParseAddrPort("100.64.0.2:40001")
+	r.HandleQuery(srcA, query(t, "a.org", mdns.TypeA, 77), t0, nil)
+	r.HandleQuery(srcB, query(t, "b.org", mdns.TypeA, 77), t0, nil)
+	fa, _ := r.PollForward()
+	fb, _ := r.PollForward()
+	answer := func(f Forward, ip byte) []byte {
+		m := new(mdns.Msg)
+		_ = m.Unpack(f.Query)
+		m.Response = true
+		m.Answer = []mdns.RR{&mdns.A{Hdr: mdns.RR_Header{Name: m.Question[0].Name, Rrtype: 1, Class: 1}, A: []byte{192, 0, 2, ip}}}
+		b, _ := m.Pack()
+		return b
+	}
+	// Delivered by (upstream, id) as the tunnel path does, in reverse order.
+	if !r.HandleUpstreamPacket(up2, answer(fb, 2), t0) || !r.HandleUpstreamPacket(up1, answer(fa, 1), t0) {
+		t.Fatal("response not matched")
+	}
+	got := map[Source]string{}
+	for rep, ok := r.PollReply(); ok; rep, ok = r.PollReply() {
+		got[rep.To] = unpack(t, rep.Payload).Question[0].Name
+	}
+	if got[srcA] != "a.org." || got[srcB] != "b.org." {
+		t.Errorf("replies = %v", got)
+	}
+	// A retry with the same id to the same upstream is a second forward; both answers reach the app.
+	r.HandleQuery(srcA, query(t, "a.org", mdns.TypeA, 78), t0, nil)
+	r.HandleQuery(srcA, query(t, "a.org", mdns.TypeA, 78), t0.Add(time.Second), nil)
+	f1, _ := r.PollForward()
+	f2, _ := r.PollForward()
+	if f1.ID == f2.ID {
+		t.Fatal("retry shares a forward id")
+	}
+	if !r.HandleUpstreamPacket(up1, answer(f1, 1), t0) || !r.HandleUpstreamPacket(up1, answer(f2, 1), t0) {
+		t.Error("retry's answer treated as unknown")
+	}
+	if r.HandleUpstreamPacket(up1, answer(f2, 1), t0) {
+		t.Error("third answer matched")
+	}
+}
+
+func TestMalformedQueries(t *testing.T) {
+	r := newTestResolver(t)
+	if _, ok := r.HandleQuery(udpSrc(sent1), []byte{1, 2, 3}, t0, nil); ok {
+		t.Error("answered a short packet")
+	}
+	resp := query(t, "a.org", mdns.TypeA, 1)
+	resp[2] |= 0x80
+	if _, ok := r.HandleQuery(udpSrc(sent1), resp, t0, nil); ok {
+		t.Error("answered a response")
+	}
+	two := new(mdns.Msg)
+	two.Question = []mdns.Question{{Name: "a.", Qtype: 1, Qclass: 1}, {Name: "b.", Qtype: 1, Qclass: 1}}
+	b, _ := two.Pack()
+	out, ok := r.HandleQuery(udpSrc(sent1), b, t0, nil)
+	if !ok || unpack(t, out).Rcode != mdns.RcodeFormatError {
+		t.Error("two questions: want FORMERR")
+	}
+	up := query(t, "a.org", mdns.TypeA, 1)
+	up[2] |= 5 << 3 // opcode UPDATE
+	out, ok = r.HandleQuery(udpSrc(sent1), up, t0, nil)
+	if !ok || unpack(t, out).Rcode != mdns.RcodeNotImplemented {
+		t.Error("UPDATE: want NOTIMP")
+	}
+}
+
+func TestEDNSEchoed(t *testing.T) {
+	r := newTestResolver(t)
+	_ = r.SetResources([]Resource{{ID: "r", Address: "a.example.com"}}, nil)
+	m := new(mdns.Msg)
+	m.SetQuestion("a.example.com.", mdns.TypeA)
+	m.SetEdns0(4096, true)
+	b, _ := m.Pack()
+	out, ok := r.HandleQuery(udpSrc(sent1), b, t0, nil)
+	if !ok {
+		t.Fatal("not answered")
+	}
+	rep := unpack(t, out)
+	if o := rep.IsEdns0(); o == nil || o.UDPSize() != MaxUDPPayload || len(rep.Answer) != 4 {
+		t.Errorf("reply %v", rep)
+	}
+}
+
+// TestLocalAnswerNoAllocs: the local-answer path allocates nothing once the name is known.
+func TestLocalAnswerNoAllocs(t *testing.T) {
+	r := newTestResolver(t)
+	_ = r.SetResources([]Resource{{ID: "r", Address: "**.example.com"}}, nil)
+	q := query(t, "app.example.com", mdns.TypeA, 1)
+	buf := make([]byte, 0, 512)
+	r.HandleQuery(udpSrc(sent1), q, t0, buf)
+	allocs := testing.AllocsPerRun(100, func() { r.HandleQuery(udpSrc(sent1), q, t0, buf[:0]) })
+	if allocs != 0 {
+		t.Errorf("allocs per local answer = %v", allocs)
+	}
+}
+
+// TestNoResourcesMatchedLogsOnce: one debug record per unmatched query, listing all patterns.
+func TestNoResourcesMatchedLogsOnce(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r, err := New(Config{UpstreamDNS: []netip.AddrPort{up1}, Logger: log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = r.SetResources([]Resource{{ID: "a", Address: "*.a.test"}, {ID: "b", Address: "**.b.test"}, {ID: "c", Address: "c.test"}}, nil)
+	r.HandleQuery(udpSrc(sent1), query(t, "example.org", mdns.TypeA, 1), t0, nil)
+	out := buf.String()
+	if strings.Count(out, "no resources matched") != 1 || !strings.Contains(out, "*.a.test") || !strings.Contains(out, "**.b.test") || !strings.Contains(out, "c.test") {
+		t.Errorf("log:\n%s", out)
+	}
+}
