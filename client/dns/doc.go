@@ -7,7 +7,7 @@
 // inside the tunnel, proxy or sentinel ranges, or on the stub's own listen addresses, are refused by New with
 // a *ReservedUpstreamError (errors.Is ErrReservedUpstream).
 //
-// Queries for resource names (see Pattern for the exact wildcard rules; the most specific pattern wins):
+// Queries for resource names (see dnspattern.Pattern for the exact wildcard rules; the most specific pattern wins):
 //
 //	A / AAAA      4 proxy IPs from 100.96.0.0/11 / fd00:2021:1111:8000::/107, stable for the name for the life
 //	              of the Resolver, TTL 1 s; the family excluded by the resource's ip_stack → NOERROR, empty

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	mdns "github.com/miekg/dns"
+	"github.com/snowgate/snowgate/internal/dnspattern"
 	"pgregory.net/rapid"
 )
 
@@ -141,7 +142,7 @@ func TestPropPatternModel(t *testing.T) {
 		}
 		first := strings.SplitN(name, ".", 2)[0]
 		check := func(p string, want bool) {
-			pat, err := ParsePattern(p)
+			pat, err := dnspattern.Parse(p)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -361,7 +362,7 @@ func FuzzPattern(f *testing.F) {
 		f.Add(s, "a.b.example.com")
 	}
 	f.Fuzz(func(t *testing.T, pat, name string) {
-		p, err := ParsePattern(pat)
+		p, err := dnspattern.Parse(pat)
 		if err != nil {
 			return
 		}

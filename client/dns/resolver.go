@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/snowgate/snowgate/internal/dnspattern"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
@@ -75,7 +76,7 @@ func ParseIPStack(s string) (IPStack, error) {
 // Resource is a DNS resource: an address pattern and the id the tunnel routes it by.
 type Resource struct {
 	ID      string
-	Address string // exact name, "*.x", "**.x", "?.x" or any label glob (see Pattern)
+	Address string // exact name, "*.x", "**.x", "?.x" or any label glob (see dnspattern.Pattern)
 	IPStack IPStack
 }
 
@@ -124,7 +125,7 @@ type RoamResult struct {
 
 type resourceEntry struct {
 	id    string
-	pat   Pattern
+	pat   dnspattern.Pattern
 	stack IPStack
 }
 
@@ -261,7 +262,7 @@ func New(cfg Config) (*Resolver, error) {
 func (r *Resolver) Sentinels() []Sentinel { return slices.Clone(r.sentinelLst) }
 
 // SetResources replaces the DNS and CIDR resources. Invalid patterns are skipped and reported in the error
-// (wrapping ErrInvalidPattern); the valid ones still apply. Proxy IPs already handed out stay stable.
+// (wrapping dnspattern.ErrInvalidPattern); the valid ones still apply. Proxy IPs already handed out stay stable.
 func (r *Resolver) SetResources(dnsRes []Resource, cidrs []netip.Prefix) error {
 	r.gen++
 	r.exact = make(map[string]*resourceEntry)
@@ -269,7 +270,7 @@ func (r *Resolver) SetResources(dnsRes []Resource, cidrs []netip.Prefix) error {
 	r.patterns = r.patterns[:0]
 	var errs []error
 	for _, res := range dnsRes {
-		p, err := ParsePattern(res.Address)
+		p, err := dnspattern.Parse(res.Address)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("resource %s: %w", res.ID, err))
 			continue
@@ -298,7 +299,7 @@ func (r *Resolver) match(name string) *resourceEntry {
 	}
 	var best *resourceEntry
 	for _, e := range r.wild {
-		if e.pat.Match(name) && (best == nil || e.pat.moreSpecificThan(best.pat)) {
+		if e.pat.Match(name) && (best == nil || e.pat.MoreSpecificThan(best.pat)) {
 			best = e
 		}
 	}

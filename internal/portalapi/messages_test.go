@@ -150,44 +150,6 @@ func TestFilterJSON(t *testing.T) {
 	}
 }
 
-func TestDNSPattern(t *testing.T) {
-	tests := []struct {
-		pattern string
-		name    string
-		match   bool
-	}{
-		{"example.com", "example.com", true},
-		{"example.com", "EXAMPLE.com.", true},
-		{"example.com", "a.example.com", false},
-		{"*.example.com", "a.example.com", true},
-		{"*.example.com", "example.com", false},
-		{"*.example.com", "a.b.example.com", false},
-		{"**.example.com", "example.com", true},
-		{"**.example.com", "a.b.example.com", true},
-		{"**.example.com", "badexample.com", false},
-		{"?.example.com", "a.example.com", true},
-		{"?.example.com", "ab.example.com", false},
-		{"?.example.com", "example.com", false},
-	}
-	for _, tt := range tests {
-		p, err := ParseDNSPattern(tt.pattern)
-		if err != nil {
-			t.Fatalf("ParseDNSPattern(%q): %v", tt.pattern, err)
-		}
-		if p.String() != tt.pattern {
-			t.Errorf("String() = %q, want %q", p.String(), tt.pattern)
-		}
-		if got := p.Match(tt.name); got != tt.match {
-			t.Errorf("%q.Match(%q) = %v, want %v", tt.pattern, tt.name, got, tt.match)
-		}
-	}
-	for _, bad := range []string{"", "*", "a..b", "foo*.example.com", "ex ample.com", "*.*.example.com"} {
-		if _, err := ParseDNSPattern(bad); !errors.Is(err, ErrInvalidPattern) {
-			t.Errorf("ParseDNSPattern(%q) err = %v, want ErrInvalidPattern", bad, err)
-		}
-	}
-}
-
 func TestResourceValidate(t *testing.T) {
 	bad := []Resource{
 		{Type: ResourceDNS, ID: ""},

@@ -5,7 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"strings"
+
+	"github.com/snowgate/snowgate/internal/dnspattern"
 )
 
 // ResourceType is the "type" tag of a resource.
@@ -68,7 +69,7 @@ func (r Resource) Validate() error {
 	}
 	switch r.Type {
 	case ResourceDNS:
-		if _, err := ParseDNSPattern(r.Address); err != nil {
+		if _, err := dnspattern.Parse(r.Address); err != nil {
 			return fmt.Errorf("%w %s: %w", ErrInvalidResource, r.ID, err)
 		}
 		switch r.IPStack {
@@ -175,104 +176,4 @@ func (f Filter) Validate() error {
 		return nil
 	}
 	return fmt.Errorf("filter: unknown protocol %q", f.Protocol)
-}
-
-// PatternKind says how a DNS resource address matches names.
-type PatternKind int
-
-// Kinds of DNS patterns.
-const (
-	// PatternExact matches the name itself only.
-	PatternExact PatternKind = iota
-	// PatternStar ("*.x") matches exactly one label below x.
-	PatternStar
-	// PatternDoubleStar ("**.x") matches x itself and every name below it, at any depth.
-	PatternDoubleStar
-	// PatternQuestion ("?.x") matches one single-character label below x.
-	PatternQuestion
-)
-
-// DNSPattern is a parsed DNS resource address.
-type DNSPattern struct {
-	Kind PatternKind
-	// Base is the lower-case domain without the wildcard label and without a trailing dot.
-	Base string
-}
-
-// ErrInvalidPattern wraps DNS pattern parse failures.
-var ErrInvalidPattern = errors.New("portalapi: invalid dns pattern")
-
-// ParseDNSPattern parses "host", "*.x", "**.x" or "?.x" (case-insensitive, trailing dot allowed). Wildcards
-// are only allowed as the whole first label.
-func ParseDNSPattern(s string) (DNSPattern, error) {
-	name := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
-	p := DNSPattern{Kind: PatternExact, Base: name}
-	switch {
-	case strings.HasPrefix(name, "**."):
-		p = DNSPattern{Kind: PatternDoubleStar, Base: name[3:]}
-	case strings.HasPrefix(name, "*."):
-		p = DNSPattern{Kind: PatternStar, Base: name[2:]}
-	case strings.HasPrefix(name, "?."):
-		p = DNSPattern{Kind: PatternQuestion, Base: name[2:]}
-	}
-	if err := checkDomain(p.Base); err != nil {
-		return DNSPattern{}, fmt.Errorf("%w %q: %w", ErrInvalidPattern, s, err)
-	}
-	return p, nil
-}
-
-func checkDomain(d string) error {
-	if d == "" {
-		return errors.New("empty domain")
-	}
-	if len(d) > 253 {
-		return errors.New("domain longer than 253 bytes")
-	}
-	for _, l := range strings.Split(d, ".") {
-		if l == "" || len(l) > 63 {
-			return fmt.Errorf("bad label %q", l)
-		}
-		for _, c := range l {
-			ok := c == '-' || c == '_' || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')
-			if !ok {
-				return fmt.Errorf("bad character %q in label %q", c, l)
-			}
-		}
-	}
-	return nil
-}
-
-// Match reports whether the domain name (any case, trailing dot allowed) matches p.
-func (p DNSPattern) Match(name string) bool {
-	name = strings.TrimSuffix(strings.ToLower(name), ".")
-	if p.Kind == PatternExact {
-		return name == p.Base
-	}
-	if p.Kind == PatternDoubleStar && name == p.Base {
-		return true
-	}
-	prefix, ok := strings.CutSuffix(name, "."+p.Base)
-	if !ok || prefix == "" {
-		return false
-	}
-	switch p.Kind {
-	case PatternStar:
-		return !strings.Contains(prefix, ".")
-	case PatternQuestion:
-		return len(prefix) == 1
-	}
-	return true // PatternDoubleStar: any depth
-}
-
-// String returns the pattern in its address form.
-func (p DNSPattern) String() string {
-	switch p.Kind {
-	case PatternStar:
-		return "*." + p.Base
-	case PatternDoubleStar:
-		return "**." + p.Base
-	case PatternQuestion:
-		return "?." + p.Base
-	}
-	return p.Base
 }

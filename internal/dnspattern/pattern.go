@@ -1,4 +1,7 @@
-package dns
+// Package dnspattern parses and matches DNS resource addresses: exact names and the label-aware globs
+// "*.x", "**.x", "?.x" (and "*"/"?" inside a label), with a most-specific-wins order. The portal validates
+// resource addresses with it and the client's stub resolver matches queries with it, so both agree.
+package dnspattern
 
 import (
 	"errors"
@@ -19,16 +22,16 @@ var ErrInvalidPattern = errors.New("invalid DNS resource pattern")
 //	"?" in label  exactly one character              ?.example.com   → a.example.com (not ab.example.com, not example.com)
 //	anything else that literal label                 example.com     → example.com only
 //
-// When several patterns match a name the most specific wins (see Pattern.moreSpecificThan).
+// When several patterns match a name the most specific wins (see Pattern.MoreSpecificThan).
 type Pattern struct {
 	raw    string
 	labels []string // lower-case, left to right
 	exact  bool
 }
 
-// ParsePattern parses a resource address such as "app.example.com", "*.example.com", "**.example.com" or
+// Parse parses a resource address such as "app.example.com", "*.example.com", "**.example.com" or
 // "?.example.com". A trailing dot is ignored; matching is case-insensitive.
-func ParsePattern(s string) (Pattern, error) {
+func Parse(s string) (Pattern, error) {
 	name := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), ".")
 	if name == "" {
 		return Pattern{}, fmt.Errorf("%w: %q is empty", ErrInvalidPattern, s)
@@ -47,6 +50,9 @@ func ParsePattern(s string) (Pattern, error) {
 		}
 		if strings.Contains(l, "**") && l != "**" {
 			return Pattern{}, fmt.Errorf("%w: %q: \"**\" must be a whole label", ErrInvalidPattern, s)
+		}
+		if i := strings.IndexFunc(l, badPatternRune); i >= 0 {
+			return Pattern{}, fmt.Errorf("%w: %q has the character %q, not allowed in a host name", ErrInvalidPattern, s, l[i])
 		}
 		if strings.ContainsAny(l, "*?") {
 			exact = false
@@ -153,10 +159,10 @@ func labelRank(l string) int {
 	}
 }
 
-// moreSpecificThan reports whether p should win over q when both match the same name. Labels are compared
+// MoreSpecificThan reports whether p should win over q when both match the same name. Labels are compared
 // from the right (the TLD first); the first position where their kinds differ decides, a missing label
 // ranking lowest. Exact names beat every wildcard. Ties break on the pattern text for determinism.
-func (p Pattern) moreSpecificThan(q Pattern) bool {
+func (p Pattern) MoreSpecificThan(q Pattern) bool {
 	if p.exact != q.exact {
 		return p.exact
 	}
@@ -173,4 +179,10 @@ func (p Pattern) moreSpecificThan(q Pattern) bool {
 		}
 	}
 	return p.raw < q.raw
+}
+
+// badPatternRune reports characters a resource address may not hold: host names are letters, digits, '-'
+// and '_' (service labels), plus the glob characters '*' and '?'.
+func badPatternRune(r rune) bool {
+	return !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '*' || r == '?')
 }
