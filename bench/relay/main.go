@@ -1,0 +1,524 @@
+// Command relay benchmarks snowgate-relay against coturn's turnserver with the
+// same turnutils_uclient load, interleaved (A B A B …), and prints a table.
+//
+// Run it from the repository root with bench/relay/run [flags]; it needs root
+// only for nothing (both servers run on loopback) but does need coturn's
+// turnserver, turnutils_uclient and turnutils_peer in PATH.
+//
+// Load: turnutils_uclient with -c (no RTCP) and -z <interval ms>: each
+// client session sends one message per interval, so with the default 1 ms
+// the offered rate is about 1000 round trips/s per client (1, 10, 50 clients
+// → 1 k, 10 k, 50 k/s). uclient starts its sessions at random times within
+// its first 6 s, so the table reports the peak 1-second rate seen on
+// uclient's progress lines as well as the totals. --saturate adds rows with
+// -z 0 (every session sends as fast as uclient's 1 ms timer allows, 50 per
+// tick).
+//
+// Columns: rt/s peak = highest round trips per second over one of uclient's
+// progress intervals; loss = 1 - received/sent; cpu µs/rt = server
+// utime+stime (from /proc/<pid>/stat) per received round trip, which equals
+// CPU-seconds per million round trips; drops = /proc/net/udp{,6} drop
+// counters (max seen while sampling every 200 ms) of the server's listener
+// sockets (L), its relay sockets (R), the peer (P) and the client (C).
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+const secret = "bench-secret"
+
+type runResult struct {
+	server        string
+	clients, size int
+	interval      int
+	sent, recv    int
+	peakRate      float64
+	cpu           time.Duration
+	dropL, dropR  uint64
+	dropP, dropC  uint64
+	err           error
+	wall          time.Duration
+}
+
+func main() {
+	quick := flag.Bool("quick", false, "one repetition, 10 and 50 clients, both sizes, fewer messages")
+	reps := flag.Int("reps", 3, "repetitions per server and configuration")
+	clientsFlag := flag.String("clients", "1,10,50", "client counts")
+	sizesFlag := flag.String("sizes", "120,1200", "message sizes in bytes")
+	msgs := flag.Int("msgs", 3000, "messages per client")
+	interval := flag.Int("interval", 1, "uclient -z: per-session send interval in ms")
+	saturate := flag.Bool("saturate", false, "add rows at -z 0 with the largest client count")
+	servers := flag.String("servers", "snowgate,coturn", "servers to compare")
+	sockets := flag.Int("sockets", 0, "snowgate --sockets (0: GOMAXPROCS)")
+	batch := flag.Int("batch-read", 0, "snowgate --batch-read")
+	noFast := flag.Bool("no-fast-path", false, "snowgate --no-fast-path")
+	flag.Parse()
+	if *quick {
+		*reps, *clientsFlag, *msgs = 1, "10,50", 2000
+	}
+	clients, err1 := intList(*clientsFlag)
+	sizes, err2 := intList(*sizesFlag)
+	if err := errors.Join(err1, err2); err != nil {
+		fatal(err)
+	}
+	for _, bin := range []string{"turnserver", "turnutils_uclient", "turnutils_peer"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			fatal(fmt.Errorf("%s not found (Debian package coturn): %w", bin, err))
+		}
+	}
+	dir, err := os.MkdirTemp("", "rly-bench-")
+	if err != nil {
+		fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	relayBin := filepath.Join(dir, "snowgate-relay")
+	if out, err := exec.Command("go", "build", "-o", relayBin, "./cmd/snowgate-relay").CombinedOutput(); err != nil {
+		fatal(fmt.Errorf("build snowgate-relay (run from the repository root): %w\n%s", err, out))
+	}
+
+	type cfg struct{ clients, size, interval int }
+	var cfgs []cfg
+	for _, c := range clients {
+		for _, s := range sizes {
+			cfgs = append(cfgs, cfg{c, s, *interval})
+		}
+	}
+	if *saturate {
+		for _, s := range sizes {
+			cfgs = append(cfgs, cfg{clients[len(clients)-1], s, 0})
+		}
+	}
+	srvs := strings.Split(*servers, ",")
+	env := benchEnv{dir: dir, relayBin: relayBin, sockets: *sockets, batch: *batch, noFast: *noFast}
+	fmt.Fprintf(os.Stderr, "bench: %d configurations × %d reps × %v, %d msgs/client\n", len(cfgs), *reps, srvs, *msgs)
+	var results []runResult
+	for _, c := range cfgs {
+		for rep := 0; rep < *reps; rep++ {
+			for _, srv := range srvs { // interleaved: A B A B …
+				r := env.run(srv, c.clients, c.size, c.interval, *msgs)
+				if r.err != nil && r.sent == 0 { // a start-up hiccup: one retry
+					fmt.Fprintf(os.Stderr, "  %-8s retrying after: %v\n", srv, r.err)
+					time.Sleep(500 * time.Millisecond)
+					r = env.run(srv, c.clients, c.size, c.interval, *msgs)
+				}
+				fmt.Fprintf(os.Stderr, "  %-8s clients=%-3d size=%-4d z=%d rep=%d: sent %d recv %d peak %.0f/s cpu %v wall %v err=%v\n",
+					srv, c.clients, c.size, c.interval, rep+1, r.sent, r.recv, r.peakRate, r.cpu.Round(time.Millisecond), r.wall.Round(time.Millisecond), r.err)
+				results = append(results, r)
+			}
+		}
+	}
+	printTable(os.Stdout, results)
+}
+
+func fatal(err error) {
+	fmt.Fprintln(os.Stderr, "bench/relay:", err)
+	os.Exit(1)
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil {
+			return nil, fmt.Errorf("bad number %q: %w", f, err)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+type benchEnv struct {
+	dir      string
+	relayBin string
+	sockets  int
+	batch    int
+	noFast   bool
+}
+
+func freePort(network, host string) int {
+	c, err := net.ListenPacket(network, net.JoinHostPort(host, "0"))
+	if err != nil {
+		fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
+}
+
+// proc is a started process, killed by pid when done.
+type proc struct {
+	cmd *exec.Cmd
+}
+
+func start(name string, args []string, out io.Writer) (*proc, error) {
+	cmd := exec.Command(name, args...)
+	cmd.Stdout, cmd.Stderr = out, out
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	return &proc{cmd: cmd}, nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) stop() {
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+}
+
+// cpuTime reads utime+stime of pid.
+func cpuTime(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	s := string(b)
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, errors.New("bad stat")
+	}
+	f := strings.Fields(s[i+2:])
+	// Fields after ")" start at field 3 (state); utime is field 14, stime 15.
+	ut, _ := strconv.ParseUint(f[11], 10, 64)
+	st, _ := strconv.ParseUint(f[12], 10, 64)
+	const hz = 100 // USER_HZ
+	return time.Duration(ut+st) * time.Second / hz, nil
+}
+
+// socketInodes returns the socket inodes a process holds.
+func socketInodes(pid int) map[string]bool {
+	out := map[string]bool{}
+	fds, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	if err != nil {
+		return out
+	}
+	for _, fd := range fds {
+		l, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name()))
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			out[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	return out
+}
+
+type udpSock struct {
+	port  int
+	drops uint64
+}
+
+// udpTable reads /proc/net/udp and udp6: inode → local port and drops.
+func udpTable() map[string]udpSock {
+	out := map[string]udpSock{}
+	for _, f := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		lines := strings.Split(string(b), "\n")
+		for _, l := range lines[1:] {
+			fs := strings.Fields(l)
+			if len(fs) < 13 {
+				continue
+			}
+			local := fs[1]
+			j := strings.LastIndexByte(local, ':')
+			port, _ := strconv.ParseUint(local[j+1:], 16, 16)
+			drops, _ := strconv.ParseUint(fs[len(fs)-1], 10, 64)
+			out[fs[9]] = udpSock{port: int(port), drops: drops}
+		}
+	}
+	return out
+}
+
+// dropSampler keeps the highest drop count seen per socket of some processes.
+type dropSampler struct {
+	mu   sync.Mutex
+	max  map[string]uint64 // role|inode → drops
+	stop chan struct{}
+	done chan struct{}
+}
+
+func sampleDrops(roles func() map[string]int, listenPort int) *dropSampler {
+	d := &dropSampler{max: map[string]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	sample := func() {
+		tab := udpTable()
+		d.mu.Lock()
+		defer d.mu.Unlock()
+		for role, pid := range roles() {
+			for ino := range socketInodes(pid) {
+				s, ok := tab[ino]
+				if !ok {
+					continue
+				}
+				r := role
+				if role == "server" {
+					r = "R"
+					if s.port == listenPort {
+						r = "L"
+					}
+				}
+				if k := r + "|" + ino; s.drops > d.max[k] {
+					d.max[k] = s.drops
+				}
+			}
+		}
+	}
+	go func() {
+		defer close(d.done)
+		t := time.NewTicker(200 * time.Millisecond)
+		defer t.Stop()
+		for {
+			sample()
+			select {
+			case <-d.stop:
+				sample()
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return d
+}
+
+func (d *dropSampler) finish() map[string]uint64 {
+	close(d.stop)
+	<-d.done
+	out := map[string]uint64{}
+	for k, v := range d.max {
+		out[strings.SplitN(k, "|", 2)[0]] += v
+	}
+	return out
+}
+
+var (
+	progressRe = regexp.MustCompile(`tot_send_msgs=(\d+), tot_recv_msgs=(\d+)`)
+)
+
+func (e benchEnv) run(server string, clients, size, interval, msgs int) (res runResult) {
+	res = runResult{server: server, clients: clients, size: size, interval: interval}
+	logf, err := os.Create(filepath.Join(e.dir, fmt.Sprintf("%s-%d-%d.log", server, clients, size)))
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer logf.Close()
+	port := freePort("udp4", "127.0.0.1")
+	peerPort := freePort("udp4", "127.0.0.1")
+	peer, err := start("turnutils_peer", []string{"-L", "127.0.0.1", "-p", strconv.Itoa(peerPort)}, logf)
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer peer.stop()
+	var srv *proc
+	switch server {
+	case "snowgate":
+		args := []string{"--listen-port", strconv.Itoa(port), "--public-ip4", "127.0.0.1", "--listen-addr4", "127.0.0.1",
+			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", "127.0.0.1/32",
+			"--turn-rest-secret", secret, "--health-check-addr", "", "--drain-timeout", "0s",
+			"--max-allocations-per-user", "10000", "--log-level", "warn"}
+		if e.sockets > 0 {
+			args = append(args, "--sockets", strconv.Itoa(e.sockets))
+		}
+		if e.noFast {
+			args = append(args, "--no-fast-path")
+		}
+		if e.batch > 0 {
+			args = append(args, "--batch-read", strconv.Itoa(e.batch))
+		}
+		srv, err = start(e.relayBin, args, logf)
+	case "coturn":
+		tdir, derr := os.MkdirTemp(e.dir, "coturn-")
+		if derr != nil {
+			res.err = derr
+			return res
+		}
+		srv, err = start("turnserver", []string{"-n", "--listening-ip", "127.0.0.1", "--listening-port", strconv.Itoa(port),
+			"--relay-ip", "127.0.0.1", "--min-port", "61000", "--max-port", "65535",
+			"--use-auth-secret", "--static-auth-secret", secret, "--realm", "firezone",
+			"--allow-loopback-peers", "--no-tcp", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
+			"--pidfile", filepath.Join(tdir, "turnserver.pid"), "--userdb", filepath.Join(tdir, "turndb"),
+			"--log-file", filepath.Join(tdir, "turn.log"), "--simple-log", "--no-stdout-log"}, logf)
+	default:
+		res.err = fmt.Errorf("unknown server %q", server)
+		return res
+	}
+	if err != nil {
+		res.err = err
+		return res
+	}
+	defer srv.stop()
+	if err := waitUDP(srv.pid(), port, 5*time.Second); err != nil {
+		res.err = err
+		return res
+	}
+	cpu0, _ := cpuTime(srv.pid())
+
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	uc := exec.CommandContext(ctx, "turnutils_uclient", "-W", secret, "-u", "bench", "-e", "127.0.0.1",
+		"-r", strconv.Itoa(peerPort), "-p", strconv.Itoa(port), "-n", strconv.Itoa(msgs), "-m", strconv.Itoa(clients),
+		"-l", strconv.Itoa(size), "-z", strconv.Itoa(interval), "-c", "127.0.0.1")
+	stdout, err := uc.StdoutPipe()
+	if err != nil {
+		res.err = err
+		return res
+	}
+	uc.Stderr = logf
+	began := time.Now()
+	if err := uc.Start(); err != nil {
+		res.err = err
+		return res
+	}
+	var ucPid = uc.Process.Pid
+	sampler := sampleDrops(func() map[string]int {
+		return map[string]int{"server": srv.pid(), "P": peer.pid(), "C": ucPid}
+	}, port)
+	type point struct {
+		at         time.Time
+		sent, recv int
+	}
+	var points []point
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		fmt.Fprintln(logf, line)
+		if m := progressRe.FindStringSubmatch(line); m != nil {
+			s, _ := strconv.Atoi(m[1])
+			r, _ := strconv.Atoi(m[2])
+			points = append(points, point{time.Now(), s, r})
+		}
+	}
+	werr := uc.Wait()
+	res.wall = time.Since(began)
+	drops := sampler.finish()
+	cpu1, _ := cpuTime(srv.pid())
+	res.cpu = cpu1 - cpu0
+	res.dropL, res.dropR, res.dropP, res.dropC = drops["L"], drops["R"], drops["P"], drops["C"]
+	if werr != nil {
+		res.err = fmt.Errorf("turnutils_uclient: %w", werr)
+	}
+	if len(points) > 0 {
+		last := points[len(points)-1]
+		res.sent, res.recv = last.sent, last.recv
+	}
+	for i := 1; i < len(points); i++ {
+		dt := points[i].at.Sub(points[i-1].at).Seconds()
+		if dt < 0.5 { // the final summary lines follow the last progress line at once
+			continue
+		}
+		if r := float64(points[i].recv-points[i-1].recv) / dt; r > res.peakRate {
+			res.peakRate = r
+		}
+	}
+	return res
+}
+
+// waitUDP waits until pid holds a UDP socket bound to port.
+func waitUDP(pid, port int, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		tab := udpTable()
+		for ino := range socketInodes(pid) {
+			if s, ok := tab[ino]; ok && s.port == port {
+				return nil
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return fmt.Errorf("server pid %d not listening on %d after %v", pid, port, timeout)
+}
+
+type agg struct {
+	n                   int
+	sent, recv          int
+	peaks               []float64
+	cpu                 time.Duration
+	dropL, dropR, dropP uint64
+	dropC               uint64
+	errs                int
+}
+
+func printTable(w io.Writer, results []runResult) {
+	type key struct {
+		clients, size, interval int
+		server                  string
+	}
+	aggs := map[key]*agg{}
+	var keys []key
+	for _, r := range results {
+		k := key{r.clients, r.size, r.interval, r.server}
+		a := aggs[k]
+		if a == nil {
+			a = &agg{}
+			aggs[k] = a
+			keys = append(keys, k)
+		}
+		a.n++
+		a.sent += r.sent
+		a.recv += r.recv
+		a.peaks = append(a.peaks, r.peakRate)
+		a.cpu += r.cpu
+		a.dropL += r.dropL
+		a.dropR += r.dropR
+		a.dropP += r.dropP
+		a.dropC += r.dropC
+		if r.err != nil {
+			a.errs++
+		}
+	}
+	sort.SliceStable(keys, func(i, j int) bool {
+		a, b := keys[i], keys[j]
+		if a.interval != b.interval {
+			return a.interval > b.interval
+		}
+		if a.clients != b.clients {
+			return a.clients < b.clients
+		}
+		if a.size != b.size {
+			return a.size < b.size
+		}
+		return a.server > b.server // snowgate before coturn
+	})
+	fmt.Fprintln(w, "| clients | size B | -z ms | server | runs | rt/s peak (median) | sent | loss | cpu µs/rt | drops L/R/P/C | errors |")
+	fmt.Fprintln(w, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|")
+	for _, k := range keys {
+		a := aggs[k]
+		loss := 0.0
+		if a.sent > 0 {
+			loss = 100 * (1 - float64(a.recv)/float64(a.sent))
+		}
+		cpuPer := math.NaN()
+		if a.recv > 0 {
+			cpuPer = float64(a.cpu.Microseconds()) / float64(a.recv)
+		}
+		fmt.Fprintf(w, "| %d | %d | %d | %s | %d | %.0f | %d | %.2f%% | %.1f | %d/%d/%d/%d | %d |\n",
+			k.clients, k.size, k.interval, k.server, a.n, median(a.peaks), a.sent, loss, cpuPer,
+			a.dropL, a.dropR, a.dropP, a.dropC, a.errs)
+	}
+}
+
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	return s[len(s)/2]
+}

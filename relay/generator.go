@@ -1,0 +1,113 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+
+	"github.com/pion/turn/v5"
+)
+
+// Errors of the relay address generator; pion answers them with 508
+// (Insufficient Capacity).
+var (
+	// ErrFamilyNotServed: the relay has no public address of the requested family.
+	ErrFamilyNotServed = errors.New("address family not served by this relay")
+	// ErrNoRelayPort: no free port was found in the relay port range.
+	ErrNoRelayPort = errors.New("no free relay port")
+	// ErrTCPUnsupported: TCP allocations (RFC 6062) are not offered.
+	ErrTCPUnsupported = errors.New("TCP relaying is not supported")
+)
+
+// relayPortTries is how many random ports an allocation tries before 508.
+const relayPortTries = 32
+
+// maxScanSpan is the largest port range scanned port by port after the
+// random tries fail.
+const maxScanSpan = 4096
+
+// addressGenerator binds relay sockets in the configured port range and
+// advertises the public address of the family. It implements
+// turn.RelayAddressGenerator.
+type addressGenerator struct {
+	public4, public6 netip.Addr
+	bind4, bind6     netip.Addr
+	low, high        int
+	opts             socketOptions
+	stats            *stats
+	fast             *fastPath // nil: no fast path
+}
+
+var _ turn.RelayAddressGenerator = (*addressGenerator)(nil)
+
+// Validate implements turn.RelayAddressGenerator.
+func (g *addressGenerator) Validate() error {
+	if g.low < 1 || g.high > 65535 || g.low > g.high {
+		return fmt.Errorf("relay port range %d-%d: %w", g.low, g.high, ErrInvalidConfig)
+	}
+	return nil
+}
+
+// AllocatePacketConn implements turn.RelayAddressGenerator.
+func (g *addressGenerator) AllocatePacketConn(conf turn.AllocateListenerConfig) (net.PacketConn, net.Addr, error) {
+	var bind, public netip.Addr
+	switch conf.Network {
+	case "udp4":
+		bind, public = g.bind4, g.public4
+	case "udp6":
+		bind, public = g.bind6, g.public6
+	default:
+		return nil, nil, fmt.Errorf("network %q: %w", conf.Network, ErrFamilyNotServed)
+	}
+	if !public.IsValid() {
+		return nil, nil, fmt.Errorf("network %q: %w", conf.Network, ErrFamilyNotServed)
+	}
+	try := func(port int) (net.PacketConn, net.Addr, error) {
+		c, err := listenUDP(context.Background(), conf.Network, netip.AddrPortFrom(bind, uint16(port)), g.opts) //nolint:gosec // port is within 1..65535
+		if err != nil {
+			return nil, nil, err
+		}
+		actual := c.LocalAddr().(*net.UDPAddr).Port
+		rc := &relayConn{UDPConn: c, shard: g.stats.shard(actual), fast: g.fast,
+			key: relayKey{v6: conf.Network == "udp6", port: uint16(actual)}} //nolint:gosec // a port
+		if g.fast != nil {
+			g.fast.addRelay(rc)
+		}
+		return rc, &net.UDPAddr{IP: public.AsSlice(), Port: actual}, nil
+	}
+	if conf.RequestedPort != 0 {
+		if conf.RequestedPort < g.low || conf.RequestedPort > g.high {
+			return nil, nil, fmt.Errorf("requested port %d: %w", conf.RequestedPort, ErrNoRelayPort)
+		}
+		return try(conf.RequestedPort)
+	}
+	span := g.high - g.low + 1
+	for range relayPortTries {
+		if c, a, err := try(g.low + rand.IntN(span)); err == nil { //nolint:gosec // port choice needs no crypto randomness
+			return c, a, nil
+		}
+	}
+	// A small range may be nearly full: look at every port once.
+	if span <= maxScanSpan {
+		start := rand.IntN(span) //nolint:gosec // as above
+		for i := range span {
+			if c, a, err := try(g.low + (start+i)%span); err == nil {
+				return c, a, nil
+			}
+		}
+	}
+	return nil, nil, fmt.Errorf("range %d-%d: %w", g.low, g.high, ErrNoRelayPort)
+}
+
+// AllocateListener implements turn.RelayAddressGenerator; TCP is not offered.
+func (g *addressGenerator) AllocateListener(turn.AllocateListenerConfig) (net.Listener, net.Addr, error) {
+	return nil, nil, ErrTCPUnsupported
+}
+
+// AllocateConn implements turn.RelayAddressGenerator; TCP is not offered.
+func (g *addressGenerator) AllocateConn(turn.AllocateConnConfig) (net.Conn, error) {
+	return nil, ErrTCPUnsupported
+}

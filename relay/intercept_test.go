@@ -1,0 +1,41 @@
+package relay
+
+import (
+	"net"
+	"testing"
+
+	"github.com/pion/stun/v4"
+)
+
+// FuzzInterceptor feeds untrusted datagrams to the listener's pre-pion hooks
+// (the ChannelBind interceptor and the ChannelData fast path).
+func FuzzInterceptor(f *testing.F) {
+	cb := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodChannelBind, stun.ClassRequest),
+		peerAttr(mustAddrPort("127.0.0.1:9")), channelAttr(0x4000),
+		stun.NewUsername("1:a"), stun.NewRealm(DefaultRealm), stun.NewNonce("n"),
+		stun.NewLongTermIntegrity("1:a", DefaultRealm, "p"))
+	f.Add(cb.Raw)
+	f.Add(cb.Raw[:24])
+	f.Add([]byte{0x00, 0x09})
+	f.Add([]byte{0x40, 0x00, 0x00, 0x00})
+	s, err := New(loopbackConfig())
+	if err != nil {
+		f.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer c.Close()
+	lc := newListenerConn(c, s.stats.shard(0), 0, nil)
+	hook := s.interceptor(lc)
+	from := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if hook(b, from) {
+			t.Fatalf("intercepted a datagram without valid credentials: %x", b)
+		}
+		if s.fast.forwardToPeer(b, from.AddrPort()) {
+			t.Fatalf("forwarded ChannelData without a bound channel: %x", b)
+		}
+	})
+}

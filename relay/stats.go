@@ -1,0 +1,150 @@
+package relay
+
+import (
+	"context"
+	"fmt"
+	"sync/atomic"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+)
+
+// Auth failure reasons (metric attribute "reason").
+const (
+	reasonMalformed = "malformed_username"
+	reasonExpired   = "expired"
+	reasonRealm     = "wrong_realm"
+	reasonIntegrity = "bad_password"
+)
+
+var authReasons = []string{reasonMalformed, reasonExpired, reasonRealm, reasonIntegrity}
+
+// trafficShard holds relayed-traffic counters, padded to its own cache lines
+// so that sockets on different cores do not share them.
+type trafficShard struct {
+	toPeerPackets, toPeerBytes     atomic.Uint64
+	toClientPackets, toClientBytes atomic.Uint64
+	_                              [32]byte
+}
+
+// stats are the relay's counters: plain atomics on the hot path, read by
+// otel observable instruments at collection time.
+type stats struct {
+	shards []trafficShard
+
+	allocations4, allocations6 atomic.Int64
+	permissions, channels      atomic.Int64
+	refusedPeers               atomic.Uint64
+	quotaRefusals              atomic.Uint64
+	authFailures               [4]atomic.Uint64 // indexed like authReasons
+
+	reg metric.Registration
+}
+
+func newStats(shards int) *stats {
+	return &stats{shards: make([]trafficShard, shards)}
+}
+
+func (s *stats) shard(i int) *trafficShard { return &s.shards[i%len(s.shards)] }
+
+func (s *stats) authFailure(reason string) {
+	for i, r := range authReasons {
+		if r == reason {
+			s.authFailures[i].Add(1)
+			return
+		}
+	}
+}
+
+type trafficTotals struct{ toPeerPackets, toPeerBytes, toClientPackets, toClientBytes uint64 }
+
+func (s *stats) traffic() trafficTotals {
+	var t trafficTotals
+	for i := range s.shards {
+		sh := &s.shards[i]
+		t.toPeerPackets += sh.toPeerPackets.Load()
+		t.toPeerBytes += sh.toPeerBytes.Load()
+		t.toClientPackets += sh.toClientPackets.Load()
+		t.toClientBytes += sh.toClientBytes.Load()
+	}
+	return t
+}
+
+// register creates the observable instruments on mp (nil → noop).
+func (s *stats) register(mp metric.MeterProvider) error {
+	if mp == nil {
+		mp = noop.NewMeterProvider()
+	}
+	m := mp.Meter("github.com/snowgate/snowgate/relay")
+	allocs, err := m.Int64ObservableGauge("relay.allocations", metric.WithDescription("Active TURN allocations"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	perms, err := m.Int64ObservableGauge("relay.permissions", metric.WithDescription("Active TURN permissions"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	chans, err := m.Int64ObservableGauge("relay.channels", metric.WithDescription("Active TURN channel bindings"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	pkts, err := m.Int64ObservableCounter("relay.relayed.packets", metric.WithDescription("Datagrams relayed, by direction"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	bytes, err := m.Int64ObservableCounter("relay.relayed.bytes", metric.WithUnit("By"),
+		metric.WithDescription("Bytes relayed, by direction (ChannelData payloads; whole Data indications)"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	authFail, err := m.Int64ObservableCounter("relay.auth.failures", metric.WithDescription("Refused credentials, by reason"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	refused, err := m.Int64ObservableCounter("relay.peers.refused",
+		metric.WithDescription("Permissions and channel bindings refused by the peer policy"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	quota, err := m.Int64ObservableCounter("relay.allocations.refused",
+		metric.WithDescription("Allocations refused by quota or drain (486)"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	v4 := metric.WithAttributes(attribute.String("family", "ipv4"))
+	v6 := metric.WithAttributes(attribute.String("family", "ipv6"))
+	toPeer := metric.WithAttributes(attribute.String("direction", "client_to_peer"))
+	toClient := metric.WithAttributes(attribute.String("direction", "peer_to_client"))
+	reasonOpts := make([]metric.ObserveOption, len(authReasons))
+	for i, r := range authReasons {
+		reasonOpts[i] = metric.WithAttributes(attribute.String("reason", r))
+	}
+	s.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
+		o.ObserveInt64(allocs, s.allocations4.Load(), v4)
+		o.ObserveInt64(allocs, s.allocations6.Load(), v6)
+		o.ObserveInt64(perms, s.permissions.Load())
+		o.ObserveInt64(chans, s.channels.Load())
+		t := s.traffic()
+		o.ObserveInt64(pkts, int64(t.toPeerPackets), toPeer)     //nolint:gosec // counters stay far below 2^63
+		o.ObserveInt64(pkts, int64(t.toClientPackets), toClient) //nolint:gosec
+		o.ObserveInt64(bytes, int64(t.toPeerBytes), toPeer)      //nolint:gosec
+		o.ObserveInt64(bytes, int64(t.toClientBytes), toClient)  //nolint:gosec
+		for i := range authReasons {
+			o.ObserveInt64(authFail, int64(s.authFailures[i].Load()), reasonOpts[i]) //nolint:gosec
+		}
+		o.ObserveInt64(refused, int64(s.refusedPeers.Load())) //nolint:gosec
+		o.ObserveInt64(quota, int64(s.quotaRefusals.Load()))  //nolint:gosec
+		return nil
+	}, allocs, perms, chans, pkts, bytes, authFail, refused, quota)
+	if err != nil {
+		return fmt.Errorf("register metrics callback: %w", err)
+	}
+	return nil
+}
+
+func (s *stats) unregister() {
+	if s.reg != nil {
+		_ = s.reg.Unregister()
+	}
+}
