@@ -1,0 +1,207 @@
+// Command snowgate-devstack runs the local stack in one process on loopback, with embedded defaults: the mock
+// portal (the development configuration of examples/portal.yaml) and a small relay fleet registered with it.
+// It needs no root, no Docker and no config. The client and the gateway join it as they land.
+//
+// Flags (environment variable in brackets):
+//
+//	--listen       portal WebSocket address [LISTEN_ADDR], default 127.0.0.1:8081
+//	--admin-addr   portal admin API address [ADMIN_ADDR], default 127.0.0.1:8082
+//	--metrics-addr /healthz, /readyz (every relay joined) and /metrics [METRICS_ADDR], default 127.0.0.1:9090
+//	--relays       number of relays [RELAYS], default 2
+//	--log-level    level directives [LOG_LEVEL], e.g. "info,relay=debug"
+//	--log-format   human|json [LOG_FORMAT]
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+
+	"github.com/snowgate/snowgate/internal/telemetry"
+	"github.com/snowgate/snowgate/portalmock"
+	"github.com/snowgate/snowgate/relay"
+)
+
+// devRelayToken is the relay token of the embedded portal configuration (portalmock/default.yaml).
+const devRelayToken = "dev-relay-token"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
+		fmt.Fprintln(os.Stderr, "snowgate-devstack:", err)
+		os.Exit(1)
+	}
+}
+
+func env(name, def string) string {
+	if v, ok := os.LookupEnv(name); ok {
+		return v
+	}
+	return def
+}
+
+// Stack is what run started, handed to the ready callback (tests).
+type Stack struct {
+	Portal      *portalmock.Server
+	Relays      []*relay.Server
+	MetricsAddr net.Addr
+}
+
+// run runs the stack until ctx is done, logging to out; ready (if not nil) is called once every relay has
+// joined the portal.
+func run(ctx context.Context, args []string, out io.Writer, ready func(*Stack)) error {
+	fs := flag.NewFlagSet("snowgate-devstack", flag.ContinueOnError)
+	listen := fs.String("listen", env("LISTEN_ADDR", "127.0.0.1:8081"), "portal WebSocket listen address")
+	adminAddr := fs.String("admin-addr", env("ADMIN_ADDR", "127.0.0.1:8082"), "portal admin API address (empty: disabled)")
+	metricsAddr := fs.String("metrics-addr", env("METRICS_ADDR", "127.0.0.1:9090"), "health and metrics address (empty: disabled)")
+	relays := fs.Int("relays", atoiOr(env("RELAYS", "2"), 2), "number of relays")
+	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level directives")
+	logFormat := fs.String("log-format", env("LOG_FORMAT", "human"), "log format: human or json")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if *relays < 0 || *relays > 16 {
+		return fmt.Errorf("--relays %d: want 0..16", *relays)
+	}
+
+	tel, err := telemetry.Setup(ctx, telemetry.Options{Component: "devstack", LogLevel: *logLevel, LogFormat: *logFormat, Output: out})
+	if err != nil {
+		return fmt.Errorf("telemetry: %w", err)
+	}
+	defer func() { _ = tel.Shutdown(context.WithoutCancel(ctx)) }()
+	log := tel.Logger
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+
+	portal, err := portalmock.New(portalmock.Config{
+		Logger:        telemetry.Component(log, "portal"),
+		MeterProvider: tel.MeterProvider,
+	})
+	if err != nil {
+		return fmt.Errorf("portal: %w", err)
+	}
+	defer portal.Close()
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		return fmt.Errorf("portal listen on %q: %w", *listen, err)
+	}
+	if err := portal.Start(ln); err != nil {
+		return fmt.Errorf("portal: %w", err)
+	}
+	log.Info("portal listening", "url", portal.URL())
+	if *adminAddr != "" {
+		aln, err := net.Listen("tcp", *adminAddr)
+		if err != nil {
+			return fmt.Errorf("admin listen on %q: %w", *adminAddr, err)
+		}
+		if err := portal.StartAdmin(aln); err != nil {
+			return fmt.Errorf("portal admin: %w", err)
+		}
+		log.Info("portal admin API listening", "url", portal.AdminURL())
+	}
+
+	stack := &Stack{Portal: portal}
+	relayDone := make(chan error, *relays)
+	lo4, lo6 := netip.MustParseAddr("127.0.0.1"), netip.MustParseAddr("::1")
+	for i := range *relays {
+		cfg := relay.Config{
+			PublicIP4:   lo4,
+			ListenAddr4: lo4,
+			ListenPort:  -1, // ephemeral: several relays share loopback
+			Sockets:     1,
+			// Every peer of the dev stack is on loopback, which a real relay refuses.
+			AllowPeers:   []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+			DrainTimeout: -1,
+			Portal: &relay.PortalConfig{
+				APIURL: portal.URL(),
+				Token:  devRelayToken,
+				Name:   "relay-" + strconv.Itoa(i+1),
+			},
+			Logger:        telemetry.Component(log, "relay"),
+			MeterProvider: tel.MeterProvider,
+		}
+		if ipv6Loopback() {
+			cfg.PublicIP6, cfg.ListenAddr6 = lo6, lo6
+		}
+		srv, err := relay.New(cfg)
+		if err != nil {
+			return fmt.Errorf("relay %d: %w", i+1, err)
+		}
+		if err := srv.Start(ctx); err != nil {
+			return fmt.Errorf("relay %d: %w", i+1, err)
+		}
+		go func() { relayDone <- srv.Run(ctx) }()
+		stack.Relays = append(stack.Relays, srv)
+		log.Info("relay listening", "name", cfg.Portal.Name, "addr", srv.Addr().String())
+	}
+	// Wait for every relay to join before saying the stack is ready: WaitFor visits each event once, so
+	// counting matches finds the n-th join.
+	joined := 0
+	if _, err := portal.WaitFor(ctx, func(e portalmock.Event) bool {
+		if e.Kind == portalmock.EventRelayJoined {
+			joined++
+		}
+		return joined >= len(stack.Relays)
+	}); err != nil && len(stack.Relays) > 0 {
+		return fmt.Errorf("waiting for relays to join: %w", err)
+	}
+
+	readyNow := func() bool {
+		for _, r := range stack.Relays {
+			if !r.Ready() {
+				return false
+			}
+		}
+		return true
+	}
+	if *metricsAddr != "" {
+		addr, err := telemetry.Serve(ctx, *metricsAddr, readyNow, tel.MetricsHandler, log)
+		if err != nil {
+			return err
+		}
+		stack.MetricsAddr = addr
+		log.Info("health and metrics listening", "addr", addr.String())
+	}
+	log.Info("dev stack ready (development tokens: examples/portal.yaml)", "portal", portal.URL(), "relays", len(stack.Relays))
+	if ready != nil {
+		ready(stack)
+	}
+
+	<-ctx.Done()
+	log.Info("dev stack shutting down")
+	cancel()
+	var firstErr error
+	for range stack.Relays {
+		if err := <-relayDone; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	return firstErr
+}
+
+// ipv6Loopback reports whether ::1 can be bound (containers often have no IPv6).
+func ipv6Loopback() bool {
+	c, err := net.ListenPacket("udp6", "[::1]:0")
+	if err != nil {
+		return false
+	}
+	_ = c.Close()
+	return true
+}
+
+func atoiOr(s string, def int) int {
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		return def
+	}
+	return n
+}
