@@ -1,0 +1,347 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pion/transport/v5/stdnet"
+	"github.com/pion/turn/v5"
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+)
+
+const testRealm = "snowgate"
+
+// testLogger logs to the test at the level of SNOWGATE_TEST_LOG (default: warn).
+func testLogger(t testing.TB) *slog.Logger {
+	level := slog.LevelWarn
+	if os.Getenv("SNOWGATE_TEST_LOG") == "debug" {
+		level = slog.LevelDebug
+	}
+	w := &testWriter{t: t}
+	// Registered before the node's Close, so it runs after it: wireguard-go
+	// may still log from goroutines winding down, after the test is over.
+	t.Cleanup(func() {
+		w.mu.Lock()
+		w.done = true
+		w.mu.Unlock()
+	})
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+type testWriter struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(string(bytes.TrimRight(p, "\n")))
+	}
+	return len(p), nil
+}
+
+// testRelay is a pion/turn server on loopback that admits loopback peers.
+type testRelay struct {
+	srv  *turn.Server
+	addr netip.AddrPort
+	pc   net.PacketConn
+}
+
+func startRelay(t testing.TB) *testRelay { return startRelayOn(t, "127.0.0.1") }
+
+// startRelayOn starts a pion/turn server listening and relaying on ip.
+func startRelayOn(t testing.TB, ip string) *testRelay {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
+	if err != nil {
+		t.Fatalf("relay listen: %v", err)
+	}
+	_ = pc.(*net.UDPConn).SetReadBuffer(socketBufferSize)
+	_ = pc.(*net.UDPConn).SetWriteBuffer(socketBufferSize)
+	forceBuffers(pc.(*net.UDPConn), socketBufferSize)
+	srv, err := turn.NewServer(turn.ServerConfig{
+		Realm: testRealm,
+		AuthHandler: func(ra *turn.RequestAttributes) (string, []byte, bool) {
+			return ra.Username, turn.GenerateAuthKey(ra.Username, testRealm, "secret-"+ra.Username), true
+		},
+		PacketConnConfigs: []turn.PacketConnConfig{{
+			PacketConn: pc,
+			RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{
+				RelayAddress: net.ParseIP(ip),
+				Address:      ip,
+				Net:          bigBufferNet{Net: hostNet(t)},
+			},
+			PermissionHandler: func(net.Addr, net.IP) bool { return true },
+		}},
+	})
+	if err != nil {
+		t.Fatalf("relay server: %v", err)
+	}
+	r := &testRelay{srv: srv, pc: pc, addr: addrPortOf(pc.LocalAddr())}
+	t.Cleanup(func() { _ = srv.Close() })
+	return r
+}
+
+func (r *testRelay) relay(id string) Relay {
+	rel := Relay{ID: id, Username: "user-" + id, Password: "secret-user-" + id, Realm: testRealm}
+	if r.addr.Addr().Is4() {
+		rel.Addr4 = r.addr
+	} else {
+		rel.Addr6 = r.addr
+	}
+	return rel
+}
+
+// testNode is a node with an in-memory TUN and an event recorder.
+type testNode struct {
+	t   testing.TB
+	n   *Node
+	tun *tuntest.ChannelTUN
+	ip  netip.Addr
+
+	mu      sync.Mutex
+	events  []Event
+	changed chan struct{}
+	peer    *testNode            // signalling target
+	routes  map[string]*testNode // per-connection signalling targets (hub)
+	pumped  chan struct{}
+}
+
+func newTestNode(t testing.TB, ip string, mod func(*Config)) *testNode {
+	t.Helper()
+	tn := &testNode{t: t, tun: tuntest.NewChannelTUN(), ip: netip.MustParseAddr(ip), changed: make(chan struct{}, 1), pumped: make(chan struct{})}
+	cfg := Config{TUN: tn.tun.TUN(), IncludeLoopback: true, DisableIPv6: true, Logger: testLogger(t)}
+	if mod != nil {
+		mod(&cfg)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatalf("new node: %v", err)
+	}
+	tn.n = n
+	go tn.pump()
+	t.Cleanup(func() {
+		_ = n.Close()
+		<-tn.pumped
+	})
+	return tn
+}
+
+// pump records events and signals candidates to the peer like the portal would.
+func (tn *testNode) pump() {
+	defer close(tn.pumped)
+	for e := range tn.n.Events() {
+		tn.mu.Lock()
+		tn.events = append(tn.events, e)
+		peer := tn.peer
+		if r := tn.routes[e.ConnectionID]; r != nil {
+			peer = r
+		}
+		tn.mu.Unlock()
+		select {
+		case tn.changed <- struct{}{}:
+		default:
+		}
+		if peer == nil {
+			continue
+		}
+		// Like the portal, hold a candidate until the peer has the connection.
+		for try := 0; try < 200; try++ {
+			var err error
+			switch e.Kind {
+			case EventCandidateAdded:
+				err = peer.n.AddRemoteCandidate(e.ConnectionID, e.Candidate)
+			case EventCandidateInvalidated:
+				err = peer.n.RemoveRemoteCandidate(e.ConnectionID, e.Candidate)
+			}
+			if !errors.Is(err, ErrUnknownConnection) {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+}
+
+// waitEvent waits for an event matching f and returns it.
+func (tn *testNode) waitEvent(timeout time.Duration, f func(Event) bool) (Event, bool) {
+	deadline := time.After(timeout)
+	seen := 0
+	for {
+		tn.mu.Lock()
+		for ; seen < len(tn.events); seen++ {
+			if f(tn.events[seen]) {
+				e := tn.events[seen]
+				tn.mu.Unlock()
+				return e, true
+			}
+		}
+		tn.mu.Unlock()
+		select {
+		case <-tn.changed:
+		case <-deadline:
+			return Event{}, false
+		}
+	}
+}
+
+// waitCount waits until at least k events match f.
+func (tn *testNode) waitCount(timeout time.Duration, k int, f func(Event) bool) bool {
+	deadline := time.After(timeout)
+	for tn.countEvents(f) < k {
+		select {
+		case <-tn.changed:
+		case <-time.After(20 * time.Millisecond):
+		case <-deadline:
+			return false
+		}
+	}
+	return true
+}
+
+func (tn *testNode) countEvents(f func(Event) bool) int {
+	tn.mu.Lock()
+	defer tn.mu.Unlock()
+	k := 0
+	for _, e := range tn.events {
+		if f(e) {
+			k++
+		}
+	}
+	return k
+}
+
+func (tn *testNode) waitRelayReady(t testing.TB) {
+	t.Helper()
+	if _, ok := tn.waitEvent(10*time.Second, func(e Event) bool { return e.Kind == EventRelayReady }); !ok {
+		t.Fatalf("relay allocation not ready")
+	}
+}
+
+var (
+	credsA = Credentials{Ufrag: "ufragAAA", Password: "passwordAAAAAAAAAAAAAAAAAAAA"}
+	credsB = Credentials{Ufrag: "ufragBBB", Password: "passwordBBBBBBBBBBBBBBBBBBBB"}
+	psk    = Key{1, 2, 3}
+)
+
+// connect upserts the connection id on both nodes (a controlling) and routes
+// each node's tunnel IP to the other.
+func connect(t testing.TB, a, b *testNode, id string, ca, cb Credentials) {
+	t.Helper()
+	a.mu.Lock()
+	a.peer = b
+	a.mu.Unlock()
+	b.mu.Lock()
+	b.peer = a
+	b.mu.Unlock()
+	if err := b.n.UpsertConnection(id, a.n.PublicKey(), psk, cb, ca, RoleControlled); err != nil {
+		t.Fatalf("upsert on b: %v", err)
+	}
+	if err := a.n.UpsertConnection(id, b.n.PublicKey(), psk, ca, cb, RoleControlling); err != nil {
+		t.Fatalf("upsert on a: %v", err)
+	}
+	if err := a.n.SetAllowedIPs(id, []netip.Prefix{netip.PrefixFrom(b.ip, 32)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.n.SetAllowedIPs(id, []netip.Prefix{netip.PrefixFrom(a.ip, 32)}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// roundTrip sends a ping from a to b, answers it from b and waits for the
+// answer at a. It returns the round-trip time.
+func roundTrip(t testing.TB, a, b *testNode, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	deadline := time.After(timeout)
+	ping := tuntest.Ping(b.ip, a.ip)
+	select {
+	case a.tun.Outbound <- ping:
+	case <-deadline:
+		t.Fatalf("a's tunnel did not take the packet")
+	}
+	for {
+		select {
+		case got := <-b.tun.Inbound:
+			if !bytes.Equal(got, ping) {
+				continue
+			}
+		case <-deadline:
+			t.Fatalf("packet a→b not delivered within %v", timeout)
+		}
+		break
+	}
+	pong := tuntest.Ping(a.ip, b.ip)
+	select {
+	case b.tun.Outbound <- pong:
+	case <-deadline:
+		t.Fatalf("b's tunnel did not take the packet")
+	}
+	for {
+		select {
+		case got := <-a.tun.Inbound:
+			if !bytes.Equal(got, pong) {
+				continue
+			}
+			return time.Since(start)
+		case <-deadline:
+			t.Fatalf("packet b→a not delivered within %v", timeout)
+		}
+	}
+}
+
+func established(id string) func(Event) bool {
+	return func(e Event) bool { return e.Kind == EventConnectionEstablished && e.ConnectionID == id }
+}
+
+func statsOf(t testing.TB, n *Node, id string) ConnStats {
+	t.Helper()
+	for _, s := range n.Stats() {
+		if s.ID == id {
+			return s
+		}
+	}
+	t.Fatalf("no stats for %s", id)
+	return ConnStats{}
+}
+
+func describe(s ConnStats) string {
+	return fmt.Sprintf("path=%s local=%s remote=%s rtt=%v rx=%d tx=%d established=%v idle=%v",
+		s.Path, s.LocalAddr, s.RemoteAddr, s.RTT, s.RxBytes, s.TxBytes, s.Established, s.Idle)
+}
+
+type netipPrefix = netip.Prefix
+
+func prefix32(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
+
+func hostNet(t testing.TB) *stdnet.Net {
+	n, err := stdnet.NewNet()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// bigBufferNet gives the test relay's per-allocation sockets large buffers
+// (pion opens them with the kernel default, which a burst overflows).
+type bigBufferNet struct{ *stdnet.Net }
+
+func (n bigBufferNet) ListenPacket(network, address string) (net.PacketConn, error) {
+	pc, err := n.Net.ListenPacket(network, address)
+	if uc, ok := pc.(*net.UDPConn); ok && err == nil {
+		_ = uc.SetReadBuffer(socketBufferSize)
+		_ = uc.SetWriteBuffer(socketBufferSize)
+		forceBuffers(uc, socketBufferSize)
+	}
+	return pc, err
+}

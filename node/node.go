@@ -1,0 +1,598 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pion/ice/v4"
+	"github.com/pion/logging"
+	"github.com/pion/transport/v5"
+	"github.com/pion/transport/v5/stdnet"
+	"github.com/snowgate/snowgate/node/idle"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/metric/noop"
+	wgconn "golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
+)
+
+// Config configures a Node.
+type Config struct {
+	// PrivateKey is the node's static WireGuard key; zero generates one.
+	PrivateKey Key
+	// Port is the UDP port of both sockets; 0 picks any free port. Daemons
+	// pass DefaultPort.
+	Port int
+	// TUN is the tunnel device wireguard-go reads and writes (kernel TUN,
+	// netstack or an in-memory TUN in tests). The node takes ownership: Close
+	// closes it.
+	TUN tun.Device
+	// Net is the network the sockets and ICE use; nil is the host network.
+	// Tests pass a pion vnet.
+	Net transport.Net
+	// DisableIPv6 skips the IPv6 socket.
+	DisableIPv6 bool
+	// IncludeLoopback makes loopback addresses host candidates (tests).
+	IncludeLoopback bool
+	// TestOnlyCandidateTypes restricts the local candidate types (tests:
+	// relay only). Empty means host, srflx and relay.
+	TestOnlyCandidateTypes []ice.CandidateType
+	// IdleAfter is how long a connection goes without traffic before it is
+	// idle (default 20 s).
+	IdleAfter time.Duration
+	// KeepaliveInterval is the period of the coalesced NAT keepalive of idle
+	// connections and of the STUN keepalive to relays (default 25 s).
+	KeepaliveInterval time.Duration
+	// ICEFailedTimeout is how long ICE may look for a path (default 15 s).
+	ICEFailedTimeout time.Duration
+	// RelayRTO is the initial retransmission timeout of TURN requests
+	// (default 200 ms; a request gives up after 7 transmissions, about 40×
+	// RTO). A relay missing two keepalives in a row is dropped.
+	RelayRTO time.Duration
+	// Logger receives the node's logs; nil discards them.
+	Logger *slog.Logger
+	// PionLoggerFactory receives pion's logs; nil maps them to Logger at debug.
+	PionLoggerFactory logging.LoggerFactory
+	// WireGuardLogger receives wireguard-go's logs; nil maps them to Logger.
+	WireGuardLogger *device.Logger
+	// MeterProvider provides the node's metrics; nil is a no-op provider.
+	MeterProvider metric.MeterProvider
+}
+
+// Node is one peer of the overlay: sockets, relays, ICE and a WireGuard device.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	net     transport.Net
+	pionLog logging.LoggerFactory
+
+	io    atomic.Pointer[ioSet] // sockets and mux; replaced by Reset
+	hosts atomic.Pointer[[]net.Addr]
+	bind  *bind
+	dev   *device.Device
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu       sync.Mutex
+	closed   bool
+	priv     Key
+	conns    map[string]*connection
+	relays   map[string]*relayEntry
+	sched    *idle.Scheduler
+	noRelays bool
+
+	allocByAddr atomic.Pointer[map[netip.AddrPort]*allocation]
+	epMu        sync.Mutex // serialises copy-on-write of the endpoint maps
+	epDirect    atomic.Pointer[map[netip.AddrPort]*endpoint]
+	epRelay     atomic.Pointer[map[relayKey]*endpoint]
+
+	closingMu  sync.Mutex
+	closing    map[string]chan struct{} // local ufrag → agent close in flight
+	agentUfrag map[*ice.Agent]string
+
+	events chan Event
+	notify chan *connection
+	kick   chan struct{}
+
+	wakeups     atomic.Uint64
+	liveAgents  atomic.Int64 // ICE agents created and not yet closed
+	established metric.Int64Counter
+}
+
+type relayKey struct {
+	a    *allocation
+	peer netip.AddrPort
+}
+
+// New opens the sockets, creates the WireGuard device and starts the node.
+func New(cfg Config) (*Node, error) {
+	if cfg.TUN == nil {
+		return nil, fmt.Errorf("node: Config.TUN is required")
+	}
+	if cfg.IdleAfter <= 0 {
+		cfg.IdleAfter = 20 * time.Second
+	}
+	if cfg.KeepaliveInterval <= 0 {
+		cfg.KeepaliveInterval = 25 * time.Second
+	}
+	if cfg.ICEFailedTimeout <= 0 {
+		cfg.ICEFailedTimeout = 15 * time.Second
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	nw := cfg.Net
+	if nw == nil {
+		var err error
+		if nw, err = stdnet.NewNet(); err != nil {
+			return nil, fmt.Errorf("node: host network: %w", err)
+		}
+	}
+	priv := cfg.PrivateKey
+	if priv.IsZero() {
+		var err error
+		if priv, err = GeneratePrivateKey(); err != nil {
+			return nil, err
+		}
+	}
+	mp := cfg.MeterProvider
+	if mp == nil {
+		mp = noop.NewMeterProvider()
+	}
+	pionLog := cfg.PionLoggerFactory
+	if pionLog == nil {
+		pionLog = slogPionFactory{log: log.With("component", "pion")}
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	n := &Node{
+		cfg: cfg, log: log, net: nw, pionLog: pionLog,
+		ctx: ctx, cancel: cancel,
+		priv: priv, conns: make(map[string]*connection), relays: make(map[string]*relayEntry), noRelays: true,
+		events:     make(chan Event, 4096),
+		closing:    make(map[string]chan struct{}),
+		agentUfrag: make(map[*ice.Agent]string),
+		notify:     make(chan *connection, 256),
+		kick:       make(chan struct{}, 1),
+	}
+	n.allocByAddr.Store(&map[netip.AddrPort]*allocation{})
+	n.epDirect.Store(&map[netip.AddrPort]*endpoint{})
+	n.epRelay.Store(&map[relayKey]*endpoint{})
+
+	meter := mp.Meter("github.com/snowgate/snowgate/node")
+	n.established, _ = meter.Int64Counter("node.connections.established",
+		metric.WithDescription("Connections that reached WireGuard on a nominated path"))
+	_, _ = meter.Int64ObservableGauge("node.connections",
+		metric.WithDescription("Connections by state"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			n.mu.Lock()
+			cnt := int64(len(n.conns))
+			n.mu.Unlock()
+			o.Observe(cnt)
+			return nil
+		}))
+
+	n.sched = idle.New(idle.Config{
+		IdleAfter:         cfg.IdleAfter,
+		KeepaliveInterval: cfg.KeepaliveInterval,
+		Logger:            log.With("component", "idle"),
+		MeterProvider:     mp,
+		LastActivity: func(id string) time.Time { // called under n.mu
+			c := n.conns[id]
+			if c == nil {
+				return time.Time{}
+			}
+			if last := max(c.lastRx.Load(), c.lastActTx.Load()); last > 0 {
+				return time.Unix(0, last)
+			}
+			return time.Time{}
+		},
+	})
+	set, err := n.openIO()
+	if err != nil {
+		cancel()
+		return nil, fmt.Errorf("node: %w", err)
+	}
+	n.io.Store(set)
+
+	n.bind = newBind(n)
+	wgLog := cfg.WireGuardLogger
+	if wgLog == nil {
+		wgLog = wireGuardLogger(log.With("component", "wireguard"))
+	}
+	n.dev = device.NewDevice(cfg.TUN, n.bind, wgLog)
+	if err := n.dev.IpcSet("private_key=" + priv.hex() + "\n"); err != nil {
+		n.dev.Close()
+		n.cancel()
+		set.close()
+		return nil, fmt.Errorf("node: set private key: %w", err)
+	}
+	if err := n.dev.Up(); err != nil {
+		n.dev.Close()
+		n.cancel()
+		set.close()
+		return nil, fmt.Errorf("node: wireguard up: %w", err)
+	}
+	n.wg.Add(1)
+	go n.loop()
+	log.Info("node started", "port", set.port(), "ipv6", set.v6 != nil, "public_key", priv.PublicKey().String())
+	return n, nil
+}
+
+// PublicKey returns the node's current static public key.
+func (n *Node) PublicKey() Key {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.priv.PublicKey()
+}
+
+// Port returns the UDP port of the node's sockets.
+func (n *Node) Port() uint16 { return n.io.Load().port() }
+
+// Events returns the node's event stream. It is closed by Close. The caller
+// must drain it; when it is full, events are dropped with a warning.
+func (n *Node) Events() <-chan Event { return n.events }
+
+// Wakeups returns how often the node's single timer fired (wake-ups with
+// work due plus spurious ones). The idle scheduler exports the same as the
+// OpenTelemetry counters snowgate.node.wakeups and snowgate.node.wakeups.spurious.
+func (n *Node) Wakeups() uint64 { return n.wakeups.Load() }
+
+// emit queues an event; n.mu is held.
+func (n *Node) emit(e Event) {
+	if n.closed {
+		return
+	}
+	select {
+	case n.events <- e:
+	default:
+		n.log.Warn("node event dropped: channel full", "kind", e.Kind.String(), "connection", e.ConnectionID)
+	}
+}
+
+// Close stops the node: agents, allocations, WireGuard device (and its TUN), sockets.
+func (n *Node) Close() error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return nil
+	}
+	n.closed = true
+	var agents []*ice.Agent
+	for _, c := range n.conns {
+		if c.agent != nil {
+			agents = append(agents, c.agent)
+			c.agent = nil
+		}
+	}
+	var allocs []*allocation
+	for _, r := range n.relays {
+		allocs = append(allocs, r.allocs...)
+	}
+	n.conns = map[string]*connection{}
+	n.relays = map[string]*relayEntry{}
+	n.mu.Unlock()
+
+	n.cancel()
+	for _, a := range agents {
+		_ = a.Close()
+	}
+	for _, a := range allocs {
+		a.close()
+	}
+	n.dev.Close()
+	n.cancel()
+	n.io.Load().close()
+	n.wg.Wait()
+	for _, a := range agents {
+		_ = a.GracefulClose()
+		n.liveAgents.Add(-1)
+	}
+	close(n.events)
+	return nil
+}
+
+// ioSet is the node's sockets (one per family, same port) and the ICE mux
+// over them. Reset replaces the whole set (new port, fresh mux state).
+type ioSet struct {
+	all     []*socket
+	v4, v6  *socket
+	muxConn *pushConn
+	mux     *hostMux
+}
+
+func (s *ioSet) port() uint16 { return s.all[0].port }
+
+func (s *ioSet) sockFor(dst netip.AddrPort) *socket {
+	if dst.Addr().Unmap().Is4() {
+		return s.v4
+	}
+	return s.v6
+}
+
+func (s *ioSet) close() {
+	_ = s.mux.Close()
+	_ = s.muxConn.Close()
+	for _, so := range s.all {
+		_ = so.pc.Close()
+	}
+}
+
+// openIO opens the sockets and the mux, and recomputes the host candidates.
+func (n *Node) openIO() (*ioSet, error) {
+	socks, err := listenSockets(n.net, n.cfg.Port, !n.cfg.DisableIPv6)
+	if err != nil {
+		return nil, err
+	}
+	set := &ioSet{all: socks}
+	for _, so := range socks {
+		if so.family == 4 {
+			set.v4 = so
+		} else {
+			set.v6 = so
+		}
+	}
+	hosts := n.hostAddresses(set)
+	n.hosts.Store(&hosts)
+	local := &net.UDPAddr{IP: net.IPv4zero, Port: int(set.port())}
+	if set.v6 != nil {
+		local = &net.UDPAddr{IP: net.IPv6unspecified, Port: int(set.port())}
+	}
+	set.muxConn = newPushConn(local, 1024, func(b []byte, to net.Addr) (int, error) {
+		dst := addrPortOf(to)
+		so := set.sockFor(dst)
+		if so == nil {
+			return 0, fmt.Errorf("no socket for %s", dst)
+		}
+		return so.writeTo(b, dst)
+	})
+	set.mux = &hostMux{
+		UniversalUDPMuxDefault: ice.NewUniversalUDPMuxDefault(ice.UniversalUDPMuxParams{
+			Logger:  n.pionLog.NewLogger("mux"),
+			UDPConn: set.muxConn,
+			Net:     n.net,
+		}),
+		addrs: func() []net.Addr { return *n.hosts.Load() },
+	}
+	return set, nil
+}
+
+func (n *Node) sockFor(dst netip.AddrPort) *socket { return n.io.Load().sockFor(dst) }
+
+// hostAddresses lists the interface addresses that become host candidates.
+func (n *Node) hostAddresses(set *ioSet) []net.Addr {
+	ifaces, err := n.net.Interfaces()
+	if err != nil {
+		n.log.Warn("list interfaces failed", "error", err)
+		return nil
+	}
+	var out []net.Addr
+	for _, ifc := range ifaces {
+		if ifc.Flags&net.FlagUp == 0 {
+			continue
+		}
+		if ifc.Flags&net.FlagLoopback != 0 && !n.cfg.IncludeLoopback {
+			continue
+		}
+		addrs, err := ifc.Addrs()
+		if err != nil {
+			continue
+		}
+		for _, a := range addrs {
+			var ip net.IP
+			switch v := a.(type) {
+			case *net.IPNet:
+				ip = v.IP
+			case *net.IPAddr:
+				ip = v.IP
+			}
+			ap, ok := netip.AddrFromSlice(ip)
+			if !ok {
+				continue
+			}
+			ap = ap.Unmap()
+			if ap.IsLinkLocalUnicast() || ap.IsMulticast() || ap.IsUnspecified() {
+				continue
+			}
+			if ap.Is4() && set.v4 != nil {
+				out = append(out, &net.UDPAddr{IP: ap.AsSlice(), Port: int(set.v4.port)})
+			}
+			if ap.Is6() && set.v6 != nil {
+				out = append(out, &net.UDPAddr{IP: ap.AsSlice(), Port: int(set.v6.port)})
+			}
+		}
+	}
+	return out
+}
+
+// demux classifies one received datagram. It returns true when the buffer
+// now holds a WireGuard message for wireguard-go (size and endpoint set).
+func (n *Node) demux(buf []byte, size *int, ep *wgconn.Endpoint, from netip.AddrPort, now int64) bool {
+	b := buf[:*size]
+	if isWireGuard(b) {
+		e := n.directEndpoint(from)
+		*ep = e
+		n.noteRx(e.conn, b, now)
+		return true
+	}
+	*size = 0
+	if a := (*n.allocByAddr.Load())[from]; a != nil {
+		if ch, payload, ok := parseChannelData(b); ok {
+			if isWireGuard(payload) {
+				if peer, ok := a.peerForChannel(ch); ok {
+					e := n.relayEndpoint(a, peer)
+					*size = copy(buf, payload)
+					*ep = e
+					n.noteRx(e.conn, buf[:*size], now)
+					return true
+				}
+			}
+			a.handleInbound(b, from)
+			return false
+		}
+		if isSTUN(b) {
+			a.handleInbound(b, from)
+			if b[0] == 0x01 && b[1] == 0x01 { // binding success: may answer the mux's srflx query
+				n.io.Load().muxConn.push(b, from)
+			}
+		}
+		return false
+	}
+	if isSTUN(b) {
+		n.io.Load().muxConn.push(b, from)
+	}
+	return false
+}
+
+// noteRx accounts a received WireGuard message to its connection.
+func (n *Node) noteRx(c *connection, b []byte, now int64) {
+	if c == nil {
+		return
+	}
+	c.rxBytes.Add(uint64(len(b)))
+	c.lastAnyRx.Store(now)
+	if isWGActivity(b) {
+		c.lastRx.Store(now)
+		if c.idleFlag.Load() {
+			n.poke(c)
+		}
+	}
+	if (b[0] == 2 || b[0] == 4) && connState(c.state.Load()) == stateNominated {
+		c.gotReply.Store(true)
+		n.poke(c)
+	}
+}
+
+// poke asks the loop to look at c (idle → active, nominated → established).
+func (n *Node) poke(c *connection) {
+	if c.poked.CompareAndSwap(false, true) {
+		select {
+		case n.notify <- c:
+		default:
+			c.poked.Store(false)
+			select {
+			case n.kick <- struct{}{}:
+			default:
+			}
+		}
+	}
+}
+
+// sendTo writes WireGuard messages along an endpoint.
+func (n *Node) sendTo(bufs [][]byte, e *endpoint) error {
+	if c := e.conn; c != nil {
+		var total int
+		activity := false
+		for _, b := range bufs {
+			total += len(b)
+			if len(b) > 0 && isWGActivity(b) {
+				activity = true
+			}
+		}
+		c.txBytes.Add(uint64(total))
+		now := time.Now().UnixNano()
+		c.lastTx.Store(now)
+		if activity {
+			c.lastActTx.Store(now)
+			if c.idleFlag.Load() {
+				n.poke(c)
+			}
+		}
+	}
+	if e.alloc != nil {
+		for _, b := range bufs {
+			if _, err := e.alloc.writeTo(b, e.dst); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	s := n.sockFor(e.dst)
+	if s == nil {
+		return fmt.Errorf("send to %s: no socket for address family", e.dst)
+	}
+	return s.writeBatch(bufs, e.dst)
+}
+
+// directEndpoint returns the endpoint for a direct source/destination.
+func (n *Node) directEndpoint(addr netip.AddrPort) *endpoint {
+	if e := (*n.epDirect.Load())[addr]; e != nil {
+		return e
+	}
+	return &endpoint{dst: addr}
+}
+
+// relayEndpoint returns the endpoint for a peer reached through allocation a.
+func (n *Node) relayEndpoint(a *allocation, peer netip.AddrPort) *endpoint {
+	if e := (*n.epRelay.Load())[relayKey{a, peer}]; e != nil {
+		return e
+	}
+	return &endpoint{alloc: a, dst: peer}
+}
+
+// registerEndpoint makes received packets along e count for its connection.
+func (n *Node) registerEndpoint(e *endpoint) {
+	n.epMu.Lock()
+	defer n.epMu.Unlock()
+	if e.alloc != nil {
+		old := *n.epRelay.Load()
+		m := make(map[relayKey]*endpoint, len(old)+1)
+		for k, v := range old {
+			m[k] = v
+		}
+		m[relayKey{e.alloc, e.dst}] = e
+		n.epRelay.Store(&m)
+		return
+	}
+	old := *n.epDirect.Load()
+	m := make(map[netip.AddrPort]*endpoint, len(old)+1)
+	for k, v := range old {
+		m[k] = v
+	}
+	m[e.dst] = e
+	n.epDirect.Store(&m)
+}
+
+// unregisterConnEndpoints forgets every endpoint of c.
+func (n *Node) unregisterConnEndpoints(c *connection) {
+	n.epMu.Lock()
+	defer n.epMu.Unlock()
+	od := *n.epDirect.Load()
+	md := make(map[netip.AddrPort]*endpoint, len(od))
+	for k, v := range od {
+		if v.conn != c {
+			md[k] = v
+		}
+	}
+	n.epDirect.Store(&md)
+	or := *n.epRelay.Load()
+	mr := make(map[relayKey]*endpoint, len(or))
+	for k, v := range or {
+		if v.conn != c {
+			mr[k] = v
+		}
+	}
+	n.epRelay.Store(&mr)
+}
+
+func (n *Node) rebuildAllocIndex() {
+	m := make(map[netip.AddrPort]*allocation)
+	for _, r := range n.relays {
+		for _, a := range r.allocs {
+			m[a.server] = a
+		}
+	}
+	n.allocByAddr.Store(&m)
+}
+
+func trimCandidate(s string) string { return strings.TrimPrefix(s, "candidate:") }
