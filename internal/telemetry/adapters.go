@@ -10,13 +10,14 @@ import (
 )
 
 // PionLoggerFactory adapts l for pion (ice, turn, stun, dtls). Each pion scope logs as component
-// "pion/<scope>" (so "pion=warn" or "pion/ice=trace" directives apply). Mapping, chosen because pion logs
-// per-packet and per-check detail at Debug and routine state changes at Info:
+// "pion/<scope>" (so "pion=debug" or "pion/ice=trace" directives apply). Mapping:
 //
-//	pion Trace → TRACE, pion Debug → TRACE, pion Info → DEBUG, pion Warn → INFO, pion Error → WARN.
+//	pion Trace, Debug → TRACE; pion Info, Warn, Error → DEBUG.
 //
-// pion warnings are mostly remote/network conditions (malformed packets, failed sends), not bugs, so they are
-// not counted by telemetry; pion errors are, but never as exceptions.
+// pion logs per packet and per connectivity check, and reports remote or benign conditions as warnings and
+// errors (a malformed datagram from the internet, a check on an agent that just closed, a junk packet at the
+// TURN server): at INFO or above they would let anyone on the network flood an operator's logs. What matters
+// is logged by our own code with context. ICE passwords that pion prints are redacted like every secret.
 func PionLoggerFactory(l *slog.Logger) logging.LoggerFactory {
 	if l == nil {
 		l = slog.New(slog.DiscardHandler)
@@ -57,34 +58,23 @@ func (p *pionLogger) Debugf(format string, args ...any) {
 		logAt(p.l, callerPC(0), LevelTrace, fmt.Sprintf(format, args...))
 	}
 }
-func (p *pionLogger) Info(msg string) {
+func (p *pionLogger) Info(msg string)                   { p.debug(msg) }
+func (p *pionLogger) Infof(format string, args ...any)  { p.debugf(format, args...) }
+func (p *pionLogger) Warn(msg string)                   { p.debug(msg) }
+func (p *pionLogger) Warnf(format string, args ...any)  { p.debugf(format, args...) }
+func (p *pionLogger) Error(msg string)                  { p.debug(msg) }
+func (p *pionLogger) Errorf(format string, args ...any) { p.debugf(format, args...) }
+
+// debug and debugf log at DEBUG with the PC of their caller's caller (pion's call site).
+func (p *pionLogger) debug(msg string) {
 	if p.on(slog.LevelDebug) {
-		logAt(p.l, callerPC(0), slog.LevelDebug, msg)
+		logAt(p.l, callerPC(1), slog.LevelDebug, msg)
 	}
 }
-func (p *pionLogger) Infof(format string, args ...any) {
+
+func (p *pionLogger) debugf(format string, args ...any) {
 	if p.on(slog.LevelDebug) {
-		logAt(p.l, callerPC(0), slog.LevelDebug, fmt.Sprintf(format, args...))
-	}
-}
-func (p *pionLogger) Warn(msg string) {
-	if p.on(slog.LevelInfo) {
-		logAt(p.l, callerPC(0), slog.LevelInfo, msg)
-	}
-}
-func (p *pionLogger) Warnf(format string, args ...any) {
-	if p.on(slog.LevelInfo) {
-		logAt(p.l, callerPC(0), slog.LevelInfo, fmt.Sprintf(format, args...))
-	}
-}
-func (p *pionLogger) Error(msg string) {
-	if p.on(slog.LevelWarn) {
-		logAt(p.l, callerPC(0), slog.LevelWarn, msg)
-	}
-}
-func (p *pionLogger) Errorf(format string, args ...any) {
-	if p.on(slog.LevelWarn) {
-		logAt(p.l, callerPC(0), slog.LevelWarn, fmt.Sprintf(format, args...))
+		logAt(p.l, callerPC(1), slog.LevelDebug, fmt.Sprintf(format, args...))
 	}
 }
 

@@ -216,8 +216,8 @@ func TestAdapterLevels(t *testing.T) {
 	wg := WireGuardLogger(l)
 	wg.Verbosef("peer(%s) - sending handshake", "AbCd…")
 	wg.Errorf("failed to send: %v", errors.New("no route"))
-	want := []string{"TRACE pion/turn: a", "TRACE pion/turn: b1", "DEBUG pion/turn: c", "INFO pion/turn: d!",
-		"WARN pion/turn: e", "DEBUG wireguard: peer(AbCd…) - sending handshake", "WARN wireguard: failed to send: no route"}
+	want := []string{"TRACE pion/turn: a", "TRACE pion/turn: b1", "DEBUG pion/turn: c", "DEBUG pion/turn: d!",
+		"DEBUG pion/turn: e", "DEBUG wireguard: peer(AbCd…) - sending handshake", "WARN wireguard: failed to send: no route"}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != len(want) {
 		t.Fatalf("got %d lines:\n%s", len(lines), buf)

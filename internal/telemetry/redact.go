@@ -74,7 +74,7 @@ func secretSegment(seg string) bool {
 
 // secretInText matches secrets embedded in free text: query parameters or key=value pairs with a secret
 // name, and HTTP bearer credentials.
-var secretInText = regexp.MustCompile(`(?i)((?:token|password|passwd|secret|psk|private_key|preshared_key|api_key)["']?\s*[=:]\s*["']?)([^&\s"',;}]+)|(bearer\s+)([A-Za-z0-9\-._~+/]+=*)`)
+var secretInText = regexp.MustCompile(`(?i)((?:token|password|passwd|pwd|secret|psk|private_key|preshared_key|api_key)["']?\s*[=:]\s*["']?)([^&\s"',;}]+)|(bearer\s+)([A-Za-z0-9\-._~+/]+=*)`)
 
 // scrubText redacts secrets embedded in free text (messages, error strings). It is a second line of
 // defence; the rule is still to never pass secrets to a logger.

@@ -74,3 +74,20 @@ func TestNoSecretsInOutput(t *testing.T) {
 		})
 	}
 }
+
+// TestPionICEPasswordRedacted: pion prints ICE credentials in some debug messages; they never reach the log.
+func TestPionICEPasswordRedacted(t *testing.T) {
+	l, buf := newTestLogger(t, Options{LogLevel: "trace"})
+	p := PionLoggerFactory(l).NewLogger("ice")
+	p.Debugf("setting remote credentials ufrag: %s pwd: %s", "abcd", "s3cretIcePassw0rdValue")
+	p.Errorf("check failed password=%s", "an0therSecretValue")
+	out := buf.String()
+	for _, secret := range []string{"s3cretIcePassw0rdValue", "an0therSecretValue"} {
+		if strings.Contains(out, secret) {
+			t.Fatalf("secret %q in log:\n%s", secret, out)
+		}
+	}
+	if !strings.Contains(out, "ufrag: abcd") {
+		t.Fatalf("non-secret context lost:\n%s", out)
+	}
+}
