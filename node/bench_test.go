@@ -45,8 +45,8 @@ func benchPair(b *testing.B, relayed bool) (*testNode, *testNode) {
 	}
 	a := newTestNode(b, "100.64.0.1", mod)
 	c := newTestNode(b, "100.64.0.2", mod)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	c.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	c.n.UpdateRelays(nil, []Relay{relay.relay("r1", c.n)})
 	a.waitRelayReady(b)
 	c.waitRelayReady(b)
 	connect(b, a, c, "c1", credsA, credsB)
@@ -55,8 +55,8 @@ func benchPair(b *testing.B, relayed bool) (*testNode, *testNode) {
 }
 
 // BenchmarkThroughput pushes 1280-byte IP packets from one node's TUN to the
-// other's through WireGuard on loopback, directly and through a pion/turn
-// relay. The sender keeps at most 256 packets in flight (a packet not
+// other's through WireGuard on loopback, directly and through our relay
+// (relay.New with its default socket buffers, as deployed). The sender keeps at most 256 packets in flight (a packet not
 // delivered within 20 ms counts as lost), like a congestion-controlled flow;
 // Mbit/s is the delivered goodput.
 func BenchmarkThroughput(b *testing.B) {
@@ -125,11 +125,11 @@ func BenchmarkIdleWakeups100(b *testing.B) {
 	short := func(c *Config) { c.IdleAfter, c.KeepaliveInterval = idleAfter, keepalive }
 	relay := startRelay(b)
 	hub := newTestNode(b, "100.64.0.1", short)
-	hub.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	hub.n.UpdateRelays(nil, []Relay{relay.relay("r1", hub.n)})
 	hub.waitRelayReady(b)
 	for i := 0; i < peers; i++ {
 		p := newTestNode(b, fmt.Sprintf("100.64.%d.%d", 1+i/200, 1+i%200), short)
-		p.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+		p.n.UpdateRelays(nil, []Relay{relay.relay("r1", p.n)})
 		p.waitRelayReady(b)
 		hubSignalsTo(hub, p)
 		connectHub(b, hub, p, fmt.Sprintf("c%03d", i), i)

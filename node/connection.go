@@ -197,6 +197,9 @@ func (n *Node) UpsertConnection(id string, remoteKey, psk Key, local, remote Cre
 		return fmt.Errorf("upsert connection %s: wireguard peer not created", id)
 	}
 	c.peer.SetEndpointFromPacket(c.pendingEP)
+	for _, sdp := range n.takeQueuedLocked(id, n.clock()) {
+		c.remoteCands[sdp] = struct{}{} // startAgentLocked gives them to the agent
+	}
 	n.conns[id] = c
 	n.sched.Add(id, now)
 	err := n.startAgentLocked(c, runInitial)
@@ -239,6 +242,13 @@ func (n *Node) SetAllowedIPs(id string, prefixes []netip.Prefix) error {
 }
 
 // AddRemoteCandidate adds a candidate the peer signalled (SDP as pion marshals it).
+//
+// A candidate for a connection the node does not know yet is queued and
+// applied when UpsertConnection creates it: the portal forwards a gateway's
+// candidates as soon as the gateway has the connection, which can be before
+// the client has it. The queue is bounded (32 candidates per connection, 64
+// connections; beyond that ErrCandidateQueueFull) and a queued candidate is
+// dropped after 60 s without its connection.
 func (n *Node) AddRemoteCandidate(id, sdp string) error {
 	sdp = trimCandidate(sdp)
 	cand, err := parseRemoteCandidate(sdp)
@@ -249,7 +259,14 @@ func (n *Node) AddRemoteCandidate(id, sdp string) error {
 	defer n.mu.Unlock()
 	c := n.conns[id]
 	if c == nil {
-		return fmt.Errorf("remote candidate for %s: %w", id, ErrUnknownConnection)
+		if n.closed {
+			return ErrClosed
+		}
+		if err := n.queueCandidateLocked(id, sdp, n.clock()); err != nil {
+			n.log.Warn("remote candidate for an unknown connection dropped", "connection", id, "error", err)
+			return fmt.Errorf("remote candidate for %s: %w", id, err)
+		}
+		return nil
 	}
 	if _, dup := c.remoteCands[sdp]; dup {
 		return nil
@@ -267,7 +284,10 @@ func (n *Node) AddRemoteCandidate(id, sdp string) error {
 }
 
 // RemoveRemoteCandidate drops a candidate the peer invalidated. If the
-// connection's path used it, ICE re-runs to find another path.
+// connection's path used it, ICE re-runs to find another path. For a
+// connection the node does not know yet, it drops the candidate from the
+// queue (see AddRemoteCandidate); ErrUnknownConnection means there was
+// nothing to drop.
 func (n *Node) RemoveRemoteCandidate(id, sdp string) error {
 	sdp = trimCandidate(sdp)
 	cand, err := parseRemoteCandidate(sdp)
@@ -278,6 +298,9 @@ func (n *Node) RemoveRemoteCandidate(id, sdp string) error {
 	defer n.mu.Unlock()
 	c := n.conns[id]
 	if c == nil {
+		if n.unqueueCandidateLocked(id, sdp, n.clock()) {
+			return nil
+		}
 		return fmt.Errorf("remove remote candidate for %s: %w", id, ErrUnknownConnection)
 	}
 	delete(c.remoteCands, sdp)
@@ -380,7 +403,8 @@ const muxSettle = 20 * time.Millisecond
 // once its own check on it succeeded).
 const agentGrace = 2 * time.Second
 
-// Reset drops every connection and allocation, rotates the static key,
+// Reset drops every connection, queued remote candidate and allocation,
+// rotates the static key,
 // re-opens the sockets (a new port unless Config.Port fixes it) with a fresh
 // ICE mux, and returns the new public key. This is roaming: the portal
 // session then reconnects with the new key, and the caller passes the
@@ -405,6 +429,7 @@ func (n *Node) Reset() (Key, error) {
 		}
 	}
 	n.relays = make(map[string]*relayEntry)
+	n.queued = make(map[string][]queuedCandidate)
 	n.rebuildAllocIndex()
 	n.noRelays = true // dropped on purpose: the caller passes relays again
 	n.priv = priv

@@ -45,6 +45,12 @@
 // connection (candidates re-signalled, woken from idle, ICE re-run without a
 // new handshake); anything else replaces it.
 //
+// Remote candidates for a connection id the node does not know yet are
+// queued (bounded: 32 per id, 64 ids, 60 s, expired lazily without a timer)
+// and applied when UpsertConnection creates it: the portal forwards a
+// gateway's candidates as soon as the gateway has the connection, possibly
+// before the client has it.
+//
 // While ICE runs, what wireguard-go sends (its handshake initiation) is
 // buffered and flushed to the nominated pair; only the controlling side forces
 // a handshake on nomination. The connection is established once wireguard-go

@@ -5,19 +5,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/netip"
 	"os"
 	"sync"
 	"testing"
 	"time"
 
-	"github.com/pion/transport/v5/stdnet"
-	"github.com/pion/turn/v5"
+	"github.com/snowgate/snowgate/internal/portalapi"
+	"github.com/snowgate/snowgate/relay"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 )
-
-const testRealm = "snowgate"
 
 // testLogger logs to the test at the level of SNOWGATE_TEST_LOG (default: warn).
 func testLogger(t testing.TB) *slog.Logger {
@@ -51,54 +48,59 @@ func (w *testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// testRelay is a pion/turn server on loopback that admits loopback peers.
+// testRelay is our relay (relay.New) on loopback, admitting loopback peers.
 type testRelay struct {
-	srv  *turn.Server
+	srv  *relay.Server
 	addr netip.AddrPort
-	pc   net.PacketConn
 }
 
 func startRelay(t testing.TB) *testRelay { return startRelayOn(t, "127.0.0.1") }
 
-// startRelayOn starts a pion/turn server listening and relaying on ip.
+// startRelayOn starts our relay listening and relaying on ip (a loopback
+// address): ephemeral listener port, one socket, no drain, loopback peers
+// allowed (the relay refuses them by default).
 func startRelayOn(t testing.TB, ip string) *testRelay {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", net.JoinHostPort(ip, "0"))
-	if err != nil {
-		t.Fatalf("relay listen: %v", err)
+	a := netip.MustParseAddr(ip)
+	cfg := relay.Config{
+		ListenPort:   -1,
+		Sockets:      1,
+		DrainTimeout: -1,
+		AllowPeers:   []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")},
+		Logger:       testLogger(t).With("component", "relay"),
 	}
-	_ = pc.(*net.UDPConn).SetReadBuffer(socketBufferSize)
-	_ = pc.(*net.UDPConn).SetWriteBuffer(socketBufferSize)
-	forceBuffers(pc.(*net.UDPConn), socketBufferSize)
-	srv, err := turn.NewServer(turn.ServerConfig{
-		Realm: testRealm,
-		AuthHandler: func(ra *turn.RequestAttributes) (string, []byte, bool) {
-			return ra.Username, turn.GenerateAuthKey(ra.Username, testRealm, "secret-"+ra.Username), true
-		},
-		PacketConnConfigs: []turn.PacketConnConfig{{
-			PacketConn: pc,
-			RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{
-				RelayAddress: net.ParseIP(ip),
-				Address:      ip,
-				Net:          bigBufferNet{Net: hostNet(t)},
-			},
-			PermissionHandler: func(net.Addr, net.IP) bool { return true },
-		}},
-	})
-	if err != nil {
-		t.Fatalf("relay server: %v", err)
+	if a.Is4() {
+		cfg.PublicIP4, cfg.ListenAddr4 = a, a
+	} else {
+		cfg.PublicIP6, cfg.ListenAddr6 = a, a
 	}
-	r := &testRelay{srv: srv, pc: pc, addr: addrPortOf(pc.LocalAddr())}
+	srv, err := relay.New(cfg)
+	if err != nil {
+		t.Fatalf("relay: %v", err)
+	}
+	if err := srv.Start(t.Context()); err != nil {
+		t.Fatalf("relay start: %v", err)
+	}
 	t.Cleanup(func() { _ = srv.Close() })
-	return r
+	return &testRelay{srv: srv, addr: srv.Addr()}
 }
 
-func (r *testRelay) relay(id string) Relay {
-	rel := Relay{ID: id, Username: "user-" + id, Password: "secret-user-" + id, Realm: testRealm}
-	if r.addr.Addr().Is4() {
-		rel.Addr4 = r.addr
+// relay describes the relay to node n as the portal does: the relay's
+// address and credentials derived from its stamp secret and n's public key
+// (portalapi.RelayCredentials) in realm "firezone". Call it again after
+// n.Reset (new key, new credentials).
+func (r *testRelay) relay(id string, n *Node) Relay {
+	return portalRelay(id, r.srv.StampSecret(), r.addr, n)
+}
+
+// portalRelay is the node's view of a relay as the portal hands it out.
+func portalRelay(id, stampSecret string, addr netip.AddrPort, n *Node) Relay {
+	user, pass := portalapi.RelayCredentials(stampSecret, n.PublicKey().String(), time.Now().Add(24*time.Hour))
+	rel := Relay{ID: id, Username: user, Password: pass, Realm: relay.DefaultRealm}
+	if addr.Addr().Is4() {
+		rel.Addr4 = addr
 	} else {
-		rel.Addr6 = r.addr
+		rel.Addr6 = addr
 	}
 	return rel
 }
@@ -156,7 +158,9 @@ func (tn *testNode) pump() {
 		if peer == nil {
 			continue
 		}
-		// Like the portal, hold a candidate until the peer has the connection.
+		// Like the portal, forward at once: the peer queues candidates of a
+		// connection it does not have yet. An invalidation it cannot place
+		// (ErrUnknownConnection) is retried for a while.
 		for try := 0; try < 200; try++ {
 			var err error
 			switch e.Kind {
@@ -323,25 +327,3 @@ func describe(s ConnStats) string {
 type netipPrefix = netip.Prefix
 
 func prefix32(a netip.Addr) netip.Prefix { return netip.PrefixFrom(a, 32) }
-
-func hostNet(t testing.TB) *stdnet.Net {
-	n, err := stdnet.NewNet()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
-}
-
-// bigBufferNet gives the test relay's per-allocation sockets large buffers
-// (pion opens them with the kernel default, which a burst overflows).
-type bigBufferNet struct{ *stdnet.Net }
-
-func (n bigBufferNet) ListenPacket(network, address string) (net.PacketConn, error) {
-	pc, err := n.Net.ListenPacket(network, address)
-	if uc, ok := pc.(*net.UDPConn); ok && err == nil {
-		_ = uc.SetReadBuffer(socketBufferSize)
-		_ = uc.SetWriteBuffer(socketBufferSize)
-		forceBuffers(uc, socketBufferSize)
-	}
-	return pc, err
-}

@@ -19,12 +19,12 @@ func TestIdleConnectionsCoalesceAndReactivate(t *testing.T) {
 	short := func(c *Config) { c.IdleAfter, c.KeepaliveInterval = idleAfter, keepalive }
 	relay := startRelay(t)
 	hub := newTestNode(t, "100.64.0.1", short)
-	hub.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	hub.n.UpdateRelays(nil, []Relay{relay.relay("r1", hub.n)})
 	hub.waitRelayReady(t)
 	var nodes []*testNode
 	for i := 0; i < peers; i++ {
 		p := newTestNode(t, fmt.Sprintf("100.64.1.%d", i+1), short)
-		p.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+		p.n.UpdateRelays(nil, []Relay{relay.relay("r1", p.n)})
 		p.waitRelayReady(t)
 		id := fmt.Sprintf("c%d", i)
 		hubSignalsTo(hub, p)

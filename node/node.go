@@ -89,6 +89,8 @@ type Node struct {
 	relays   map[string]*relayEntry
 	sched    *idle.Scheduler
 	noRelays bool
+	queued   map[string][]queuedCandidate // remote candidates of connections not created yet
+	clock    func() time.Time             // timestamps of queued candidates (tests replace it)
 
 	allocByAddr atomic.Pointer[map[netip.AddrPort]*allocation]
 	epMu        sync.Mutex // serialises copy-on-write of the endpoint maps
@@ -159,6 +161,7 @@ func New(cfg Config) (*Node, error) {
 		cfg: cfg, log: log, net: nw, pionLog: pionLog,
 		ctx: ctx, cancel: cancel,
 		priv: priv, conns: make(map[string]*connection), relays: make(map[string]*relayEntry), noRelays: true,
+		queued: make(map[string][]queuedCandidate), clock: time.Now,
 		events:     make(chan Event, 4096),
 		closing:    make(map[string]chan struct{}),
 		agentUfrag: make(map[*ice.Agent]string),

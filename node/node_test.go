@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -15,6 +16,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(e2eRelayEnv); spec != "" {
+		os.Exit(runE2ERelay(spec)) // child process of the netlab tests (e2e_test.go)
+	}
 	goleak.VerifyTestMain(m)
 }
 
@@ -22,8 +26,8 @@ func TestDirectConnection(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 
@@ -61,8 +65,8 @@ func TestRelayedConnection(t *testing.T) {
 	relayOnly := func(c *Config) { c.TestOnlyCandidateTypes = []ice.CandidateType{ice.CandidateTypeRelay} }
 	a := newTestNode(t, "100.64.0.1", relayOnly)
 	b := newTestNode(t, "100.64.0.2", relayOnly)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 
@@ -91,8 +95,8 @@ func TestRemoveAllRelaysKeepsDirectConnection(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 	connect(t, a, b, "c1", credsA, credsB)
@@ -128,8 +132,8 @@ func TestUpsertIdempotent(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 	connect(t, a, b, "c1", credsA, credsB)
@@ -177,8 +181,8 @@ func TestResetRotatesKey(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 	connect(t, a, b, "c1", credsA, credsB)
@@ -202,7 +206,7 @@ func TestResetRotatesKey(t *testing.T) {
 		t.Fatalf("allocations survived Reset: upsert err = %v", err)
 	}
 	// After the portal hands the relays again, the node reconnects with its new key.
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
 	if !a.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) {
 		t.Fatal("relay not ready again")
 	}
@@ -215,9 +219,8 @@ func TestRelayRemovedMovesConnection(t *testing.T) {
 	relayOnly := func(c *Config) { c.TestOnlyCandidateTypes = []ice.CandidateType{ice.CandidateTypeRelay} }
 	a := newTestNode(t, "100.64.0.1", relayOnly)
 	b := newTestNode(t, "100.64.0.2", relayOnly)
-	relays := []Relay{r1.relay("r1"), r2.relay("r2")}
-	a.n.UpdateRelays(nil, relays)
-	b.n.UpdateRelays(nil, relays)
+	a.n.UpdateRelays(nil, []Relay{r1.relay("r1", a.n), r2.relay("r2", a.n)})
+	b.n.UpdateRelays(nil, []Relay{r1.relay("r1", b.n), r2.relay("r2", b.n)})
 	if !a.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) ||
 		!b.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) {
 		t.Fatal("relays not ready")
@@ -256,8 +259,8 @@ func TestConnectionFailures(t *testing.T) {
 	fast := func(c *Config) { c.ICEFailedTimeout = time.Second }
 	a := newTestNode(t, "100.64.0.1", fast)
 	b := newTestNode(t, "100.64.0.2", fast)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 
@@ -306,7 +309,7 @@ func TestConnectionFailures(t *testing.T) {
 		}
 	})
 	t.Run("bad input", func(t *testing.T) {
-		if err := a.n.AddRemoteCandidate("nope", "1 1 udp 1 127.0.0.1 1 typ host"); !errors.Is(err, ErrUnknownConnection) {
+		if err := a.n.RemoveRemoteCandidate("nope", "1 1 udp 1 127.0.0.1 1 typ host"); !errors.Is(err, ErrUnknownConnection) {
 			t.Fatalf("unknown connection: %v", err)
 		}
 		if err := a.n.UpsertConnection("x", b.n.PublicKey(), psk, Credentials{}, credsB, RoleControlling); err == nil {
@@ -360,8 +363,8 @@ func TestDualStackDirectConnection(t *testing.T) {
 	if set := a.n.io.Load(); set.v6 == nil || set.v6.port != set.v4.port {
 		t.Fatalf("want v4 and v6 sockets on one port")
 	}
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 	connect(t, a, b, "c1", credsA, credsB)
@@ -377,8 +380,8 @@ func TestDualStackDirectConnection(t *testing.T) {
 		}
 		a := newTestNode(t, "100.64.0.1", relayOnly)
 		b := newTestNode(t, "100.64.0.2", relayOnly)
-		a.n.UpdateRelays(nil, []Relay{r6.relay("r6")})
-		b.n.UpdateRelays(nil, []Relay{r6.relay("r6")})
+		a.n.UpdateRelays(nil, []Relay{r6.relay("r6", a.n)})
+		b.n.UpdateRelays(nil, []Relay{r6.relay("r6", b.n)})
 		ev, ok := a.waitEvent(10*time.Second, func(e Event) bool { return e.Kind == EventRelayReady })
 		if !ok || !ev.RelayedAddr.Addr().Is6() {
 			t.Fatalf("no IPv6 allocation: %+v", ev)
@@ -401,8 +404,8 @@ func TestReconnectSameCredentials(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1")})
+	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
+	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
 	a.waitRelayReady(t)
 	b.waitRelayReady(t)
 	for i := 0; i < 3; i++ {
@@ -432,9 +435,8 @@ func TestUnresponsiveRelayMovesConnection(t *testing.T) {
 	}
 	a := newTestNode(t, "100.64.0.1", cfg)
 	b := newTestNode(t, "100.64.0.2", cfg)
-	relays := []Relay{r1.relay("r1"), r2.relay("r2")}
-	a.n.UpdateRelays(nil, relays)
-	b.n.UpdateRelays(nil, relays)
+	a.n.UpdateRelays(nil, []Relay{r1.relay("r1", a.n), r2.relay("r2", a.n)})
+	b.n.UpdateRelays(nil, []Relay{r1.relay("r1", b.n), r2.relay("r2", b.n)})
 	if !a.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) ||
 		!b.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) {
 		t.Fatal("relays not ready")

@@ -12,6 +12,7 @@ import (
 )
 
 const (
+	testRealm   = "snowgate" // realm of the vnet's pion/turn server
 	vnetRelayIP = "198.18.0.10"
 	vnetPubA    = "198.18.1.1"
 	vnetPubB    = "198.18.2.1"
@@ -20,6 +21,11 @@ const (
 )
 
 // natWorld is a pion vnet: a WAN with a TURN relay and two LANs, each behind its own NAT.
+//
+// The relay here is pion/turn's server, not ours: our relay binds kernel
+// sockets (SO_REUSEPORT listeners, relay sockets with forced buffer sizes)
+// and takes no transport.Net, so it cannot live on a vnet. The same two
+// scenarios run against our relay in network namespaces (e2e_test.go, root).
 type natWorld struct {
 	wan        *vnet.Router
 	netA, netB *vnet.Net
