@@ -15,6 +15,7 @@ import (
 	"github.com/pion/logging"
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
+	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/node/idle"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
@@ -58,10 +59,6 @@ type Config struct {
 	RelayRTO time.Duration
 	// Logger receives the node's logs; nil discards them.
 	Logger *slog.Logger
-	// PionLoggerFactory receives pion's logs; nil maps them to Logger at debug.
-	PionLoggerFactory logging.LoggerFactory
-	// WireGuardLogger receives wireguard-go's logs; nil maps them to Logger.
-	WireGuardLogger *device.Logger
 	// MeterProvider provides the node's metrics; nil is a no-op provider.
 	MeterProvider metric.MeterProvider
 }
@@ -151,10 +148,8 @@ func New(cfg Config) (*Node, error) {
 	if mp == nil {
 		mp = noop.NewMeterProvider()
 	}
-	pionLog := cfg.PionLoggerFactory
-	if pionLog == nil {
-		pionLog = slogPionFactory{log: log.With("component", "pion")}
-	}
+	// pion's and wireguard-go's logs go through the shared adapters (levels and redaction of telemetry).
+	pionLog := telemetry.PionLoggerFactory(log)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
@@ -209,11 +204,7 @@ func New(cfg Config) (*Node, error) {
 	n.io.Store(set)
 
 	n.bind = newBind(n)
-	wgLog := cfg.WireGuardLogger
-	if wgLog == nil {
-		wgLog = wireGuardLogger(log.With("component", "wireguard"))
-	}
-	n.dev = device.NewDevice(cfg.TUN, n.bind, wgLog)
+	n.dev = device.NewDevice(cfg.TUN, n.bind, telemetry.WireGuardLogger(log))
 	if err := n.dev.IpcSet("private_key=" + priv.hex() + "\n"); err != nil {
 		n.dev.Close()
 		n.cancel()

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pion/transport/v5/vnet"
 	"github.com/pion/turn/v5"
+	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
 const (
@@ -34,7 +35,7 @@ type natWorld struct {
 
 func buildNATWorld(t *testing.T, nat *vnet.NATType) *natWorld {
 	t.Helper()
-	lf := slogPionFactory{log: testLogger(t)}
+	lf := telemetry.PionLoggerFactory(testLogger(t))
 	wan, err := vnet.NewRouter(&vnet.RouterConfig{CIDR: "0.0.0.0/0", LoggerFactory: lf})
 	if err != nil {
 		t.Fatal(err)

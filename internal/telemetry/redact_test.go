@@ -81,8 +81,9 @@ func TestPionICEPasswordRedacted(t *testing.T) {
 	p := PionLoggerFactory(l).NewLogger("ice")
 	p.Debugf("setting remote credentials ufrag: %s pwd: %s", "abcd", "s3cretIcePassw0rdValue")
 	p.Errorf("check failed password=%s", "an0therSecretValue")
+	p.Infof(`Started agent: isControlling? true, remoteUfrag: "ufragB", remotePwd: "%s"`, "th1rdSecretValue")
 	out := buf.String()
-	for _, secret := range []string{"s3cretIcePassw0rdValue", "an0therSecretValue"} {
+	for _, secret := range []string{"s3cretIcePassw0rdValue", "an0therSecretValue", "th1rdSecretValue"} {
 		if strings.Contains(out, secret) {
 			t.Fatalf("secret %q in log:\n%s", secret, out)
 		}
