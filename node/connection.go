@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/pion/ice/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
 	"golang.zx2c4.com/wireguard/device"
 )
 
@@ -921,7 +923,9 @@ func (n *Node) establish(c *connection, gen uint64) {
 	}
 	n.mu.Unlock()
 	if announce {
-		n.established.Add(n.ctx, 1)
+		pathAttr := metric.WithAttributes(attribute.String("path", ev.Path.String()))
+		n.established.Add(n.ctx, 1, pathAttr)
+		n.setupTime.Record(n.ctx, ev.HandshakeTime.Seconds(), pathAttr)
 		n.log.Info("connection established", "connection", c.id, "path", ev.Path.String(),
 			"local", ev.LocalAddr, "remote", ev.RemoteAddr, "handshake_time", ev.HandshakeTime)
 	}

@@ -17,6 +17,7 @@ import (
 	"github.com/pion/transport/v5/stdnet"
 	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/node/idle"
+	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 	wgconn "golang.zx2c4.com/wireguard/conn"
@@ -105,6 +106,7 @@ type Node struct {
 	wakeups     atomic.Uint64
 	liveAgents  atomic.Int64 // ICE agents created and not yet closed
 	established metric.Int64Counter
+	setupTime   metric.Float64Histogram
 }
 
 type relayKey struct {
@@ -169,14 +171,41 @@ func New(cfg Config) (*Node, error) {
 
 	meter := mp.Meter("github.com/snowgate/snowgate/node")
 	n.established, _ = meter.Int64Counter("node.connections.established",
-		metric.WithDescription("Connections that reached WireGuard on a nominated path"))
+		metric.WithDescription("Connections that reached WireGuard on a nominated path, by path"),
+		metric.WithUnit("{connection}"))
+	n.setupTime, _ = meter.Float64Histogram("node.connection.setup.duration",
+		metric.WithDescription("Time from UpsertConnection (or an ICE re-run) to the WireGuard handshake on the nominated path, by path"),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30))
 	_, _ = meter.Int64ObservableGauge("node.connections",
-		metric.WithDescription("Connections by state"),
+		metric.WithDescription("Connections by path (none while connecting) and idle state"),
+		metric.WithUnit("{connection}"),
 		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			type key struct {
+				path Path
+				idle bool
+			}
+			counts := map[key]int64{}
 			n.mu.Lock()
-			cnt := int64(len(n.conns))
+			for id, c := range n.conns {
+				st, _ := n.sched.State(id)
+				counts[key{c.path, st == idle.Idle}]++
+			}
 			n.mu.Unlock()
-			o.Observe(cnt)
+			for k, v := range counts {
+				state := "active"
+				if k.idle {
+					state = "idle"
+				}
+				o.Observe(v, metric.WithAttributes(attribute.String("path", k.path.String()), attribute.String("state", state)))
+			}
+			return nil
+		}))
+	_, _ = meter.Int64ObservableGauge("node.ice.agents",
+		metric.WithDescription("Live ICE agents (each wakes the process every 2 s; none should outlive connection setup)"),
+		metric.WithUnit("{agent}"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			o.Observe(n.liveAgents.Load())
 			return nil
 		}))
 
