@@ -329,8 +329,11 @@ func TestRenderUserData(t *testing.T) {
 	}
 	_, files := parseCloudInit(t, string(out))
 	env, _ := parseEnvFile(t, "rendered relay.env", files["/etc/snowgate/relay.env"])
-	if env["SNOWGATE_TOKEN"] != vals["SNOWGATE_TOKEN"] || env["PUBLIC_IP4_ADDR"] != vals["PUBLIC_IP4_ADDR"] {
-		t.Errorf("rendered relay.env: %v", env)
+	if env["PUBLIC_IP4_ADDR"] != vals["PUBLIC_IP4_ADDR"] || env["SNOWGATE_TOKEN"] != "" {
+		t.Errorf("rendered relay.env (the token belongs in /etc/snowgate/relay-token): %v", env)
+	}
+	if tok := strings.TrimSpace(files["/etc/snowgate/relay-token"]); tok != vals["SNOWGATE_TOKEN"] {
+		t.Errorf("rendered /etc/snowgate/relay-token = %q, want the token", tok)
 	}
 	if !strings.Contains(files["/etc/nftables.conf"], "define monitoring4 = { 192.0.2.0/24, 198.51.100.7 }") {
 		t.Error("rendered nftables.conf lacks the monitoring set")

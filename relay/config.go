@@ -19,7 +19,8 @@ const (
 	DefaultHighestPort        = 65535
 	DefaultAllocationLifetime = 600 * time.Second
 	// MaxAllocationLifetime is pion/turn's fixed cap: a requested LIFETIME of
-	// an hour or more is answered with the default lifetime.
+	// an hour or more is answered with the default lifetime (a known
+	// deviation from RFC 8656, see the package doc).
 	MaxAllocationLifetime     = time.Hour
 	DefaultChannelLifetime    = 600 * time.Second
 	DefaultPermissionLifetime = 300 * time.Second

@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"context"
 	"encoding/binary"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -121,6 +123,7 @@ type relayConn struct {
 	shard *trafficShard
 	fast  *fastPath
 	key   relayKey
+	guard *sendGuard // nil: no destination check (tests of the conn alone)
 
 	mu    sync.RWMutex
 	peers map[netip.AddrPort]*peerChannel
@@ -130,8 +133,17 @@ type relayConn struct {
 // relayReadSize matches pion's relay read buffer (rtpMTU).
 const relayReadSize = 1600
 
-// WriteTo implements net.PacketConn and counts relayed traffic to peers.
+// WriteTo implements net.PacketConn for pion's sends to peers (Send
+// indications, ChannelData outside the fast path) and counts them. A
+// datagram to one of the relay's own addresses outside the relay port range
+// is dropped (and counted as a refused peer) while pretending success, so
+// that pion does not log an error per datagram.
 func (r *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
+	if r.guard != nil {
+		if dst, ok := udpAddrPort(addr); ok && r.guard.refuse(dst) {
+			return len(p), nil
+		}
+	}
 	n, err := r.UDPConn.WriteTo(p, addr)
 	if err == nil {
 		r.shard.toPeerPackets.Add(1)
@@ -140,7 +152,37 @@ func (r *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	return n, err
 }
 
-// writeToPeer is the fast path's client → peer send.
+// sendGuard drops datagrams to the relay's own addresses outside the relay
+// port range (see PeerPolicy.OwnOutsideRange).
+type sendGuard struct {
+	policy *PeerPolicy
+	stats  *stats
+	log    *slog.Logger
+}
+
+// refuse reports whether dst must not be sent to, counting and logging (at
+// trace level: one line per datagram) the refusal.
+func (g *sendGuard) refuse(dst netip.AddrPort) bool {
+	if !g.policy.OwnOutsideRange(dst) {
+		return false
+	}
+	g.stats.refusedPeers.Add(1)
+	if ctx := context.Background(); g.log.Enabled(ctx, levelTrace) {
+		g.log.Log(ctx, levelTrace, "datagram to own address outside the relay port range dropped", "peer", dst.String())
+	}
+	return true
+}
+
+// refusesAddr reports, without counting, whether a channel to peer would
+// be refused datagrams; such a channel stays on pion's path (through
+// relayConn.WriteTo, which drops and counts) and out of the fast path.
+func (g *sendGuard) refusesAddr(peer net.Addr) bool {
+	dst, ok := udpAddrPort(peer)
+	return !ok || g.policy.OwnOutsideRange(dst)
+}
+
+// writeToPeer is the fast path's client → peer send. The fast path never
+// holds a binding to a destination sendGuard refuses (fastPath.bind).
 func (r *relayConn) writeToPeer(p []byte, peer netip.AddrPort) {
 	if _, err := r.UDPConn.WriteToUDPAddrPort(p, peer); err == nil {
 		r.shard.toPeerPackets.Add(1)

@@ -15,15 +15,39 @@
 // Behaviour worth knowing:
 //   - Binding requests are answered without authentication; every other
 //     request needs long-term credentials in realm "firezone" (or Realm).
-//   - Peer policy precedence: --deny-peer > --allow-peer > default-denied
+//   - Peer policy precedence: --deny-peer > the relay's own addresses
+//     (allowed, port-restricted, below) > --allow-peer > default-denied
 //     ranges (loopback, unspecified, link-local incl. 169.254.169.254,
-//     multicast, broadcast, RFC 1918, CG-NAT, ULA, the relay's own
-//     addresses) > allowed. Refusals answer 403 to CreatePermission and
-//     ChannelBind and count in relay.peers.refused.
+//     multicast, broadcast, RFC 1918, CG-NAT, ULA) > allowed. Refusals
+//     answer 403 to CreatePermission and ChannelBind and count in
+//     relay.peers.refused.
+//   - Same-relay paths: the relay's own addresses (public and bound) are
+//     allowed as peers, so a client and a gateway that both allocate here
+//     can use their relay↔relay candidate pair (as on Firezone's relay). But
+//     datagrams to an own address are delivered only when the destination
+//     port is inside the relay port range [LowestPort, HighestPort], i.e. to
+//     another allocation; anything else to an own address (the TURN port,
+//     the health port, any other local service) is dropped and counted in
+//     relay.peers.refused, in every send path (pion's Send indications and
+//     ChannelData through the relay socket's WriteTo; the fast path never
+//     takes such a channel), even if --allow-peer covers the address. The
+//     datagram goes through the kernel (relay socket to relay socket), so the
+//     public address must be local to the host or hairpinned by its NAT.
 //   - Channel data of bound channels is forwarded by the relay itself (see
 //     fastPath); everything else is pion's.
-//   - pion caps the allocation lifetime below one hour: a requested LIFETIME
-//     of 3600 s or more gets the default lifetime (600 s).
+//   - Known deviation (pion/turn v5.1.3, internal/server/util.go
+//     allocationLifeTime, used by Allocate and Refresh): the granted lifetime
+//     is the requested LIFETIME if it is below one hour
+//     (maximumAllocationLifetime, a constant), else Config.AllocationLifetime
+//     (default 600 s); no LIFETIME also gets Config.AllocationLifetime.
+//     RFC 8656 §7.2/§7.3 grant max(default, min(requested, maximum)). So a
+//     request of 3600 s or more gets 600 s instead of 3600 s, and a request
+//     below 600 s (e.g. 60 s) gets what it asked for instead of 600 s. The
+//     response's LIFETIME states the granted value, so RFC clients refresh in
+//     time either way. It cannot be fixed by configuration: setting
+//     AllocationLifetime to 3600 s would fix large requests but make every
+//     allocation without LIFETIME last an hour. TestLifetimeNegotiation pins
+//     the behaviour so that a pion upgrade that changes it is noticed.
 //   - Draining (Run's context ended) answers new Allocate requests with 486
 //     and keeps existing allocations until they end or DrainTimeout passes.
 package relay

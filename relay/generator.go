@@ -39,6 +39,7 @@ type addressGenerator struct {
 	opts             socketOptions
 	stats            *stats
 	fast             *fastPath // nil: no fast path
+	guard            *sendGuard
 }
 
 var _ turn.RelayAddressGenerator = (*addressGenerator)(nil)
@@ -71,7 +72,7 @@ func (g *addressGenerator) AllocatePacketConn(conf turn.AllocateListenerConfig) 
 			return nil, nil, err
 		}
 		actual := c.LocalAddr().(*net.UDPAddr).Port
-		rc := &relayConn{UDPConn: c, shard: g.stats.shard(actual), fast: g.fast,
+		rc := &relayConn{UDPConn: c, shard: g.stats.shard(actual), fast: g.fast, guard: g.guard,
 			key: relayKey{v6: conf.Network == "udp6", port: uint16(actual)}} //nolint:gosec // a port
 		if g.fast != nil {
 			g.fast.addRelay(rc)

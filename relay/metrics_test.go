@@ -25,7 +25,7 @@ func TestMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	newRawClient(t, s.Addr(), user, "wrong").request(stun.MethodAllocate, requestedTransportUDP())
-	r.request(stun.MethodCreatePermission, peerAttr(mustAddrPort("127.0.0.1:9")))
+	r.request(stun.MethodCreatePermission, peerAttr(mustAddrPort("127.0.0.2:9")))
 
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {

@@ -26,33 +26,44 @@ var defaultDeniedPeers = []string{
 }
 
 // PeerPolicy decides which peer addresses a client may create permissions and
-// channels to. Precedence, highest first:
+// channels to, and which destinations the relay may send datagrams to.
+// Precedence, highest first:
 //
 //  1. an explicit deny prefix (--deny-peer) refuses;
-//  2. an explicit allow prefix (--allow-peer) permits, even inside a default-denied range;
-//  3. the default-denied ranges and the relay's own addresses refuse;
-//  4. everything else is permitted.
+//  2. the relay's own addresses (public and bound) are permitted as peers,
+//     but datagrams to them are delivered only to ports inside the relay port
+//     range (another allocation on this relay: the relay↔relay path when
+//     client and gateway allocate on the same relay); anything else to an own
+//     address (the TURN port, the health port, sshd …) is dropped
+//     (AllowedDest), even when an allow prefix covers the address;
+//  3. an explicit allow prefix (--allow-peer) permits, even inside a default-denied range;
+//  4. the default-denied ranges refuse;
+//  5. everything else is permitted.
 //
 // IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
 // PeerPolicy is immutable and safe for concurrent use.
 type PeerPolicy struct {
 	deny, allow, defaults []netip.Prefix
+	own                   []netip.Addr
+	low, high             uint16
 }
 
 // NewPeerPolicy builds a policy; own are the relay's own addresses (public
-// and bound), refused by default like loopback.
-func NewPeerPolicy(allow, deny []netip.Prefix, own []netip.Addr) *PeerPolicy {
+// and bound) and [low, high] the relay port range, the only ports of an own
+// address that datagrams may go to.
+func NewPeerPolicy(allow, deny []netip.Prefix, own []netip.Addr, low, high uint16) *PeerPolicy {
 	p := &PeerPolicy{
 		allow: normalizePrefixes(allow),
 		deny:  normalizePrefixes(deny),
+		low:   low,
+		high:  high,
 	}
 	for _, s := range defaultDeniedPeers {
 		p.defaults = append(p.defaults, netip.MustParsePrefix(s))
 	}
 	for _, a := range own {
-		if a.IsValid() {
-			a = a.Unmap()
-			p.defaults = append(p.defaults, netip.PrefixFrom(a, a.BitLen()))
+		if a.IsValid() && !a.IsUnspecified() {
+			p.own = append(p.own, a.Unmap().WithZone(""))
 		}
 	}
 	return p
@@ -74,7 +85,8 @@ func normalizePrefixes(in []netip.Prefix) []netip.Prefix {
 	return out
 }
 
-// Allowed reports whether peer may be relayed to.
+// Allowed reports whether peer may get permissions and channel bindings.
+// An own address is allowed here; AllowedDest restricts its ports.
 func (p *PeerPolicy) Allowed(peer netip.Addr) bool {
 	if !peer.IsValid() {
 		return false
@@ -83,7 +95,7 @@ func (p *PeerPolicy) Allowed(peer netip.Addr) bool {
 	if containsAddr(p.deny, peer) {
 		return false
 	}
-	if containsAddr(p.allow, peer) {
+	if p.isOwn(peer) || containsAddr(p.allow, peer) {
 		return true
 	}
 	return !containsAddr(p.defaults, peer)
@@ -96,6 +108,34 @@ func (p *PeerPolicy) AllowedIP(ip net.IP) bool {
 		return false
 	}
 	return p.Allowed(a)
+}
+
+// OwnOutsideRange reports whether dst is one of the relay's own addresses
+// with a port outside the relay port range: a destination the relay never
+// sends to, whatever the permissions say.
+func (p *PeerPolicy) OwnOutsideRange(dst netip.AddrPort) bool {
+	if len(p.own) == 0 {
+		return false
+	}
+	if port := dst.Port(); port >= p.low && port <= p.high {
+		return false
+	}
+	return p.isOwn(dst.Addr().Unmap().WithZone(""))
+}
+
+// AllowedDest reports whether a datagram may be sent to dst: Allowed for its
+// address and, for an own address, a port inside the relay port range.
+func (p *PeerPolicy) AllowedDest(dst netip.AddrPort) bool {
+	return p.Allowed(dst.Addr()) && !p.OwnOutsideRange(dst)
+}
+
+func (p *PeerPolicy) isOwn(a netip.Addr) bool {
+	for _, o := range p.own {
+		if o == a {
+			return true
+		}
+	}
+	return false
 }
 
 func containsAddr(prefixes []netip.Prefix, a netip.Addr) bool {

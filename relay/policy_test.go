@@ -15,8 +15,8 @@ func TestPeerPolicy(t *testing.T) {
 		return out
 	}
 	own := []netip.Addr{netip.MustParseAddr("198.18.0.1"), netip.MustParseAddr("2001:db8::1")}
-	def := NewPeerPolicy(nil, nil, own)
-	custom := NewPeerPolicy(pfx("127.0.0.1/32", "192.0.2.0/24", "::ffff:10.1.0.0/112"), pfx("192.0.2.66/32", "203.0.113.0/24"), own)
+	def := NewPeerPolicy(nil, nil, own, 49152, 65535)
+	custom := NewPeerPolicy(pfx("127.0.0.1/32", "192.0.2.0/24", "::ffff:10.1.0.0/112", "198.18.0.0/15"), pfx("192.0.2.66/32", "203.0.113.0/24", "2001:db8::1/128"), own, 49152, 65535)
 	tests := []struct {
 		name string
 		p    *PeerPolicy
@@ -46,8 +46,10 @@ func TestPeerPolicy(t *testing.T) {
 		{"ula", def, "fd00::1", false},
 		{"mapped loopback", def, "::ffff:127.0.0.1", false},
 		{"mapped rfc1918", def, "::ffff:10.0.0.1", false},
-		{"own v4", def, "198.18.0.1", false},
-		{"own v6", def, "2001:db8::1", false},
+		{"own v4", def, "198.18.0.1", true},
+		{"own v6", def, "2001:db8::1", true},
+		{"own mapped", def, "::ffff:198.18.0.1", true},
+		{"own denied explicitly", custom, "2001:db8::1", false},
 		{"own neighbour", def, "198.18.0.2", true},
 		{"allow beats default", custom, "127.0.0.1", true},
 		{"allow is exact", custom, "127.0.0.2", false},
@@ -66,6 +68,36 @@ func TestPeerPolicy(t *testing.T) {
 			}
 			if got := tt.p.Allowed(a); got != tt.want {
 				t.Fatalf("Allowed(%s) = %v, want %v", tt.addr, got, tt.want)
+			}
+		})
+	}
+	// Destinations: own addresses only inside the relay port range, even
+	// when an allow prefix covers them; deny still wins.
+	for _, tt := range []struct {
+		name string
+		p    *PeerPolicy
+		dst  string
+		want bool
+	}{
+		{"own allocation port", def, "198.18.0.1:50000", true},
+		{"own lowest port", def, "198.18.0.1:49152", true},
+		{"own highest port", def, "198.18.0.1:65535", true},
+		{"own below range", def, "198.18.0.1:49151", false},
+		{"own turn port", def, "198.18.0.1:3478", false},
+		{"own health port", def, "198.18.0.1:8080", false},
+		{"own mapped turn port", def, "[::ffff:198.18.0.1]:3478", false},
+		{"own v6 turn port", def, "[2001:db8::1]:3478", false},
+		{"own v6 allocation", def, "[2001:db8::1]:60000", true},
+		{"own covered by allow", custom, "198.18.0.1:3478", false},
+		{"own denied in range", custom, "[2001:db8::1]:60000", false},
+		{"neighbour any port", def, "198.18.0.2:3478", true},
+		{"public any port", def, "198.51.100.7:22", true},
+		{"loopback in range", def, "127.0.0.1:50000", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dst := netip.MustParseAddrPort(tt.dst)
+			if got := tt.p.AllowedDest(dst); got != tt.want {
+				t.Fatalf("AllowedDest(%s) = %v, want %v", tt.dst, got, tt.want)
 			}
 		})
 	}

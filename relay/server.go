@@ -29,6 +29,7 @@ type Server struct {
 	stampSecret string
 	auth        *Authenticator
 	policy      *PeerPolicy
+	guard       *sendGuard
 	stats       *stats
 	quota       *quota
 	fast        *fastPath // nil when disabled
@@ -71,8 +72,9 @@ func New(cfg Config) (*Server, error) {
 			own = append(own, a)
 		}
 	}
-	s.policy = NewPeerPolicy(cfg.AllowPeers, cfg.DenyPeers, own)
+	s.policy = NewPeerPolicy(cfg.AllowPeers, cfg.DenyPeers, own, uint16(cfg.LowestPort), uint16(cfg.HighestPort)) //nolint:gosec // validated ports
 	s.stats = newStats(4 * max(cfg.Sockets, 1))
+	s.guard = &sendGuard{policy: s.policy, stats: s.stats, log: log}
 	s.quota = newQuota(cfg.MaxAllocationsPerUser, cfg.MaxAllocations)
 	if !cfg.DisableFastPath {
 		s.fast = newFastPath()
@@ -128,6 +130,7 @@ func (s *Server) Start(ctx context.Context) error {
 		opts:  socketOptions{buffer: s.cfg.RelaySocketBuffer},
 		stats: s.stats,
 		fast:  s.fast,
+		guard: s.guard,
 	}
 	fail := func(err error) error {
 		for _, c := range s.conns {
@@ -350,7 +353,7 @@ func (s *Server) events() turn.EventHandler {
 		},
 		OnChannelCreated: func(src, _ net.Addr, _, _, _ string, relayAddr, peer net.Addr, number uint16) {
 			s.stats.channels.Add(1)
-			if s.fast != nil {
+			if s.fast != nil && !s.guard.refusesAddr(peer) {
 				s.fast.bind(src, relayAddr, peer, number)
 			}
 		},

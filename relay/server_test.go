@@ -31,13 +31,17 @@ func TestRelayDataBothWays(t *testing.T) {
 			cfg := loopbackConfig()
 			cfg.DisableFastPath = tc.slow
 			cfg.AllowPeers = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+			// The relay's own addresses take datagrams on relay ports only, so
+			// the peer is 127.0.0.2, or ::1 with the relay advertising a
+			// documentation address and binding :: (the test maps it back).
+			cfg.PublicIP6, cfg.ListenAddr6 = netip.MustParseAddr("2001:db8::1"), netip.IPv6Unspecified()
 			s := startRelay(t, cfg)
-			network, local := "udp4", "127.0.0.1:0"
+			network, local, peerLocal := "udp4", "127.0.0.1:0", "127.0.0.2:0"
 			family := turn.RequestedAddressFamilyIPv4
 			if tc.v6 {
-				network, local, family = "udp6", "[::1]:0", turn.RequestedAddressFamilyIPv6
+				network, local, peerLocal, family = "udp6", "[::1]:0", "[::1]:0", turn.RequestedAddressFamilyIPv6
 			}
-			peer, err := net.ListenPacket(network, local)
+			peer, err := net.ListenPacket(network, peerLocal)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -48,7 +52,11 @@ func TestRelayDataBothWays(t *testing.T) {
 			}
 			defer clientConn.Close()
 			user, pass := firezoneCreds(s, "salt-"+tc.name, time.Hour)
-			srvAddr := tc.server(s).String()
+			srvAP := tc.server(s)
+			if tc.v6 {
+				srvAP = netip.AddrPortFrom(lo6, srvAP.Port())
+			}
+			srvAddr := srvAP.String()
 			client, err := turn.NewClient(&turn.ClientConfig{
 				STUNServerAddr: srvAddr, TURNServerAddr: srvAddr, Conn: clientConn,
 				Username: user, Password: pass, Realm: DefaultRealm,
@@ -70,6 +78,12 @@ func TestRelayDataBothWays(t *testing.T) {
 			ra := relayed.LocalAddr().(*net.UDPAddr)
 			if (ra.IP.To4() == nil) != tc.v6 {
 				t.Fatalf("relayed address %v has the wrong family", ra)
+			}
+			if tc.v6 {
+				if !ra.IP.Equal(cfg.PublicIP6.AsSlice()) {
+					t.Fatalf("relayed address %v, want the public %v", ra, cfg.PublicIP6)
+				}
+				ra = &net.UDPAddr{IP: net.IPv6loopback, Port: ra.Port}
 			}
 			if got := s.Allocations(); got != 1 {
 				t.Fatalf("allocations = %d, want 1", got)
@@ -208,7 +222,7 @@ func reasonIndex(r string) int {
 }
 
 func TestPeerPolicyRefusals(t *testing.T) {
-	s := startRelay(t, loopbackConfig()) // default policy: loopback refused
+	s := startRelay(t, loopbackConfig()) // default policy: loopback refused (127.0.0.1 is the relay's own: see TestSameRelay)
 	user, pass := firezoneCreds(s, "salt", time.Hour)
 	r := newRawClient(t, s.Addr(), user, pass)
 	if _, err := r.allocate(); err != nil {
@@ -220,10 +234,10 @@ func TestPeerPolicyRefusals(t *testing.T) {
 		m     stun.Method
 		peer  string
 	}{
-		{"permission loopback", nil, stun.MethodCreatePermission, "127.0.0.1:9"},
+		{"permission loopback", nil, stun.MethodCreatePermission, "127.0.0.2:9"},
 		{"permission metadata", nil, stun.MethodCreatePermission, "169.254.169.254:80"},
 		{"permission rfc1918", nil, stun.MethodCreatePermission, "10.0.0.1:9"},
-		{"channel loopback", []stun.Setter{channelAttr(0x4001)}, stun.MethodChannelBind, "127.0.0.1:9"},
+		{"channel loopback", []stun.Setter{channelAttr(0x4001)}, stun.MethodChannelBind, "127.0.0.2:9"},
 		{"channel cgnat", []stun.Setter{channelAttr(0x4002)}, stun.MethodChannelBind, "100.64.0.1:9"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -252,7 +266,7 @@ func TestPeerPolicyRefusals(t *testing.T) {
 	// A ChannelBind to a refused peer with a wrong password is not answered
 	// 403 by the interceptor: pion challenges it (401).
 	bad := newRawClient(t, s.Addr(), user, "wrong")
-	resp = bad.request(stun.MethodChannelBind, peerAttr(netip.MustParseAddrPort("127.0.0.1:9")), channelAttr(0x4003))
+	resp = bad.request(stun.MethodChannelBind, peerAttr(netip.MustParseAddrPort("127.0.0.2:9")), channelAttr(0x4003))
 	if c := errorCode(resp); c != stun.CodeUnauthorized {
 		t.Fatalf("bad-integrity ChannelBind: code %d, want 401", c)
 	}
@@ -498,7 +512,8 @@ func TestChannelExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	// 127.0.0.2: the relay's own 127.0.0.1 takes datagrams on relay ports only.
+	peer, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 2)})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -9,13 +9,21 @@
 // client session sends one message per interval, so with the default 1 ms
 // the offered rate is about 1000 round trips/s per client (1, 10, 50 clients
 // → 1 k, 10 k, 50 k/s). uclient starts its sessions at random times within
-// its first 6 s, so the table reports the peak 1-second rate seen on
-// uclient's progress lines as well as the totals. --saturate adds rows with
-// -z 0 (every session sends as fast as uclient's 1 ms timer allows, 50 per
-// tick).
+// its first 6 s of sending (uclientRamp), so a session must send for longer
+// than that for all of them to overlap: the default 12000 messages per
+// client at 1 ms keep every session busy from about 6 s to 12 s after the
+// first send. The table reports the steady-state rate (median of uclient's
+// per-second progress rates between ramp and msgs×interval after the first
+// send, when every session sends) besides the peak 1-second rate and the
+// totals. --saturate adds rows with -z 0 (every
+// session sends as fast as uclient's 1 ms timer allows, 50 per tick); their
+// steady window runs from the ramp to the end of sending, and they send
+// twice --msgs per client.
 //
-// Columns: rt/s peak = highest round trips per second over one of uclient's
-// progress intervals; loss = 1 - received/sent; cpu µs/rt = server
+// Columns: rt/s steady = median round trips per second over uclient's
+// progress intervals inside the steady window (median over the runs), "-"
+// when the run is too short to have one; rt/s peak = highest round trips per
+// second over one of uclient's progress intervals; loss = 1 - received/sent; cpu µs/rt = server
 // utime+stime (from /proc/<pid>/stat) per received round trip, which equals
 // CPU-seconds per million round trips; drops = /proc/net/udp{,6} drop
 // counters (max seen while sampling every 200 ms) of the server's listener
@@ -39,10 +47,14 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 )
 
 const secret = "bench-secret"
+
+// peerIP is turnutils_peer's address.
+const peerIP = "127.0.0.2"
 
 type runResult struct {
 	server        string
@@ -50,6 +62,7 @@ type runResult struct {
 	interval      int
 	sent, recv    int
 	peakRate      float64
+	steadyRate    float64 // 0: no steady window
 	cpu           time.Duration
 	dropL, dropR  uint64
 	dropP, dropC  uint64
@@ -62,16 +75,18 @@ func main() {
 	reps := flag.Int("reps", 3, "repetitions per server and configuration")
 	clientsFlag := flag.String("clients", "1,10,50", "client counts")
 	sizesFlag := flag.String("sizes", "120,1200", "message sizes in bytes")
-	msgs := flag.Int("msgs", 3000, "messages per client")
+	msgs := flag.Int("msgs", 12000, "messages per client (at -z 1, keep msgs×1 ms well above uclient's 6 s ramp)")
 	interval := flag.Int("interval", 1, "uclient -z: per-session send interval in ms")
 	saturate := flag.Bool("saturate", false, "add rows at -z 0 with the largest client count")
 	servers := flag.String("servers", "snowgate,coturn", "servers to compare")
 	sockets := flag.Int("sockets", 0, "snowgate --sockets (0: GOMAXPROCS)")
 	batch := flag.Int("batch-read", 0, "snowgate --batch-read")
 	noFast := flag.Bool("no-fast-path", false, "snowgate --no-fast-path")
+	profDir := flag.String("cpu-profile-dir", "", "write snowgate-relay CPU profiles (one per run) into this directory")
+	gomaxprocs := flag.Int("gomaxprocs", 0, "GOMAXPROCS for snowgate-relay (0: Go's default)")
 	flag.Parse()
 	if *quick {
-		*reps, *clientsFlag, *msgs = 1, "10,50", 2000
+		*reps, *clientsFlag, *msgs = 1, "10,50", 10000
 	}
 	clients, err1 := intList(*clientsFlag)
 	sizes, err2 := intList(*sizesFlag)
@@ -106,20 +121,24 @@ func main() {
 		}
 	}
 	srvs := strings.Split(*servers, ",")
-	env := benchEnv{dir: dir, relayBin: relayBin, sockets: *sockets, batch: *batch, noFast: *noFast}
+	env := benchEnv{dir: dir, relayBin: relayBin, sockets: *sockets, batch: *batch, noFast: *noFast, profDir: *profDir, gomaxprocs: *gomaxprocs}
 	fmt.Fprintf(os.Stderr, "bench: %d configurations × %d reps × %v, %d msgs/client\n", len(cfgs), *reps, srvs, *msgs)
 	var results []runResult
 	for _, c := range cfgs {
 		for rep := 0; rep < *reps; rep++ {
 			for _, srv := range srvs { // interleaved: A B A B …
-				r := env.run(srv, c.clients, c.size, c.interval, *msgs)
+				n := *msgs
+				if c.interval == 0 {
+					n *= 2 // saturated sessions finish sooner: keep a steady window after the ramp
+				}
+				r := env.run(srv, c.clients, c.size, c.interval, n)
 				if r.err != nil && r.sent == 0 { // a start-up hiccup: one retry
 					fmt.Fprintf(os.Stderr, "  %-8s retrying after: %v\n", srv, r.err)
 					time.Sleep(500 * time.Millisecond)
-					r = env.run(srv, c.clients, c.size, c.interval, *msgs)
+					r = env.run(srv, c.clients, c.size, c.interval, n)
 				}
-				fmt.Fprintf(os.Stderr, "  %-8s clients=%-3d size=%-4d z=%d rep=%d: sent %d recv %d peak %.0f/s cpu %v wall %v err=%v\n",
-					srv, c.clients, c.size, c.interval, rep+1, r.sent, r.recv, r.peakRate, r.cpu.Round(time.Millisecond), r.wall.Round(time.Millisecond), r.err)
+				fmt.Fprintf(os.Stderr, "  %-8s clients=%-3d size=%-4d z=%d rep=%d: sent %d recv %d steady %.0f/s peak %.0f/s cpu %v wall %v err=%v\n",
+					srv, c.clients, c.size, c.interval, rep+1, r.sent, r.recv, r.steadyRate, r.peakRate, r.cpu.Round(time.Millisecond), r.wall.Round(time.Millisecond), r.err)
 				results = append(results, r)
 			}
 		}
@@ -150,6 +169,9 @@ type benchEnv struct {
 	sockets  int
 	batch    int
 	noFast   bool
+	profDir  string
+	// gomaxprocs, if > 0, is snowgate-relay's GOMAXPROCS.
+	gomaxprocs int
 }
 
 func freePort(network, host string) int {
@@ -167,7 +189,15 @@ type proc struct {
 }
 
 func start(name string, args []string, out io.Writer) (*proc, error) {
+	return startEnv(name, args, out)
+}
+
+// startEnv starts name with extra environment variables.
+func startEnv(name string, args []string, out io.Writer, env ...string) (*proc, error) {
 	cmd := exec.Command(name, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
@@ -177,9 +207,21 @@ func start(name string, args []string, out io.Writer) (*proc, error) {
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }
 
+// stop sends SIGTERM (snowgate-relay then writes its CPU profile and exits),
+// and kills the process if it is still there after 3 s.
 func (p *proc) stop() {
-	_ = p.cmd.Process.Kill()
-	_ = p.cmd.Wait()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		_ = p.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		_ = p.cmd.Process.Kill()
+		<-done
+	}
 }
 
 // cpuTime reads utime+stime of pid.
@@ -319,8 +361,10 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	}
 	defer logf.Close()
 	port := freePort("udp4", "127.0.0.1")
-	peerPort := freePort("udp4", "127.0.0.1")
-	peer, err := start("turnutils_peer", []string{"-L", "127.0.0.1", "-p", strconv.Itoa(peerPort)}, logf)
+	// The peer is on 127.0.0.2: snowgate-relay delivers to its own address
+	// (127.0.0.1) only on relay ports.
+	peerPort := freePort("udp4", peerIP)
+	peer, err := start("turnutils_peer", []string{"-L", peerIP, "-p", strconv.Itoa(peerPort)}, logf)
 	if err != nil {
 		res.err = err
 		return res
@@ -330,7 +374,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	switch server {
 	case "snowgate":
 		args := []string{"--listen-port", strconv.Itoa(port), "--public-ip4", "127.0.0.1", "--listen-addr4", "127.0.0.1",
-			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", "127.0.0.1/32",
+			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", peerIP + "/32",
 			"--turn-rest-secret", secret, "--health-check-addr", "", "--drain-timeout", "0s",
 			"--max-allocations-per-user", "10000", "--log-level", "warn"}
 		if e.sockets > 0 {
@@ -342,7 +386,15 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		if e.batch > 0 {
 			args = append(args, "--batch-read", strconv.Itoa(e.batch))
 		}
-		srv, err = start(e.relayBin, args, logf)
+		if e.profDir != "" {
+			args = append(args, "--cpu-profile", filepath.Join(e.profDir,
+				fmt.Sprintf("snowgate-c%d-s%d-z%d-%d.pprof", clients, size, interval, time.Now().UnixNano())))
+		}
+		var env []string
+		if e.gomaxprocs > 0 {
+			env = append(env, fmt.Sprintf("GOMAXPROCS=%d", e.gomaxprocs))
+		}
+		srv, err = startEnv(e.relayBin, args, logf, env...)
 	case "coturn":
 		tdir, derr := os.MkdirTemp(e.dir, "coturn-")
 		if derr != nil {
@@ -372,7 +424,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	uc := exec.CommandContext(ctx, "turnutils_uclient", "-W", secret, "-u", "bench", "-e", "127.0.0.1",
+	uc := exec.CommandContext(ctx, "turnutils_uclient", "-W", secret, "-u", "bench", "-e", peerIP,
 		"-r", strconv.Itoa(peerPort), "-p", strconv.Itoa(port), "-n", strconv.Itoa(msgs), "-m", strconv.Itoa(clients),
 		"-l", strconv.Itoa(size), "-z", strconv.Itoa(interval), "-c", "127.0.0.1")
 	stdout, err := uc.StdoutPipe()
@@ -395,6 +447,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		sent, recv int
 	}
 	var points []point
+	stopped := false
 	sc := bufio.NewScanner(stdout)
 	for sc.Scan() {
 		line := sc.Text()
@@ -403,9 +456,20 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 			s, _ := strconv.Atoi(m[1])
 			r, _ := strconv.Atoi(m[2])
 			points = append(points, point{time.Now(), s, r})
+			// Everything sent and nothing received for two progress lines:
+			// the rest is lost. Stop uclient instead of sitting through its
+			// ~10 s wait for stragglers (it would only repeat these totals).
+			if n := len(points); n >= 3 && s == clients*msgs && !stopped &&
+				points[n-3].sent == s && points[n-3].recv == r {
+				stopped = true
+				_ = uc.Process.Kill()
+			}
 		}
 	}
 	werr := uc.Wait()
+	if stopped {
+		werr = nil
+	}
 	res.wall = time.Since(began)
 	drops := sampler.finish()
 	cpu1, _ := cpuTime(srv.pid())
@@ -418,17 +482,52 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		last := points[len(points)-1]
 		res.sent, res.recv = last.sent, last.recv
 	}
+	// Steady window: every session has started and none has finished.
+	// uclient first allocates for all sessions (seconds with 50 clients),
+	// then starts sending: the window is measured from the last progress
+	// line without any message sent.
+	sendStart := began
+	for _, p := range points {
+		if p.sent > 0 {
+			break
+		}
+		sendStart = p.at
+	}
+	winStart := sendStart.Add(uclientRamp)
+	winEnd := sendStart.Add(time.Duration(msgs*interval) * time.Millisecond)
+	// Sending ends at the first line with the final count (uclient then
+	// waits ~10 s for stragglers, printing the same totals).
+	for _, p := range points {
+		if len(points) > 0 && p.sent == points[len(points)-1].sent {
+			if interval == 0 || p.at.Before(winEnd) {
+				winEnd = p.at
+			}
+			break
+		}
+	}
+	var steady []float64
 	for i := 1; i < len(points); i++ {
 		dt := points[i].at.Sub(points[i-1].at).Seconds()
 		if dt < 0.5 { // the final summary lines follow the last progress line at once
 			continue
 		}
-		if r := float64(points[i].recv-points[i-1].recv) / dt; r > res.peakRate {
+		r := float64(points[i].recv-points[i-1].recv) / dt
+		if r > res.peakRate {
 			res.peakRate = r
 		}
+		if !points[i-1].at.Before(winStart) && !points[i].at.After(winEnd) {
+			steady = append(steady, r)
+		}
+	}
+	if len(steady) >= 2 {
+		res.steadyRate = median(steady)
 	}
 	return res
 }
+
+// uclientRamp is how long turnutils_uclient takes to start all its sessions
+// (it spreads their starts at random over its first 6 s).
+const uclientRamp = 6 * time.Second
 
 // waitUDP waits until pid holds a UDP socket bound to port.
 func waitUDP(pid, port int, timeout time.Duration) error {
@@ -448,7 +547,7 @@ func waitUDP(pid, port int, timeout time.Duration) error {
 type agg struct {
 	n                   int
 	sent, recv          int
-	peaks               []float64
+	peaks, steadies     []float64
 	cpu                 time.Duration
 	dropL, dropR, dropP uint64
 	dropC               uint64
@@ -474,6 +573,9 @@ func printTable(w io.Writer, results []runResult) {
 		a.sent += r.sent
 		a.recv += r.recv
 		a.peaks = append(a.peaks, r.peakRate)
+		if r.steadyRate > 0 {
+			a.steadies = append(a.steadies, r.steadyRate)
+		}
 		a.cpu += r.cpu
 		a.dropL += r.dropL
 		a.dropR += r.dropR
@@ -496,8 +598,8 @@ func printTable(w io.Writer, results []runResult) {
 		}
 		return a.server > b.server // snowgate before coturn
 	})
-	fmt.Fprintln(w, "| clients | size B | -z ms | server | runs | rt/s peak (median) | sent | loss | cpu µs/rt | drops L/R/P/C | errors |")
-	fmt.Fprintln(w, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---|---:|")
+	fmt.Fprintln(w, "| clients | size B | -z ms | server | runs | rt/s steady (median) | rt/s peak (median) | sent | loss | cpu µs/rt | drops L/R/P/C | errors |")
+	fmt.Fprintln(w, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
 	for _, k := range keys {
 		a := aggs[k]
 		loss := 0.0
@@ -508,8 +610,12 @@ func printTable(w io.Writer, results []runResult) {
 		if a.recv > 0 {
 			cpuPer = float64(a.cpu.Microseconds()) / float64(a.recv)
 		}
-		fmt.Fprintf(w, "| %d | %d | %d | %s | %d | %.0f | %d | %.2f%% | %.1f | %d/%d/%d/%d | %d |\n",
-			k.clients, k.size, k.interval, k.server, a.n, median(a.peaks), a.sent, loss, cpuPer,
+		steady := "-"
+		if len(a.steadies) > 0 {
+			steady = fmt.Sprintf("%.0f", median(a.steadies))
+		}
+		fmt.Fprintf(w, "| %d | %d | %d | %s | %d | %s | %.0f | %d | %.2f%% | %.1f | %d/%d/%d/%d | %d |\n",
+			k.clients, k.size, k.interval, k.server, a.n, steady, median(a.peaks), a.sent, loss, cpuPer,
 			a.dropL, a.dropR, a.dropP, a.dropC, a.errs)
 	}
 }

@@ -10,6 +10,9 @@
 //	--metrics-addr /healthz, /readyz and /metrics listen address [METRICS_ADDR]; "" disables it
 //	--log-level    level directives [LOG_LEVEL], e.g. "info" or "info,portal=debug"
 //	--log-format   human|json [LOG_FORMAT]
+//
+// `snowgate-portal healthcheck [--addr METRICS_ADDR]` probes a running portal's /readyz (exit 0 on 200, else 1;
+// 2 s timeout), for container health checks in images without a shell or curl.
 package main
 
 import (
@@ -28,6 +31,9 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(os.Args[2:], os.Getenv, os.Stderr))
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {

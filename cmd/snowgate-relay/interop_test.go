@@ -69,12 +69,16 @@ func TestInteropTurnutils(t *testing.T) {
 		t.Skip("turnutils_uclient/turnutils_peer not installed (Debian package coturn); skipping the interop test")
 	}
 	bin := buildRelay(t)
+	// The relay's own addresses only ever get datagrams on relay ports, so
+	// the peer must not sit on one of them: the IPv4 peer is 127.0.0.2, and
+	// the IPv6 relay advertises a documentation address and binds ::, so
+	// that ::1 is an ordinary (allowed) loopback peer.
 	for _, tc := range []struct {
 		name     string
 		peerAddr string
 		extra    []string // uclient flags
 	}{
-		{"ipv4", "127.0.0.1", nil},
+		{"ipv4", "127.0.0.2", nil},
 		{"ipv6 relay", "::1", []string{"-x"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -89,8 +93,8 @@ func TestInteropTurnutils(t *testing.T) {
 			relay := exec.Command(bin,
 				"--listen-port", strconv.Itoa(relayPort),
 				"--public-ip4", "127.0.0.1", "--listen-addr4", "127.0.0.1",
-				"--public-ip6", "::1", "--listen-addr6", "::1",
-				"--allow-peer", "127.0.0.1/32", "--allow-peer", "::1/128",
+				"--public-ip6", "2001:db8::1",
+				"--allow-peer", "127.0.0.2/32", "--allow-peer", "::1/128",
 				"--health-check-addr", "", "--drain-timeout", "0s",
 				"--max-allocations-per-user", "100",
 				// Relay ports above the kernel's ephemeral range, so the

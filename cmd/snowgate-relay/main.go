@@ -4,6 +4,16 @@
 // On SIGTERM or SIGINT it drains: it leaves the portal, refuses new
 // allocations (486) and keeps the existing ones for --drain-timeout, then
 // exits 0. A second signal exits at once with status 1.
+//
+// The portal token comes, first found, from --token, --token-file,
+// SNOWGATE_TOKEN_FILE, $CREDENTIALS_DIRECTORY/snowgate-token (systemd's
+// LoadCredential=snowgate-token:…) or SNOWGATE_TOKEN. It is read once;
+// SNOWGATE_TOKEN, SNOWGATE_TOKEN_FILE and TURN_REST_SECRET are then removed
+// from the process environment.
+//
+// `snowgate-relay healthcheck [--addr HEALTH_CHECK_ADDR]` probes a running
+// relay's /readyz (exit 0 on 200, else 1; 2 s timeout), for container health
+// checks in images without a shell or curl.
 package main
 
 import (
@@ -15,6 +25,7 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
@@ -27,7 +38,65 @@ import (
 )
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Getenv, os.Stderr))
+	if len(os.Args) > 1 && os.Args[1] == "healthcheck" {
+		os.Exit(healthcheck(os.Args[2:], os.Getenv, os.Stderr))
+	}
+	os.Exit(run(os.Args[1:], os.Getenv, os.Unsetenv, os.Stderr))
+}
+
+// defaultHealthAddr is HEALTH_CHECK_ADDR's default.
+const defaultHealthAddr = "0.0.0.0:8080"
+
+// secretEnv are the variables holding secrets, removed from the environment
+// once parsed so that nothing later (a child process, a crash dump of the
+// environment) sees them.
+var secretEnv = []string{"SNOWGATE_TOKEN", "SNOWGATE_TOKEN_FILE", "TURN_REST_SECRET"}
+
+// credentialName is the systemd credential the token is read from when
+// $CREDENTIALS_DIRECTORY is set (LoadCredential=snowgate-token:PATH).
+const credentialName = "snowgate-token"
+
+// maxTokenFile bounds a token file read.
+const maxTokenFile = 64 << 10
+
+// readToken reads a token file: surrounding whitespace (a trailing newline)
+// is dropped; an empty token is an error.
+func readToken(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("token file: %w", err)
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
+	if err != nil {
+		return "", fmt.Errorf("token file %s: %w", path, err)
+	}
+	if len(b) > maxTokenFile {
+		return "", fmt.Errorf("token file %s: larger than %d bytes", path, maxTokenFile)
+	}
+	tok := strings.TrimSpace(string(b))
+	if tok == "" {
+		return "", fmt.Errorf("token file %s: empty", path)
+	}
+	return tok, nil
+}
+
+// resolveToken picks the token: --token, then the token file (flag or
+// SNOWGATE_TOKEN_FILE), then the systemd credential, then SNOWGATE_TOKEN.
+func resolveToken(flagToken, tokenFile string, getenv func(string) string) (string, error) {
+	if flagToken != "" {
+		return flagToken, nil
+	}
+	if tokenFile != "" {
+		return readToken(tokenFile)
+	}
+	if dir := getenv("CREDENTIALS_DIRECTORY"); dir != "" {
+		path := filepath.Join(dir, credentialName)
+		if _, err := os.Stat(path); err == nil {
+			return readToken(path)
+		}
+	}
+	return getenv("SNOWGATE_TOKEN"), nil
 }
 
 // options are the parsed command line and environment.
@@ -136,9 +205,11 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 		}
 	}
 
-	var apiURL, token, name, restSecret string
+	var apiURL, token, tokenFile, name, restSecret string
 	fs.StringVar(&apiURL, "api-url", env("SNOWGATE_API_URL", ""), "portal base URL, ws(s):// or http(s):// [SNOWGATE_API_URL]; empty: run without a portal")
-	fs.StringVar(&token, "token", "", "portal token [SNOWGATE_TOKEN] (prefer the environment: flags show in ps)")
+	fs.StringVar(&token, "token", "", "portal token [SNOWGATE_TOKEN] (prefer --token-file: flags show in ps)")
+	fs.StringVar(&tokenFile, "token-file", env("SNOWGATE_TOKEN_FILE", ""),
+		"file holding the portal token, read once at start [SNOWGATE_TOKEN_FILE]; default: $CREDENTIALS_DIRECTORY/"+credentialName+" if present")
 	fs.StringVar(&name, "name", env("SNOWGATE_NAME", hostname()), "relay name reported to the portal [SNOWGATE_NAME]")
 	envVar(addrFlag{&c.PublicIP4}, "PUBLIC_IP4_ADDR")
 	envVar(addrFlag{&c.PublicIP6}, "PUBLIC_IP6_ADDR")
@@ -151,7 +222,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	fs.IntVar(&c.ListenPort, "listen-port", envInt("LISTEN_PORT", relay.DefaultListenPort), "TURN UDP port [LISTEN_PORT]")
 	fs.IntVar(&c.LowestPort, "lowest-port", envInt("LOWEST_PORT", relay.DefaultLowestPort), "lowest relay port [LOWEST_PORT]")
 	fs.IntVar(&c.HighestPort, "highest-port", envInt("HIGHEST_PORT", relay.DefaultHighestPort), "highest relay port [HIGHEST_PORT]")
-	fs.StringVar(&o.healthAddr, "health-check-addr", env("HEALTH_CHECK_ADDR", "0.0.0.0:8080"),
+	fs.StringVar(&o.healthAddr, "health-check-addr", env("HEALTH_CHECK_ADDR", defaultHealthAddr),
 		"address of /healthz, /readyz and /metrics; empty: off [HEALTH_CHECK_ADDR]")
 	fs.StringVar(&o.logLevel, "log-level", env("LOG_LEVEL", "info"), "log level directives, e.g. info,relay/pion=debug [LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", env("LOG_FORMAT", "human"), "human or json [LOG_FORMAT]")
@@ -184,9 +255,6 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
-	if token == "" {
-		token = getenv("SNOWGATE_TOKEN")
-	}
 	if restSecret == "" {
 		restSecret = getenv("TURN_REST_SECRET")
 	}
@@ -204,8 +272,12 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	if restSecret != "" {
 		c.Auth, c.RESTSecret = relay.AuthTURNREST, restSecret
 	}
-	if apiURL != "" {
-		c.Portal = &relay.PortalConfig{APIURL: apiURL, Token: token, Name: name}
+	if apiURL != "" { // the token is only read (and must only exist) with a portal
+		tok, err := resolveToken(token, tokenFile, getenv)
+		if err != nil {
+			return nil, err
+		}
+		c.Portal = &relay.PortalConfig{APIURL: apiURL, Token: tok, Name: name}
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -221,8 +293,12 @@ func hostname() string {
 	return h
 }
 
-func run(args []string, getenv func(string) string, stderr io.Writer) int {
+// run runs the relay; unsetenv removes the secret variables once parsed.
+func run(args []string, getenv func(string) string, unsetenv func(string) error, stderr io.Writer) int {
 	o, err := parse(args, getenv, stderr)
+	for _, name := range secretEnv {
+		_ = unsetenv(name)
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		return 0
 	}
