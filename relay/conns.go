@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 
+	"github.com/snowgate/snowgate/internal/telemetry"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 )
@@ -167,8 +168,8 @@ func (g *sendGuard) refuse(dst netip.AddrPort) bool {
 		return false
 	}
 	g.stats.refusedPeers.Add(1)
-	if ctx := context.Background(); g.log.Enabled(ctx, levelTrace) {
-		g.log.Log(ctx, levelTrace, "datagram to own address outside the relay port range dropped", "peer", dst.String())
+	if ctx := context.Background(); g.log.Enabled(ctx, telemetry.LevelTrace) {
+		g.log.Log(ctx, telemetry.LevelTrace, "datagram to own address outside the relay port range dropped", "peer", dst.String())
 	}
 	return true
 }

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pion/stun/v4"
+	"github.com/snowgate/snowgate/internal/telemetry"
 	"go.uber.org/goleak"
 )
 
@@ -31,7 +32,7 @@ func testLogger() *slog.Logger {
 	if os.Getenv("RELAY_TEST_LOG") == "" {
 		return slog.New(slog.DiscardHandler)
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: levelTrace}))
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: telemetry.LevelTrace}))
 }
 
 // loopbackConfig serves both families on loopback with an ephemeral port.

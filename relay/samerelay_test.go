@@ -10,6 +10,7 @@ import (
 
 	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
+	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
 // sameRelayConfig is a loopback relay whose own address is 127.0.0.1, with
@@ -36,7 +37,7 @@ func pionAllocation(t *testing.T, s *Server, salt string) net.PacketConn {
 	client, err := turn.NewClient(&turn.ClientConfig{
 		STUNServerAddr: srv, TURNServerAddr: srv, Conn: conn,
 		Username: user, Password: pass, Realm: DefaultRealm,
-		LoggerFactory: pionLoggerFactory{log: testLogger()},
+		LoggerFactory: telemetry.PionLoggerFactory(testLogger()),
 	})
 	if err != nil {
 		t.Fatal(err)

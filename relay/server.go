@@ -169,7 +169,7 @@ func (s *Server) Start(ctx context.Context) error {
 	}
 	ts, err := turn.NewServer(turn.ServerConfig{
 		PacketConnConfigs:  pcs,
-		LoggerFactory:      pionLoggerFactory{log: telemetry.Component(s.log, "relay/pion")},
+		LoggerFactory:      telemetry.PionLoggerFactory(s.log),
 		Realm:              s.cfg.Realm,
 		AuthHandler:        s.authenticate,
 		QuotaHandler:       s.admit,

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pion/stun/v4"
 	"github.com/pion/turn/v5"
+	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
 // TestRelayDataBothWays drives pion/turn's client: allocate, permission,
@@ -61,7 +62,7 @@ func TestRelayDataBothWays(t *testing.T) {
 				STUNServerAddr: srvAddr, TURNServerAddr: srvAddr, Conn: clientConn,
 				Username: user, Password: pass, Realm: DefaultRealm,
 				RequestedAddressFamily: family,
-				LoggerFactory:          pionLoggerFactory{log: testLogger()},
+				LoggerFactory:          telemetry.PionLoggerFactory(testLogger()),
 			})
 			if err != nil {
 				t.Fatal(err)
