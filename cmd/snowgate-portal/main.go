@@ -21,10 +21,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/portalmock"
@@ -59,6 +61,15 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*portalmo
 	metricsAddr := fs.String("metrics-addr", env("METRICS_ADDR", ""), "health and Prometheus metrics address (empty: disabled)")
 	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level directives")
 	logFormat := fs.String("log-format", env("LOG_FORMAT", "human"), "log format: human or json")
+	statsDefault := telemetry.DefaultStatsInterval
+	if v := env("STATS_INTERVAL", ""); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			return fmt.Errorf("STATS_INTERVAL: %w", err)
+		}
+		statsDefault = d
+	}
+	statsEvery := fs.Duration("stats-interval", statsDefault, "interval of the INFO stats line [STATS_INTERVAL]")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -108,6 +119,13 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*portalmo
 		}
 		log.Info("portal metrics listening", "addr", addr.String())
 	}
+	statsCtx, stopStats := context.WithCancel(ctx)
+	statsDone := make(chan struct{})
+	go func() { // one INFO stats line every few minutes
+		defer close(statsDone)
+		telemetry.StatsLoop(statsCtx, log, *statsEvery, func() []slog.Attr { return portalStats(srv.State()) })
+	}()
+	defer func() { stopStats(); <-statsDone }()
 	if ready != nil {
 		ready(srv)
 	}
@@ -117,4 +135,23 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*portalmo
 		return err
 	}
 	return nil
+}
+
+// portalStats are the fields of the portal's stats line: who is online and how many flows exist.
+func portalStats(st portalmock.State) []slog.Attr {
+	online := func(ps []portalmock.PeerState) int {
+		n := 0
+		for _, p := range ps {
+			if p.Online {
+				n++
+			}
+		}
+		return n
+	}
+	return []slog.Attr{
+		slog.Int("clients_online", online(st.Clients)),
+		slog.Int("gateways_online", online(st.Gateways)),
+		slog.Int("relays", len(st.Relays)),
+		slog.Int("flows", len(st.Flows)),
+	}
 }

@@ -81,3 +81,25 @@ func TestRunBadConfig(t *testing.T) {
 		t.Error("missing config accepted")
 	}
 }
+
+// TestStatsLine: the portal logs one INFO stats line per interval with who is online.
+func TestStatsLine(t *testing.T) {
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-addr", "", "--stats-interval", "50ms"}, &out, nil)
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(out.String(), "INFO portal: stats clients_online=0 gateways_online=0 relays=0 flows=0") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no stats line:\n%s", out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

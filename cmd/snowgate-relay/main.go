@@ -107,6 +107,7 @@ type options struct {
 	logFormat  string
 	otlp       string
 	cpuProfile string
+	statsEvery time.Duration
 }
 
 // prefixList is a repeatable CIDR flag that also accepts comma-separated lists.
@@ -224,7 +225,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	fs.IntVar(&c.HighestPort, "highest-port", envInt("HIGHEST_PORT", relay.DefaultHighestPort), "highest relay port [HIGHEST_PORT]")
 	fs.StringVar(&o.healthAddr, "health-check-addr", env("HEALTH_CHECK_ADDR", defaultHealthAddr),
 		"address of /healthz, /readyz and /metrics; empty: off [HEALTH_CHECK_ADDR]")
-	fs.StringVar(&o.logLevel, "log-level", env("LOG_LEVEL", "info"), "log level directives, e.g. info,relay/pion=debug [LOG_LEVEL]")
+	fs.StringVar(&o.logLevel, "log-level", env("LOG_LEVEL", "info"), "log level directives, e.g. info,relay=debug,pion=debug [LOG_LEVEL]")
 	fs.StringVar(&o.logFormat, "log-format", env("LOG_FORMAT", "human"), "human or json [LOG_FORMAT]")
 	fs.StringVar(&o.otlp, "otlp-endpoint", env("OTEL_EXPORTER_OTLP_ENDPOINT", ""), "OTLP/HTTP endpoint for error telemetry [OTEL_EXPORTER_OTLP_ENDPOINT]")
 	fs.StringVar(&restSecret, "turn-rest-secret", "", "enable coturn's TURN REST scheme with this shared secret instead of the portal's scheme [TURN_REST_SECRET]")
@@ -243,6 +244,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	fs.DurationVar(&c.PermissionLifetime, "permission-lifetime", envDur("PERMISSION_LIFETIME", relay.DefaultPermissionLifetime), "permission lifetime [PERMISSION_LIFETIME]")
 	fs.IntVar(&c.MaxAllocationsPerUser, "max-allocations-per-user", envInt("MAX_ALLOCATIONS_PER_USER", relay.DefaultMaxAllocsPerUser), "allocations per username [MAX_ALLOCATIONS_PER_USER]")
 	fs.IntVar(&c.MaxAllocations, "max-allocations", envInt("MAX_ALLOCATIONS", relay.DefaultMaxAllocations), "allocations in total [MAX_ALLOCATIONS]")
+	fs.DurationVar(&o.statsEvery, "stats-interval", envDur("STATS_INTERVAL", telemetry.DefaultStatsInterval), "interval of the INFO stats line [STATS_INTERVAL]")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", envDur("DRAIN_TIMEOUT", relay.DefaultDrainTimeout), "how long SIGTERM keeps existing allocations; 0: exit at once [DRAIN_TIMEOUT]")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (development)")
 	fs.BoolVar(&c.DisableFastPath, "no-fast-path", getenv("NO_FAST_PATH") != "", "send channel data through pion's generic handling (comparisons) [NO_FAST_PATH]")
@@ -361,6 +363,12 @@ func run(args []string, getenv func(string) string, unsetenv func(string) error,
 		}
 		log.Info("health endpoint listening", "addr", addr.String())
 	}
+	statsDone := make(chan struct{})
+	go func() { // one INFO stats line every few minutes, never per packet
+		defer close(statsDone)
+		telemetry.StatsLoop(healthCtx, log, o.statsEvery, srv.StatsAttrs)
+	}()
+	defer func() { stopHealth(); <-statsDone }()
 	runDone := make(chan struct{})
 	defer close(runDone)
 	go func() { // a second signal during the drain exits at once
