@@ -23,6 +23,7 @@ import (
 	"os/signal"
 	"strconv"
 	"syscall"
+	"time"
 
 	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/portalmock"
@@ -143,18 +144,6 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*Stack)) 
 		stack.Relays = append(stack.Relays, srv)
 		log.Info("relay listening", "name", cfg.Portal.Name, "addr", srv.Addr().String())
 	}
-	// Wait for every relay to join before saying the stack is ready: WaitFor visits each event once, so
-	// counting matches finds the n-th join.
-	joined := 0
-	if _, err := portal.WaitFor(ctx, func(e portalmock.Event) bool {
-		if e.Kind == portalmock.EventRelayJoined {
-			joined++
-		}
-		return joined >= len(stack.Relays)
-	}); err != nil && len(stack.Relays) > 0 {
-		return fmt.Errorf("waiting for relays to join: %w", err)
-	}
-
 	readyNow := func() bool {
 		for _, r := range stack.Relays {
 			if !r.Ready() {
@@ -162,6 +151,11 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*Stack)) 
 			}
 		}
 		return true
+	}
+	// The stack is ready once every relay has joined the portal (a relay is ready when the portal answered its
+	// join, which is also when the portal lists it to clients and gateways).
+	if err := waitUntil(ctx, readyNow); err != nil {
+		return fmt.Errorf("waiting for relays to join the portal: %w", err)
 	}
 	if *metricsAddr != "" {
 		addr, err := telemetry.Serve(ctx, *metricsAddr, readyNow, tel.MetricsHandler, log)
@@ -186,6 +180,20 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*Stack)) 
 		}
 	}
 	return firstErr
+}
+
+// waitUntil polls cond every 10 ms until it holds or ctx is done (start-up only).
+func waitUntil(ctx context.Context, cond func() bool) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-t.C:
+		}
+	}
+	return nil
 }
 
 // ipv6Loopback reports whether ::1 can be bound (containers often have no IPv6).
