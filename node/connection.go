@@ -51,6 +51,9 @@ var ErrHandshakeTimeout = errors.New("node: no WireGuard handshake on the nomina
 // wireguard-go peer, and the counters the bind updates lock-free.
 type connection struct {
 	id        string
+	// srflxAdded holds the server-reflexive addresses already given to the current agent, so an address
+	// learnt after the agent started is added exactly once.
+	srflxAdded map[netip.AddrPort]bool
 	remoteKey Key
 	psk       Key
 	local     Credentials
@@ -625,6 +628,7 @@ func (n *Node) startAgentLocked(c *connection, reason rerunReason) error {
 		return fmt.Errorf("connection %s: ice agent: %w", c.id, err)
 	}
 	c.agent = agent
+	c.srflxAdded = nil
 	n.liveAgents.Add(1)
 	n.closingMu.Lock()
 	n.agentUfrag[agent] = c.local.Ufrag
@@ -706,8 +710,8 @@ func (n *Node) addSrflxCandidatesLocked(c *connection, set *ioSet) {
 				base = ua
 			}
 		}
-		if local {
-			continue // not behind a NAT on this family
+		if local || c.srflxAdded[*m] {
+			continue // not behind a NAT on this family, or already given to this agent
 		}
 		cand, err := ice.NewCandidateServerReflexive(&ice.CandidateServerReflexiveConfig{
 			Network: "udp", Address: m.Addr().String(), Port: int(m.Port()), Component: 1,
@@ -722,7 +726,12 @@ func (n *Node) addSrflxCandidatesLocked(c *connection, set *ioSet) {
 		}
 		if err := c.agent.AddVirtualCandidate(cand, conn); err != nil {
 			_ = conn.Close()
+			continue
 		}
+		if c.srflxAdded == nil {
+			c.srflxAdded = map[netip.AddrPort]bool{}
+		}
+		c.srflxAdded[*m] = true
 	}
 }
 

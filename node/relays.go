@@ -115,11 +115,15 @@ func (n *Node) onAllocated(a *allocation, err error) {
 	n.log.Info("relay allocation ready", "relay", a.relayID, "server", a.server, "relayed", a.relayedAddr,
 		"rtt", time.Duration(a.rtt.Load()))
 	n.emit(Event{Kind: EventRelayReady, RelayID: a.relayID, RelayedAddr: a.relayedAddr})
-	// Connections still looking for a path get the new candidate.
+	// Connections still looking for a path get the new candidates: the relay's, and the server-reflexive
+	// address its keepalive just learnt (node-wide, so a connection created before any relay answered still
+	// gets a direct path through an endpoint-independent NAT).
+	set := n.io.Load()
 	for _, c := range n.conns {
 		if c.agent == nil {
 			continue
 		}
+		n.addSrflxCandidatesLocked(c, set)
 		if c.relayID == "" || c.relayID == a.relayID || n.relays[c.relayID] == nil {
 			if c.relayID == "" {
 				c.relayID = a.relayID

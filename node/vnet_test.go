@@ -107,6 +107,26 @@ func natPair(t *testing.T, nat *vnet.NATType) (*testNode, *testNode) {
 	return a, b
 }
 
+// TestNATDirectWhenConnectedBeforeRelaysAnswer: a connection upserted right after UpdateRelays, before any
+// relay answered (start-up, every Reset), still learns the node's server-reflexive address when the first
+// relay keepalive returns it, and goes direct through endpoint-independent NATs.
+func TestNATDirectWhenConnectedBeforeRelaysAnswer(t *testing.T) {
+	w := buildNATWorld(t, &vnet.NATType{MappingBehavior: vnet.EndpointIndependent, FilteringBehavior: vnet.EndpointIndependent})
+	a := newTestNode(t, "100.64.0.1", func(c *Config) { c.Net = w.netA; c.IncludeLoopback = false })
+	b := newTestNode(t, "100.64.0.2", func(c *Config) { c.Net = w.netB; c.IncludeLoopback = false })
+	a.n.UpdateRelays(nil, []Relay{w.relay})
+	b.n.UpdateRelays(nil, []Relay{w.relay})
+	connect(t, a, b, "c1", credsA, credsB) // no waitRelayReady
+	roundTrip(t, a, b, 10*time.Second)
+	ev, ok := a.waitEvent(5*time.Second, established("c1"))
+	if !ok {
+		t.Fatal("not established")
+	}
+	if ev.Path != PathServerReflexive {
+		t.Fatalf("path = %s, want srflx: the srflx address learnt after the agent started was not used", ev.Path)
+	}
+}
+
 func TestNATEndpointIndependentIsDirect(t *testing.T) {
 	a, b := natPair(t, &vnet.NATType{MappingBehavior: vnet.EndpointIndependent, FilteringBehavior: vnet.EndpointIndependent})
 	rtt := roundTrip(t, a, b, 10*time.Second)
