@@ -50,18 +50,18 @@ var ErrHandshakeTimeout = errors.New("node: no WireGuard handshake on the nomina
 // connection is one peer: an ICE agent while a path is being found, a
 // wireguard-go peer, and the counters the bind updates lock-free.
 type connection struct {
-	id        string
+	id string
 	// srflxAdded holds the server-reflexive addresses already given to the current agent, so an address
 	// learnt after the agent started is added exactly once.
 	srflxAdded map[netip.AddrPort]bool
-	remoteKey Key
-	psk       Key
-	local     Credentials
-	remote    Credentials
-	role      Role
-	peer      *device.Peer
-	createdAt time.Time
-	pendingEP *endpoint
+	remoteKey  Key
+	psk        Key
+	local      Credentials
+	remote     Credentials
+	role       Role
+	peer       *device.Peer
+	createdAt  time.Time
+	pendingEP  *endpoint
 
 	// guarded by Node.mu
 	allowed         []netip.Prefix
