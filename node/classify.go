@@ -71,8 +71,10 @@ func classify(b []byte) datagramKind {
 	return kindUnknown
 }
 
-// isWGActivity reports whether a WireGuard message counts as traffic for the
-// idle logic: handshakes and transport data with payload; keepalives do not.
+// isWGActivity reports whether a WireGuard message counts as traffic for the idle logic: transport data with
+// payload only. Keepalives do not, and neither do handshakes: once a session is older than 180 s, wireguard-go
+// turns the idle NAT keepalive into a handshake, which would otherwise wake both sides of every idle
+// connection for a full active period every few minutes. Liveness (lastAnyRx) still sees every message.
 func isWGActivity(b []byte) bool {
-	return !(b[0] == 4 && len(b) <= wgKeepaliveSize)
+	return b[0] == 4 && len(b) > wgKeepaliveSize
 }

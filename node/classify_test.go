@@ -59,10 +59,12 @@ func TestIsWGActivity(t *testing.T) {
 	if !isWGActivity(data) {
 		t.Fatal("data not counted as activity")
 	}
-	hs := make([]byte, 148)
-	hs[0] = 1
-	if !isWGActivity(hs) {
-		t.Fatal("handshake not counted as activity")
+	for typ := byte(1); typ <= 3; typ++ { // initiation, response, cookie reply
+		hs := make([]byte, 148)
+		hs[0] = typ
+		if isWGActivity(hs) {
+			t.Fatalf("handshake message type %d counted as activity: a rekey would wake idle connections", typ)
+		}
 	}
 }
 
