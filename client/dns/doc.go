@@ -12,9 +12,8 @@
 //	A / AAAA      4 proxy IPs from 100.96.0.0/11 / fd00:2021:1111:8000::/107, stable for the name for the life
 //	              of the Resolver, TTL 1 s; the family excluded by the resource's ip_stack → NOERROR, empty
 //	HTTPS / SVCB  NOERROR, no answers (RFC 9460 client fallback to A/AAAA)
-//	SRV / TXT     forwarded like any other name (Firezone recurses them through the resource's site; we have
-//	              no such path yet)
-//	other types   NOERROR, empty
+//	other types   NOERROR, empty; SRV and TXT too (never forwarded: that would leak resource names to public
+//	              DNS; Firezone recurses them through the resource's site, a job for the tunnel layer)
 //	PTR           for an assigned proxy IP → the name; for an unassigned proxy IP → NXDOMAIN; else forwarded
 //
 // Every new (name, resource) assignment is reported once as a NameAssigned event (PollEvent).

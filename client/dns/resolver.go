@@ -468,10 +468,10 @@ func (r *Resolver) answerLocal(dst, msg []byte, q *question) ([]byte, bool) {
 		if a.resource.stack != IPv4Only {
 			n = 4
 		}
-	case typeSRV, typeTXT:
-		// Firezone recurses SRV/TXT through the resource's site; here they are forwarded like other names.
-		return dst, false
 	}
+	// Every other type, SRV and TXT included, is NOERROR with no answers: forwarding them to the client's
+	// upstream would leak resource names to public DNS and answer with public records. (Firezone recurses
+	// SRV/TXT through the resource's site; that needs the gateway and belongs to the tunnel layer.)
 	dst = appendHeader(dst, q, rcodeSuccess, 1, n, r.arCount(q))
 	dst = append(dst, msg[headerLen:q.end]...)
 	for i := uint16(0); i < n; i++ {

@@ -196,15 +196,21 @@ func TestResourceAnswers(t *testing.T) {
 	}
 }
 
-func TestSRVAndTXTForwardedForResources(t *testing.T) {
+// TestSRVAndTXTForResourcesAreEmpty: like every non-address type for a resource name, SRV and TXT get
+// NOERROR with no answers and are never forwarded to the upstream (which would leak the name).
+func TestSRVAndTXTForResourcesAreEmpty(t *testing.T) {
 	r := newTestResolver(t)
 	_ = r.SetResources([]Resource{{ID: "r", Address: "**.example.com"}}, nil)
 	for _, qt := range []uint16{mdns.TypeSRV, mdns.TypeTXT} {
-		if _, ok := r.HandleQuery(udpSrc(sent1), query(t, "a.example.com", qt, 1), t0, nil); ok {
-			t.Errorf("%s answered locally", mdns.TypeToString[qt])
+		b, ok := r.HandleQuery(udpSrc(sent1), query(t, "a.example.com", qt, 1), t0, nil)
+		if !ok {
+			t.Fatalf("%s not answered locally", mdns.TypeToString[qt])
 		}
-		if f, ok := r.PollForward(); !ok || f.Upstream != up1 {
-			t.Errorf("%s not forwarded: %+v", mdns.TypeToString[qt], f)
+		if m := unpack(t, b); m.Rcode != mdns.RcodeSuccess || len(m.Answer) != 0 {
+			t.Errorf("%s: rcode %d, %d answers; want NOERROR, none", mdns.TypeToString[qt], m.Rcode, len(m.Answer))
+		}
+		if f, ok := r.PollForward(); ok {
+			t.Errorf("%s forwarded: %+v", mdns.TypeToString[qt], f)
 		}
 	}
 }

@@ -11,9 +11,7 @@ const (
 
 	typeA     = 1
 	typePTR   = 12
-	typeTXT   = 16
 	typeAAAA  = 28
-	typeSRV   = 33
 	typeOPT   = 41
 	typeSVCB  = 64
 	typeHTTPS = 65
