@@ -28,6 +28,11 @@
 // CPU-seconds per million round trips; drops = /proc/net/udp{,6} drop
 // counters (max seen while sampling every 200 ms) of the server's listener
 // sockets (L), its relay sockets (R), the peer (P) and the client (C).
+//
+// A/B: --baseline-bin PATH --servers snowgate,baseline,coturn also runs a
+// snowgate-relay binary built elsewhere (e.g. from the previous commit with
+// go build -o /tmp/base ./cmd/snowgate-relay) with the same flags,
+// interleaved with the others.
 package main
 
 import (
@@ -78,7 +83,8 @@ func main() {
 	msgs := flag.Int("msgs", 12000, "messages per client (at -z 1, keep msgs×1 ms well above uclient's 6 s ramp)")
 	interval := flag.Int("interval", 1, "uclient -z: per-session send interval in ms")
 	saturate := flag.Bool("saturate", false, "add rows at -z 0 with the largest client count")
-	servers := flag.String("servers", "snowgate,coturn", "servers to compare")
+	servers := flag.String("servers", "snowgate,coturn", "servers to compare (snowgate, coturn, and baseline with --baseline-bin)")
+	baseline := flag.String("baseline-bin", "", "a snowgate-relay binary built from another commit, run as server \"baseline\" (A/B comparisons)")
 	sockets := flag.Int("sockets", 0, "snowgate --sockets (0: GOMAXPROCS)")
 	batch := flag.Int("batch-read", 0, "snowgate --batch-read")
 	noFast := flag.Bool("no-fast-path", false, "snowgate --no-fast-path")
@@ -121,7 +127,12 @@ func main() {
 		}
 	}
 	srvs := strings.Split(*servers, ",")
-	env := benchEnv{dir: dir, relayBin: relayBin, sockets: *sockets, batch: *batch, noFast: *noFast, profDir: *profDir, gomaxprocs: *gomaxprocs}
+	for _, srv := range srvs {
+		if srv == "baseline" && *baseline == "" {
+			fatal(errors.New("server baseline needs --baseline-bin"))
+		}
+	}
+	env := benchEnv{dir: dir, relayBin: relayBin, baselineBin: *baseline, sockets: *sockets, batch: *batch, noFast: *noFast, profDir: *profDir, gomaxprocs: *gomaxprocs}
 	fmt.Fprintf(os.Stderr, "bench: %d configurations × %d reps × %v, %d msgs/client\n", len(cfgs), *reps, srvs, *msgs)
 	var results []runResult
 	for _, c := range cfgs {
@@ -164,12 +175,13 @@ func intList(s string) ([]int, error) {
 }
 
 type benchEnv struct {
-	dir      string
-	relayBin string
-	sockets  int
-	batch    int
-	noFast   bool
-	profDir  string
+	dir         string
+	relayBin    string
+	baselineBin string
+	sockets     int
+	batch       int
+	noFast      bool
+	profDir     string
 	// gomaxprocs, if > 0, is snowgate-relay's GOMAXPROCS.
 	gomaxprocs int
 }
@@ -372,7 +384,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	defer peer.stop()
 	var srv *proc
 	switch server {
-	case "snowgate":
+	case "snowgate", "baseline":
 		args := []string{"--listen-port", strconv.Itoa(port), "--public-ip4", "127.0.0.1", "--listen-addr4", "127.0.0.1",
 			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", peerIP + "/32",
 			"--turn-rest-secret", secret, "--health-check-addr", "", "--drain-timeout", "0s",
@@ -394,7 +406,11 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		if e.gomaxprocs > 0 {
 			env = append(env, fmt.Sprintf("GOMAXPROCS=%d", e.gomaxprocs))
 		}
-		srv, err = startEnv(e.relayBin, args, logf, env...)
+		bin := e.relayBin
+		if server == "baseline" {
+			bin = e.baselineBin
+		}
+		srv, err = startEnv(bin, args, logf, env...)
 	case "coturn":
 		tdir, derr := os.MkdirTemp(e.dir, "coturn-")
 		if derr != nil {
@@ -596,7 +612,7 @@ func printTable(w io.Writer, results []runResult) {
 		if a.size != b.size {
 			return a.size < b.size
 		}
-		return a.server > b.server // snowgate before coturn
+		return serverOrder(a.server) < serverOrder(b.server)
 	})
 	fmt.Fprintln(w, "| clients | size B | -z ms | server | runs | rt/s steady (median) | rt/s peak (median) | sent | loss | cpu µs/rt | drops L/R/P/C | errors |")
 	fmt.Fprintln(w, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
@@ -618,6 +634,17 @@ func printTable(w io.Writer, results []runResult) {
 			k.clients, k.size, k.interval, k.server, a.n, steady, median(a.peaks), a.sent, loss, cpuPer,
 			a.dropL, a.dropR, a.dropP, a.dropC, a.errs)
 	}
+}
+
+// serverOrder sorts the table's rows: snowgate, baseline, coturn.
+func serverOrder(s string) int {
+	switch s {
+	case "snowgate":
+		return 0
+	case "baseline":
+		return 1
+	}
+	return 2
 }
 
 func median(xs []float64) float64 {
