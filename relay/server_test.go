@@ -120,8 +120,10 @@ func TestRelayDataBothWays(t *testing.T) {
 			if !tc.slow && fastChannels(s) != 1 {
 				t.Fatalf("fast path mirrors %d channels, want 1", fastChannels(s))
 			}
-			// Peer → client (now over the channel), then both ways again.
-			before := s.stats.traffic()
+			// Peer → client (now over the channel), then both ways again. The relay counts after its send
+			// returns, so the last datagram of the loop above may not be counted yet: start from settled
+			// counters.
+			before := settledTraffic(s)
 			for i := 0; i < 5; i++ {
 				msg := []byte(fmt.Sprintf("to-client-%d", i))
 				if _, err := peer.WriteTo(msg, ra); err != nil {
@@ -140,7 +142,7 @@ func TestRelayDataBothWays(t *testing.T) {
 			}
 			// The relay counts after its send returns, so the last datagram
 			// may arrive before its count: wait for the counters.
-			waitFor(t, 2*time.Second, "traffic counters", func() bool {
+			waitFor(t, 5*time.Second, "traffic counters", func() bool {
 				tr := s.stats.traffic()
 				return tr.toPeerPackets-before.toPeerPackets == 5 && tr.toClientPackets-before.toClientPackets == 5 &&
 					tr.toClientBytes-before.toClientBytes == uint64(5*len("to-client-0")) &&
@@ -597,4 +599,19 @@ func TestPortRangeExhaustion(t *testing.T) {
 	if _, err := third.allocate(); err != nil {
 		t.Fatalf("allocation after a port was freed: %v", err)
 	}
+}
+
+// settledTraffic returns the traffic counters once two reads 50 ms apart agree (a datagram can reach its
+// receiver before the relay's send returns and counts it).
+func settledTraffic(s *Server) trafficTotals {
+	prev := s.stats.traffic()
+	for range 100 {
+		time.Sleep(50 * time.Millisecond)
+		cur := s.stats.traffic()
+		if cur == prev {
+			return cur
+		}
+		prev = cur
+	}
+	return prev
 }
