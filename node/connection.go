@@ -80,7 +80,6 @@ type connection struct {
 	remoteAddr      netip.AddrPort
 	rtt             time.Duration
 	everEstablished bool
-	seenActivity    int64
 
 	state       atomic.Int32
 	gotReply    atomic.Bool

@@ -40,7 +40,6 @@ type fakePortal struct {
 	joins []string // stamp secrets
 	leave int
 	conns []*phoenix.ServerConn
-	wg    sync.WaitGroup
 }
 
 func (p *fakePortal) ServeHTTP(w http.ResponseWriter, r *http.Request) {
