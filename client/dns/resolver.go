@@ -198,10 +198,11 @@ const (
 	outDropped
 	outTruncated
 	outFormErr
+	outNotImp
 	numOutcomes
 )
 
-var outcomeNames = [numOutcomes]string{"local", "forwarded", "servfail", "dropped", "truncated", "formerr"}
+var outcomeNames = [numOutcomes]string{"local", "forwarded", "servfail", "dropped", "truncated", "formerr", "notimp"}
 
 func (r *Resolver) count(o outcome) { r.counts[o].Add(1) }
 
@@ -412,6 +413,7 @@ func (r *Resolver) HandleQuery(src Source, msg []byte, now time.Time, dst []byte
 	switch {
 	case q.opcode != 0:
 		q.parseErr = true
+		r.count(outNotImp)
 		return buildError(dst, msg, &q, rcodeNotImp), true
 	case q.parseErr:
 		r.count(outFormErr)

@@ -445,6 +445,12 @@ func TestMalformedQueries(t *testing.T) {
 	if !ok || unpack(t, out).Rcode != mdns.RcodeNotImplemented {
 		t.Error("UPDATE: want NOTIMP")
 	}
+	if got := r.counts[outNotImp].Load(); got != 1 {
+		t.Errorf("notimp outcome counted %d times, want 1", got)
+	}
+	if got := r.counts[outFormErr].Load(); got != 1 {
+		t.Errorf("formerr outcome counted %d times, want 1", got)
+	}
 }
 
 func TestEDNSEchoed(t *testing.T) {
