@@ -45,10 +45,7 @@ func benchPair(b *testing.B, relayed bool) (*testNode, *testNode) {
 	}
 	a := newTestNode(b, "100.64.0.1", mod)
 	c := newTestNode(b, "100.64.0.2", mod)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	c.n.UpdateRelays(nil, []Relay{relay.relay("r1", c.n)})
-	a.waitRelayReady(b)
-	c.waitRelayReady(b)
+	giveRelays(b, a, c, relay)
 	connect(b, a, c, "c1", credsA, credsB)
 	roundTrip(b, a, c, 5*time.Second)
 	return a, c

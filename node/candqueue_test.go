@@ -99,10 +99,7 @@ func TestCandidatesBeforeConnection(t *testing.T) {
 	relayOnly := func(c *Config) { c.TestOnlyCandidateTypes = []ice.CandidateType{ice.CandidateTypeRelay} }
 	a := newTestNode(t, "100.64.0.1", relayOnly)
 	b := newTestNode(t, "100.64.0.2", relayOnly)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 
 	b.mu.Lock()
 	b.peer = a

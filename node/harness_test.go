@@ -232,6 +232,24 @@ func (tn *testNode) waitRelayReady(t testing.TB) {
 	}
 }
 
+// giveRelays hands both nodes every relay (ids "r1", "r2", … in order, credentials derived per node as the
+// portal does) and waits until each node has all their allocations ready.
+func giveRelays(t testing.TB, a, b *testNode, relays ...*testRelay) {
+	t.Helper()
+	for _, tn := range []*testNode{a, b} {
+		var rs []Relay
+		for i, r := range relays {
+			rs = append(rs, r.relay(fmt.Sprintf("r%d", i+1), tn.n))
+		}
+		tn.n.UpdateRelays(nil, rs)
+	}
+	for _, tn := range []*testNode{a, b} {
+		if !tn.waitCount(10*time.Second, len(relays), func(e Event) bool { return e.Kind == EventRelayReady }) {
+			t.Fatalf("relay allocations not ready")
+		}
+	}
+}
+
 var (
 	credsA = Credentials{Ufrag: "ufragAAA", Password: "passwordAAAAAAAAAAAAAAAAAAAA"}
 	credsB = Credentials{Ufrag: "ufragBBB", Password: "passwordBBBBBBBBBBBBBBBBBBBB"}

@@ -26,10 +26,7 @@ func TestDirectConnection(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 
 	connect(t, a, b, "c1", credsA, credsB)
 	rtt := roundTrip(t, a, b, 5*time.Second)
@@ -65,10 +62,7 @@ func TestRelayedConnection(t *testing.T) {
 	relayOnly := func(c *Config) { c.TestOnlyCandidateTypes = []ice.CandidateType{ice.CandidateTypeRelay} }
 	a := newTestNode(t, "100.64.0.1", relayOnly)
 	b := newTestNode(t, "100.64.0.2", relayOnly)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 
 	connect(t, a, b, "c1", credsA, credsB)
 	rtt := roundTrip(t, a, b, 5*time.Second)
@@ -95,10 +89,7 @@ func TestRemoveAllRelaysKeepsDirectConnection(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 	connect(t, a, b, "c1", credsA, credsB)
 	roundTrip(t, a, b, 5*time.Second)
 	if _, ok := a.waitEvent(5*time.Second, established("c1")); !ok {
@@ -132,10 +123,7 @@ func TestUpsertIdempotent(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 	connect(t, a, b, "c1", credsA, credsB)
 	roundTrip(t, a, b, 5*time.Second)
 	if _, ok := a.waitEvent(5*time.Second, established("c1")); !ok {
@@ -181,10 +169,7 @@ func TestResetRotatesKey(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 	connect(t, a, b, "c1", credsA, credsB)
 	roundTrip(t, a, b, 5*time.Second)
 
@@ -219,12 +204,7 @@ func TestRelayRemovedMovesConnection(t *testing.T) {
 	relayOnly := func(c *Config) { c.TestOnlyCandidateTypes = []ice.CandidateType{ice.CandidateTypeRelay} }
 	a := newTestNode(t, "100.64.0.1", relayOnly)
 	b := newTestNode(t, "100.64.0.2", relayOnly)
-	a.n.UpdateRelays(nil, []Relay{r1.relay("r1", a.n), r2.relay("r2", a.n)})
-	b.n.UpdateRelays(nil, []Relay{r1.relay("r1", b.n), r2.relay("r2", b.n)})
-	if !a.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) ||
-		!b.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) {
-		t.Fatal("relays not ready")
-	}
+	giveRelays(t, a, b, r1, r2)
 	connect(t, a, b, "c1", credsA, credsB)
 	roundTrip(t, a, b, 5*time.Second)
 	if _, ok := a.waitEvent(5*time.Second, established("c1")); !ok {
@@ -259,10 +239,7 @@ func TestConnectionFailures(t *testing.T) {
 	fast := func(c *Config) { c.ICEFailedTimeout = time.Second }
 	a := newTestNode(t, "100.64.0.1", fast)
 	b := newTestNode(t, "100.64.0.2", fast)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 
 	t.Run("no peer", func(t *testing.T) {
 		if err := a.n.UpsertConnection("lonely", b.n.PublicKey(), psk, credsA, credsB, RoleControlling); err != nil {
@@ -363,10 +340,7 @@ func TestDualStackDirectConnection(t *testing.T) {
 	if set := a.n.io.Load(); set.v6 == nil || set.v6.port != set.v4.port {
 		t.Fatalf("want v4 and v6 sockets on one port")
 	}
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 	connect(t, a, b, "c1", credsA, credsB)
 	roundTrip(t, a, b, 5*time.Second)
 	roundTrip(t, b, a, 2*time.Second)
@@ -404,10 +378,7 @@ func TestReconnectSameCredentials(t *testing.T) {
 	relay := startRelay(t)
 	a := newTestNode(t, "100.64.0.1", nil)
 	b := newTestNode(t, "100.64.0.2", nil)
-	a.n.UpdateRelays(nil, []Relay{relay.relay("r1", a.n)})
-	b.n.UpdateRelays(nil, []Relay{relay.relay("r1", b.n)})
-	a.waitRelayReady(t)
-	b.waitRelayReady(t)
+	giveRelays(t, a, b, relay)
 	for i := 0; i < 3; i++ {
 		connect(t, a, b, "c1", credsA, credsB)
 		if err := a.n.RemoveConnection("c1"); err != nil {
@@ -435,12 +406,7 @@ func TestUnresponsiveRelayMovesConnection(t *testing.T) {
 	}
 	a := newTestNode(t, "100.64.0.1", cfg)
 	b := newTestNode(t, "100.64.0.2", cfg)
-	a.n.UpdateRelays(nil, []Relay{r1.relay("r1", a.n), r2.relay("r2", a.n)})
-	b.n.UpdateRelays(nil, []Relay{r1.relay("r1", b.n), r2.relay("r2", b.n)})
-	if !a.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) ||
-		!b.waitCount(10*time.Second, 2, func(e Event) bool { return e.Kind == EventRelayReady }) {
-		t.Fatal("relays not ready")
-	}
+	giveRelays(t, a, b, r1, r2)
 	connect(t, a, b, "c1", credsA, credsB)
 	roundTrip(t, a, b, 5*time.Second)
 	if _, ok := a.waitEvent(5*time.Second, established("c1")); !ok {
