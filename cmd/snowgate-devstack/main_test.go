@@ -1,12 +1,10 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,33 +12,17 @@ import (
 
 	"github.com/snowgate/snowgate/internal/phoenix"
 	"github.com/snowgate/snowgate/internal/portalapi"
+	"github.com/snowgate/snowgate/internal/telemetry/teltest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // TestDevStack is what `make run` does: the stack comes up with no config, both relays register, a client
 // with a development token joins and its init lists the relays, and /readyz says ready.
 func TestDevStack(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
-	var out syncBuffer
+	var out teltest.Buffer
 	stacks := make(chan *Stack, 1)
 	done := make(chan error, 1)
 	go func() {

@@ -1,14 +1,10 @@
 package main
 
 import (
-	"context"
 	"io"
 	"net"
 	"strings"
 	"testing"
-	"time"
-
-	"github.com/snowgate/snowgate/portalmock"
 )
 
 // TestHealthcheck runs the portal with a metrics address and probes it with
@@ -30,24 +26,12 @@ func TestHealthcheck(t *testing.T) {
 	if code := healthcheck(nil, getenv, io.Discard); code != 1 {
 		t.Fatalf("portal not running: exit %d, want 1", code)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var out syncBuffer
-	started := make(chan *portalmock.Server, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-addr", "", "--metrics-addr", metrics},
-			&out, func(s *portalmock.Server) { started <- s })
-	}()
-	select {
-	case <-started:
-	case err := <-done:
+	r, err := startRun(t, "--listen", "127.0.0.1:0", "--admin-addr", "", "--metrics-addr", metrics)
+	if err != nil {
 		if strings.Contains(err.Error(), "address already in use") {
 			t.Skipf("metrics port taken meanwhile: %v", err)
 		}
-		t.Fatalf("run: %v\n%s", err, out.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("portal did not start")
+		t.Fatal(err)
 	}
 	if code := healthcheck(nil, getenv, io.Discard); code != 0 {
 		t.Fatalf("running portal: exit %d, want 0", code)
@@ -58,8 +42,7 @@ func TestHealthcheck(t *testing.T) {
 	if code := healthcheck(nil, func(string) string { return "" }, io.Discard); code != 1 {
 		t.Fatalf("no address: exit %d, want 1", code)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := r.stop(); err != nil {
 		t.Fatalf("run: %v", err)
 	}
 }

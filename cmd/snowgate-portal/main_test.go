@@ -1,59 +1,74 @@
 package main
 
 import (
-	"bytes"
 	"context"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/snowgate/snowgate/internal/telemetry/teltest"
 	"github.com/snowgate/snowgate/portalmock"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// portalRun is the portal binary's run started in the background by startRun.
+type portalRun struct {
+	srv    *portalmock.Server
+	out    *teltest.Buffer
+	cancel context.CancelFunc
+	done   chan error
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
+// startRun starts run with args and waits until the portal listens; the error is run's own when it exits
+// before that. The run is stopped at the end of the test at the latest.
+func startRun(t *testing.T, args ...string) (*portalRun, error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	r := &portalRun{out: &teltest.Buffer{}, cancel: cancel, done: make(chan error, 1)}
+	started := make(chan *portalmock.Server, 1)
+	go func() { r.done <- run(ctx, args, r.out, func(s *portalmock.Server) { started <- s }) }()
+	t.Cleanup(func() { _ = r.stop() })
+	select {
+	case r.srv = <-started:
+		return r, nil
+	case err := <-r.done:
+		r.done <- err // for stop
+		return nil, fmt.Errorf("run exited early: %w\n%s", err, r.out.String())
+	case <-time.After(10 * time.Second):
+		return nil, fmt.Errorf("portal did not start:\n%s", r.out.String())
+	}
 }
 
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+// stop cancels the run and returns its error (once; later calls return nil).
+func (r *portalRun) stop() error {
+	r.cancel()
+	select {
+	case err, ok := <-r.done:
+		if ok {
+			close(r.done)
+		}
+		return err
+	case <-time.After(10 * time.Second):
+		return errors.New("portal did not stop")
+	}
 }
 
 // The binary starts with examples/portal.yaml, logs where it listens, serves the admin API, and stops on
 // cancellation.
 func TestRunExampleConfig(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var out syncBuffer
-	started := make(chan *portalmock.Server, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--config", "../../examples/portal.yaml", "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"},
-			&out, func(s *portalmock.Server) { started <- s })
-	}()
-	var srv *portalmock.Server
-	select {
-	case srv = <-started:
-	case err := <-done:
-		t.Fatalf("run: %v\n%s", err, out.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("portal did not start")
+	r, err := startRun(t, "--config", "../../examples/portal.yaml", "--listen", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	srv, out := r.srv, r.out
 	addr := strings.TrimPrefix(srv.URL(), "ws://")
 	if !strings.Contains(out.String(), "portal listening") || !strings.Contains(out.String(), addr) {
 		t.Errorf("log does not say where the portal listens (%s):\n%s", addr, out.String())
 	}
-	req, _ := http.NewRequestWithContext(ctx, "GET", srv.AdminURL()+"/v1/resources", nil)
+	req, _ := http.NewRequestWithContext(t.Context(), "GET", srv.AdminURL()+"/v1/resources", nil)
 	req.Header.Set("Authorization", "Bearer "+portalmock.DefaultAdminToken)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -64,42 +79,31 @@ func TestRunExampleConfig(t *testing.T) {
 	if resp.StatusCode != http.StatusOK {
 		t.Errorf("admin API: %d", resp.StatusCode)
 	}
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("run: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("portal did not stop")
+	if err := r.stop(); err != nil {
+		t.Errorf("run: %v", err)
 	}
 }
 
 func TestRunBadConfig(t *testing.T) {
-	var out syncBuffer
-	if err := run(t.Context(), []string{"--config", "/nonexistent.yaml"}, &out, nil); err == nil {
+	if err := run(t.Context(), []string{"--config", "/nonexistent.yaml"}, io.Discard, nil); err == nil {
 		t.Error("missing config accepted")
 	}
 }
 
 // TestStatsLine: the portal logs one INFO stats line per interval with who is online.
 func TestStatsLine(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var out syncBuffer
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-addr", "", "--stats-interval", "50ms"}, &out, nil)
-	}()
+	r, err := startRun(t, "--listen", "127.0.0.1:0", "--admin-addr", "", "--stats-interval", "50ms")
+	if err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(out.String(), "INFO portal: stats clients_online=0 gateways_online=0 relays=0 flows=0") {
+	for !strings.Contains(r.out.String(), "INFO portal: stats clients_online=0 gateways_online=0 relays=0 flows=0") {
 		if time.Now().After(deadline) {
-			t.Fatalf("no stats line:\n%s", out.String())
+			t.Fatalf("no stats line:\n%s", r.out.String())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
 }

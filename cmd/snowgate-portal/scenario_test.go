@@ -29,23 +29,11 @@ const resourceCIDR = "2e50c000-0000-4000-8000-000000000001"
 // tokens, the relay's stamp secret, the TURN passwords, the PSK or the ICE
 // passwords (issue 6).
 func TestNoSecretsInLogs(t *testing.T) {
-	ctx, cancel := context.WithCancel(t.Context())
-	defer cancel()
-	var out syncBuffer
-	started := make(chan *portalmock.Server, 1)
-	done := make(chan error, 1)
-	go func() {
-		done <- run(ctx, []string{"--listen", "127.0.0.1:0", "--admin-addr", "", "--log-level", "trace"},
-			&out, func(s *portalmock.Server) { started <- s })
-	}()
-	var srv *portalmock.Server
-	select {
-	case srv = <-started:
-	case err := <-done:
-		t.Fatalf("run: %v\n%s", err, out.String())
-	case <-time.After(10 * time.Second):
-		t.Fatal("portal did not start")
+	r, err := startRun(t, "--listen", "127.0.0.1:0", "--admin-addr", "", "--log-level", "trace")
+	if err != nil {
+		t.Fatal(err)
 	}
+	ctx, srv, out := t.Context(), r.srv, r.out
 
 	var sb [32]byte
 	_, _ = rand.Read(sb[:])
@@ -82,8 +70,7 @@ func TestNoSecretsInLogs(t *testing.T) {
 	}); err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("bad token: %v %v", resp, err)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := r.stop(); err != nil {
 		t.Fatalf("run: %v", err)
 	}
 
