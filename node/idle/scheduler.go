@@ -46,7 +46,7 @@ type Config struct {
 	// negative disables active checks.
 	ActiveInterval time.Duration
 	// Slack is how early work may run so that it shares a wake-up with earlier work (default 1 s; negative
-	// means none). It is clamped below half the shortest tick period.
+	// means none). It is clamped below half the shortest of the tick periods and IdleAfter.
 	Slack time.Duration
 	// Epoch anchors the tick grids (Epoch + k*period); zero means the first now passed to Add, NextTick or
 	// AlignBefore.
@@ -79,7 +79,9 @@ func (c Config) normalized() Config {
 	case c.Slack < 0:
 		c.Slack = 0
 	}
-	shortest := c.KeepaliveInterval
+	// The idle deadline counts too: a connection woken by Activity must stay active for at least half of
+	// IdleAfter, not go idle again at the next wake-up because its deadline fell inside the slack.
+	shortest := min(c.KeepaliveInterval, c.IdleAfter)
 	if c.ActiveInterval > 0 && c.ActiveInterval < shortest {
 		shortest = c.ActiveInterval
 	}

@@ -435,3 +435,25 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("Wakeups %d Spurious %d", s.Wakeups(), s.Spurious())
 	}
 }
+
+// TestWokenConnectionStaysActive: with IdleAfter shorter than the default slack allows, a connection woken by
+// Activity is not put back to idle by the very next Poll (its idle deadline must not fall inside the slack).
+func TestWokenConnectionStaysActive(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	s := New(Config{IdleAfter: 400 * time.Millisecond, KeepaliveInterval: 800 * time.Millisecond, ActiveInterval: -1})
+	s.Add("c", t0)
+	s.Poll(t0.Add(400 * time.Millisecond))
+	if st, _ := s.State("c"); st != Idle {
+		t.Fatalf("state %v after IdleAfter, want Idle", st)
+	}
+	woke := t0.Add(2 * time.Second)
+	s.Activity("c", woke)
+	for _, d := range s.Poll(woke.Add(time.Millisecond)) {
+		if d.Job.Kind == KindWentIdle {
+			t.Fatalf("went idle 1 ms after being woken: %+v", d)
+		}
+	}
+	if st, _ := s.State("c"); st != Active {
+		t.Fatalf("state %v 1 ms after Activity, want Active", st)
+	}
+}
