@@ -26,6 +26,7 @@ const (
 	DefaultPermissionLifetime = 300 * time.Second
 	DefaultSocketBuffer       = 8 << 20
 	DefaultRelaySocketBuffer  = 1 << 20
+	DefaultBatchRead          = 32
 	DefaultMaxAllocsPerUser   = 16
 	DefaultMaxAllocations     = 100_000
 	DefaultDrainTimeout       = 30 * time.Second
@@ -66,8 +67,8 @@ type Config struct {
 	// SocketBuffer is the SO_RCVBUF/SO_SNDBUF size of listener sockets
 	// (default 8 MiB); RelaySocketBuffer that of relay sockets (default 1 MiB).
 	SocketBuffer, RelaySocketBuffer int
-	// BatchRead, when > 1, reads up to that many datagrams per recvmmsg on
-	// the listener sockets.
+	// BatchRead is the most datagrams a worker reads from one socket per
+	// recvmmsg (default 32; 1 reads one at a time).
 	BatchRead int
 
 	// DisableFastPath sends all channel data through pion's generic request
@@ -176,8 +177,11 @@ func (c *Config) Validate() error {
 	if c.SocketBuffer < 0 || c.RelaySocketBuffer < 0 || c.SocketBuffer > 1<<30 || c.RelaySocketBuffer > 1<<30 {
 		return bad("socket buffer sizes must be 0..1GiB")
 	}
-	if c.BatchRead < 0 || c.BatchRead > 1024 {
-		return bad("batch read %d out of range 0-1024", c.BatchRead)
+	if c.BatchRead == 0 {
+		c.BatchRead = DefaultBatchRead
+	}
+	if c.BatchRead < 1 || c.BatchRead > 1024 {
+		return bad("batch read %d out of range 1-1024", c.BatchRead)
 	}
 	if c.AllocationLifetime == 0 {
 		c.AllocationLifetime = DefaultAllocationLifetime

@@ -3,107 +3,98 @@ package relay
 import (
 	"context"
 	"encoding/binary"
+	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/snowgate/snowgate/internal/telemetry"
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 )
 
-// batchReader is the recvmmsg side of ipv4.PacketConn / ipv6.PacketConn.
-type batchReader interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-}
+// Inbox sizes: how many datagrams may wait for pion's read loop of a
+// listener socket (STUN requests of every client on it) and of an
+// allocation (Data indications to build).
+const (
+	listenerInbox = 1024
+	relayInbox    = 128
+)
 
-// listenerConn wraps one listener socket handed to pion. It counts the
-// datagrams pion relays to clients (ChannelData and Data indications), can
-// serve pion's one-at-a-time ReadFrom from a recvmmsg batch, and lets the
-// server answer some requests before pion sees them (intercept).
-//
-// pion runs exactly one read loop per PacketConnConfig, so ReadFrom has a
-// single caller and the batch state needs no lock. WriteTo is called from
-// many goroutines (every allocation's relay loop) and only touches atomics.
+// errNoDeadlines: the relay's sockets are read by workers, so read and
+// write deadlines (which pion does not use) are not offered.
+var errNoDeadlines = fmt.Errorf("relay socket deadlines: %w", errors.ErrUnsupported)
+
+// listenerConn is one listener socket as pion sees it (a net.PacketConn).
+// Its worker reads the socket: ChannelData of bound channels is relayed
+// there (fast path) and everything else waits in the inbox for pion's read
+// loop, which ReadFrom serves. ReadFrom also lets the server answer some
+// requests before pion sees them (intercept). WriteTo sends directly and
+// counts relayed traffic; it is called from many goroutines.
 type listenerConn struct {
-	*net.UDPConn
+	sock      *udpSocket
 	shard     *trafficShard
+	stats     *stats
 	intercept func(b []byte, from net.Addr) bool
 	fast      *fastPath // nil: everything goes to pion
+	inbox     *inbox
 
-	batch   batchReader
-	msgs    []ipv4.Message
-	next, n int
+	w         *worker
+	slot      int32
+	closeOnce sync.Once
+	closeErr  error
 }
 
-func newListenerConn(c *net.UDPConn, shard *trafficShard, batch int, intercept func([]byte, net.Addr) bool) *listenerConn {
-	l := &listenerConn{UDPConn: c, shard: shard, intercept: intercept}
-	if batch > 1 {
-		if c.LocalAddr().(*net.UDPAddr).IP.To4() != nil {
-			l.batch = ipv4.NewPacketConn(c)
-		} else {
-			l.batch = ipv6.NewPacketConn(c)
-		}
-		l.msgs = make([]ipv4.Message, batch)
-		for i := range l.msgs {
-			l.msgs[i].Buffers = [][]byte{make([]byte, 2048)}
+// attach registers the listener with its worker.
+func (l *listenerConn) attach(w *worker) error {
+	slot, err := w.add(l.sock, l.handleBatch, l.stats.readError)
+	if err != nil {
+		return err
+	}
+	l.w, l.slot = w, slot
+	return nil
+}
+
+// handleBatch runs on the worker: relay bound ChannelData, queue the rest.
+func (l *listenerConn) handleBatch(b *recvBatch, n int) {
+	for i := range n {
+		p, from, truncated := b.payload(i)
+		switch {
+		case truncated:
+			l.stats.dropped[dropOversized].Add(1)
+		case l.fast != nil && l.fast.forwardToPeer(p, from):
+		case !l.inbox.push(p, from):
+			l.stats.dropped[dropBacklog].Add(1)
 		}
 	}
-	return l
 }
 
-// ReadFrom implements net.PacketConn for pion's read loop. ChannelData of
-// bound channels is relayed here (fast path) and never reaches pion.
+// ReadFrom implements net.PacketConn for pion's read loop.
 func (l *listenerConn) ReadFrom(p []byte) (int, net.Addr, error) {
 	for {
-		n, from, err := l.readOne(p)
+		n, from, err := l.inbox.pop(p)
 		if err != nil {
-			return n, nil, err
-		}
-		if n > len(p) {
-			// Oversized: report the full size so pion drops it (it checks
-			// n >= its MTU) rather than relaying a truncated datagram.
-			return n, net.UDPAddrFromAddrPort(from), nil
-		}
-		if l.fast != nil && l.fast.forwardToPeer(p[:n], from) {
-			continue
+			return 0, nil, err
 		}
 		addr := net.UDPAddrFromAddrPort(from)
-		if l.intercept != nil && l.intercept(p[:n], addr) {
+		if n <= len(p) && l.intercept != nil && l.intercept(p[:n], addr) {
 			continue
 		}
 		return n, addr, nil
 	}
 }
 
-// readOne reads one datagram; the source address is unmapped.
-func (l *listenerConn) readOne(p []byte) (int, netip.AddrPort, error) {
-	if l.batch == nil {
-		n, from, err := l.UDPConn.ReadFromUDPAddrPort(p)
-		return n, netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), err
-	}
-	if l.next >= l.n {
-		n, err := l.batch.ReadBatch(l.msgs, 0)
-		if err != nil {
-			return 0, netip.AddrPort{}, err
-		}
-		l.next, l.n = 0, n
-	}
-	m := &l.msgs[l.next]
-	l.next++
-	n := copy(p, m.Buffers[0][:m.N])
-	if m.N > len(p) {
-		n = m.N
-	}
-	from, _ := udpAddrPort(m.Addr)
-	return n, from, nil
-}
-
 // WriteTo implements net.PacketConn and counts relayed traffic to clients.
 func (l *listenerConn) WriteTo(p []byte, addr net.Addr) (int, error) {
-	n, err := l.UDPConn.WriteTo(p, addr)
-	if err == nil && len(p) >= 4 {
+	to, ok := udpAddrPort(addr)
+	if !ok {
+		return 0, fmt.Errorf("write to %v: %w", addr, errUnreachableFamily)
+	}
+	if err := l.sock.sendTo(p, to); err != nil {
+		return 0, err
+	}
+	if len(p) >= 4 {
 		switch {
 		case p[0]&0xC0 == 0x40: // ChannelData
 			l.shard.toClientPackets.Add(1)
@@ -113,26 +104,112 @@ func (l *listenerConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 			l.shard.toClientBytes.Add(uint64(len(p)))
 		}
 	}
-	return n, err
+	return len(p), nil
 }
 
-// relayConn wraps an allocation's relay socket. It counts datagrams relayed
-// to peers and, with a fast path, sends datagrams from peers with a bound
-// channel straight to the client as ChannelData.
+// Close implements net.PacketConn: the worker stops reading the socket,
+// pion's ReadFrom returns net.ErrClosed, and the socket is closed.
+func (l *listenerConn) Close() error {
+	l.closeOnce.Do(func() {
+		if l.w != nil {
+			l.w.remove(l.slot)
+		}
+		l.inbox.close()
+		l.closeErr = l.sock.close()
+	})
+	return l.closeErr
+}
+
+// LocalAddr implements net.PacketConn.
+func (l *listenerConn) LocalAddr() net.Addr { return l.sock.LocalAddr() }
+
+// SetDeadline implements net.PacketConn; deadlines are not offered.
+func (l *listenerConn) SetDeadline(time.Time) error { return errNoDeadlines }
+
+// SetReadDeadline implements net.PacketConn; deadlines are not offered.
+func (l *listenerConn) SetReadDeadline(time.Time) error { return errNoDeadlines }
+
+// SetWriteDeadline implements net.PacketConn; deadlines are not offered.
+func (l *listenerConn) SetWriteDeadline(time.Time) error { return errNoDeadlines }
+
+// relayConn is an allocation's relay socket as pion sees it. Its worker
+// reads the socket: datagrams from peers with a bound channel go to the
+// client as ChannelData right there (fast path); the rest (permission only:
+// Data indications, or no permission: dropped by pion) wait in the inbox for
+// pion's relay loop (ReadFrom). WriteTo carries pion's sends to peers.
 type relayConn struct {
-	*net.UDPConn
+	sock  *udpSocket
 	shard *trafficShard
+	stats *stats
 	fast  *fastPath
 	key   relayKey
 	guard *sendGuard // nil: no destination check (tests of the conn alone)
+	inbox *inbox
+
+	w         *worker
+	slot      int32
+	closeOnce sync.Once
+	closeErr  error
 
 	mu    sync.RWMutex
 	peers map[netip.AddrPort]*peerChannel
-	buf   []byte // read buffer with room for the ChannelData header; single reader
 }
 
-// relayReadSize matches pion's relay read buffer (rtpMTU).
-const relayReadSize = 1600
+// attach registers the relay socket with its worker.
+func (r *relayConn) attach(w *worker) error {
+	slot, err := w.add(r.sock, r.handleBatch, r.stats.readError)
+	if err != nil {
+		return err
+	}
+	r.w, r.slot = w, slot
+	return nil
+}
+
+// handleBatch runs on the worker: datagrams from peers with a bound channel
+// become ChannelData in place (the batch keeps 4 bytes of headroom and room
+// for the padding) and go to the client; the rest wait for pion.
+func (r *relayConn) handleBatch(b *recvBatch, n int) {
+	for i := range n {
+		p, from, truncated := b.payload(i)
+		if truncated {
+			r.stats.dropped[dropOversized].Add(1)
+			continue
+		}
+		if pc := r.channel(from); pc != nil {
+			pad := (4 - len(p)%4) % 4 // ChannelData over UDP is padded to 4 bytes, like pion does
+			frame := b.withHeader(i, channelDataHeader, pad)
+			binary.BigEndian.PutUint16(frame[0:2], pc.number)
+			binary.BigEndian.PutUint16(frame[2:4], uint16(len(p))) //nolint:gosec // len(p) <= maxReadBuffer
+			clear(frame[4+len(p):])
+			if err := pc.out.sendTo(frame, pc.client); err != nil {
+				r.stats.dropped[dropSend].Add(1)
+				continue
+			}
+			r.shard.toClientPackets.Add(1)
+			r.shard.toClientBytes.Add(uint64(len(p)))
+			continue
+		}
+		if !r.inbox.push(p, from) {
+			r.stats.dropped[dropBacklog].Add(1)
+		}
+	}
+}
+
+// ReadFrom implements net.PacketConn for pion's relay loop.
+func (r *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
+	for {
+		n, from, err := r.inbox.pop(p)
+		if err != nil {
+			return 0, nil, err
+		}
+		if n <= len(p) {
+			return n, net.UDPAddrFromAddrPort(from), nil
+		}
+		// pion's relay buffer is 1600 bytes and it would relay a cut
+		// datagram: drop it instead and wait for the next one.
+		r.stats.dropped[dropOversized].Add(1)
+	}
+}
 
 // WriteTo implements net.PacketConn for pion's sends to peers (Send
 // indications, ChannelData outside the fast path) and counts them. A
@@ -140,18 +217,77 @@ const relayReadSize = 1600
 // is dropped (and counted as a refused peer) while pretending success, so
 // that pion does not log an error per datagram.
 func (r *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
-	if r.guard != nil {
-		if dst, ok := udpAddrPort(addr); ok && r.guard.refuse(dst) {
-			return len(p), nil
-		}
+	dst, ok := udpAddrPort(addr)
+	if !ok {
+		return 0, fmt.Errorf("write to %v: %w", addr, errUnreachableFamily)
 	}
-	n, err := r.UDPConn.WriteTo(p, addr)
-	if err == nil {
-		r.shard.toPeerPackets.Add(1)
-		r.shard.toPeerBytes.Add(uint64(n))
+	if r.guard != nil && r.guard.refuse(dst) {
+		return len(p), nil
 	}
-	return n, err
+	if err := r.sock.sendTo(p, dst); err != nil {
+		return 0, err
+	}
+	r.shard.toPeerPackets.Add(1)
+	r.shard.toPeerBytes.Add(uint64(len(p)))
+	return len(p), nil
 }
+
+// writeToPeer is the fast path's client → peer send. The fast path never
+// holds a binding to a destination sendGuard refuses (fastPath.bind).
+func (r *relayConn) writeToPeer(p []byte, peer netip.AddrPort) {
+	if err := r.sock.sendTo(p, peer); err != nil {
+		r.stats.dropped[dropSend].Add(1)
+		return
+	}
+	r.shard.toPeerPackets.Add(1)
+	r.shard.toPeerBytes.Add(uint64(len(p)))
+}
+
+func (r *relayConn) setChannel(peer netip.AddrPort, pc *peerChannel) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if pc == nil {
+		delete(r.peers, peer)
+		return
+	}
+	if r.peers == nil {
+		r.peers = map[netip.AddrPort]*peerChannel{}
+	}
+	r.peers[peer] = pc
+}
+
+func (r *relayConn) channel(peer netip.AddrPort) *peerChannel {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.peers[peer]
+}
+
+// Close implements net.PacketConn.
+func (r *relayConn) Close() error {
+	r.closeOnce.Do(func() {
+		if r.fast != nil {
+			r.fast.removeRelay(r)
+		}
+		if r.w != nil {
+			r.w.remove(r.slot)
+		}
+		r.inbox.close()
+		r.closeErr = r.sock.close()
+	})
+	return r.closeErr
+}
+
+// LocalAddr implements net.PacketConn.
+func (r *relayConn) LocalAddr() net.Addr { return r.sock.LocalAddr() }
+
+// SetDeadline implements net.PacketConn; deadlines are not offered.
+func (r *relayConn) SetDeadline(time.Time) error { return errNoDeadlines }
+
+// SetReadDeadline implements net.PacketConn; deadlines are not offered.
+func (r *relayConn) SetReadDeadline(time.Time) error { return errNoDeadlines }
+
+// SetWriteDeadline implements net.PacketConn; deadlines are not offered.
+func (r *relayConn) SetWriteDeadline(time.Time) error { return errNoDeadlines }
 
 // sendGuard drops datagrams to the relay's own addresses outside the relay
 // port range (see PeerPolicy.OwnOutsideRange).
@@ -180,74 +316,4 @@ func (g *sendGuard) refuse(dst netip.AddrPort) bool {
 func (g *sendGuard) refusesAddr(peer net.Addr) bool {
 	dst, ok := udpAddrPort(peer)
 	return !ok || g.policy.OwnOutsideRange(dst)
-}
-
-// writeToPeer is the fast path's client → peer send. The fast path never
-// holds a binding to a destination sendGuard refuses (fastPath.bind).
-func (r *relayConn) writeToPeer(p []byte, peer netip.AddrPort) {
-	if _, err := r.UDPConn.WriteToUDPAddrPort(p, peer); err == nil {
-		r.shard.toPeerPackets.Add(1)
-		r.shard.toPeerBytes.Add(uint64(len(p)))
-	}
-}
-
-func (r *relayConn) setChannel(peer netip.AddrPort, pc *peerChannel) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if pc == nil {
-		delete(r.peers, peer)
-		return
-	}
-	if r.peers == nil {
-		r.peers = map[netip.AddrPort]*peerChannel{}
-	}
-	r.peers[peer] = pc
-}
-
-func (r *relayConn) channel(peer netip.AddrPort) *peerChannel {
-	r.mu.RLock()
-	defer r.mu.RUnlock()
-	return r.peers[peer]
-}
-
-// ReadFrom implements net.PacketConn for pion's relay loop. Datagrams from
-// peers with a bound channel go to the client here; the rest (permission
-// only: Data indications, or no permission: dropped) return to pion.
-func (r *relayConn) ReadFrom(p []byte) (int, net.Addr, error) {
-	if r.fast == nil {
-		return r.UDPConn.ReadFrom(p)
-	}
-	if r.buf == nil {
-		r.buf = make([]byte, 4+relayReadSize+3)
-	}
-	for {
-		n, from, err := r.UDPConn.ReadFromUDPAddrPort(r.buf[4 : 4+relayReadSize])
-		if err != nil {
-			return 0, nil, err
-		}
-		from = netip.AddrPortFrom(from.Addr().Unmap(), from.Port())
-		if pc := r.channel(from); pc != nil {
-			binary.BigEndian.PutUint16(r.buf[0:2], pc.number)
-			binary.BigEndian.PutUint16(r.buf[2:4], uint16(n)) //nolint:gosec // n <= relayReadSize
-			total := 4 + n
-			for total%4 != 0 { // pad to 4 bytes like pion does
-				r.buf[total] = 0
-				total++
-			}
-			if _, err := pc.out.WriteToUDPAddrPort(r.buf[:total], pc.client); err == nil {
-				r.shard.toClientPackets.Add(1)
-				r.shard.toClientBytes.Add(uint64(n))
-			}
-			continue
-		}
-		return copy(p, r.buf[4:4+n]), net.UDPAddrFromAddrPort(from), nil
-	}
-}
-
-// Close implements net.PacketConn.
-func (r *relayConn) Close() error {
-	if r.fast != nil {
-		r.fast.removeRelay(r)
-	}
-	return r.UDPConn.Close()
 }

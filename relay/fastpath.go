@@ -16,11 +16,11 @@ import (
 // bindings from its EventHandler (OnChannelCreated/OnChannelDeleted) into two
 // tables and forwards bound channels itself:
 //
-//   - client → peer: the listener socket's reader looks up (client address,
+//   - client → peer: the listener socket's worker looks up (client address,
 //     channel number) and writes the payload from the allocation's relay socket;
-//   - peer → client: the relay socket's reader (pion's per-allocation loop,
-//     inside relayConn.ReadFrom) looks up the peer and sends ChannelData to
-//     the client from a listener socket of the same address.
+//   - peer → client: the relay socket's worker looks up the peer and sends
+//     ChannelData (built in place in the receive buffer) to the client from a
+//     listener socket of the same address.
 //
 // Semantics are pion's: a bound channel relays in both directions (pion does
 // not check the permission for channel traffic either); everything else —
@@ -53,7 +53,7 @@ type fastChannel struct {
 type peerChannel struct {
 	number uint16
 	client netip.AddrPort
-	out    *net.UDPConn
+	out    *udpSocket
 }
 
 func newFastPath() *fastPath {
@@ -99,7 +99,7 @@ func (f *fastPath) bind(client, relayAddr, peer net.Addr, number uint16) {
 	if r == nil || len(outs) == 0 {
 		return // not ours (cannot happen) or shutting down: pion's slow path still works
 	}
-	out := outs[int(c.Port())%len(outs)].UDPConn
+	out := outs[int(c.Port())%len(outs)].sock
 	f.channels[chanKey{client: c, number: number}] = fastChannel{relay: r, peer: p}
 	r.setChannel(p, &peerChannel{number: number, client: c, out: out})
 }

@@ -1,12 +1,12 @@
 package relay
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"sync"
 
 	"github.com/pion/turn/v5"
 )
@@ -40,6 +40,18 @@ type addressGenerator struct {
 	stats            *stats
 	fast             *fastPath // nil: no fast path
 	guard            *sendGuard
+	// worker reads the relay sockets; each listener socket has its own
+	// generator (forWorker), so an allocation's two directions are handled
+	// by the same worker.
+	worker *worker
+	pool   *sync.Pool
+}
+
+// forWorker is a copy of g whose relay sockets w reads.
+func (g *addressGenerator) forWorker(w *worker) *addressGenerator {
+	c := *g
+	c.worker = w
+	return &c
 }
 
 var _ turn.RelayAddressGenerator = (*addressGenerator)(nil)
@@ -67,17 +79,21 @@ func (g *addressGenerator) AllocatePacketConn(conf turn.AllocateListenerConfig) 
 		return nil, nil, fmt.Errorf("network %q: %w", conf.Network, ErrFamilyNotServed)
 	}
 	try := func(port int) (net.PacketConn, net.Addr, error) {
-		c, err := listenUDP(context.Background(), conf.Network, netip.AddrPortFrom(bind, uint16(port)), g.opts) //nolint:gosec // port is within 1..65535
+		sock, err := openUDP(conf.Network, netip.AddrPortFrom(bind, uint16(port)), g.opts) //nolint:gosec // port is within 1..65535
 		if err != nil {
 			return nil, nil, err
 		}
-		actual := c.LocalAddr().(*net.UDPAddr).Port
-		rc := &relayConn{UDPConn: c, shard: g.stats.shard(actual), fast: g.fast, guard: g.guard,
-			key: relayKey{v6: conf.Network == "udp6", port: uint16(actual)}} //nolint:gosec // a port
+		actual := sock.local.Port()
+		rc := &relayConn{sock: sock, shard: g.stats.shard(int(actual)), stats: g.stats, fast: g.fast, guard: g.guard,
+			key: relayKey{v6: conf.Network == "udp6", port: actual}, inbox: newInbox(relayInbox, g.pool)}
+		if err := rc.attach(g.worker); err != nil {
+			_ = sock.close()
+			return nil, nil, err
+		}
 		if g.fast != nil {
 			g.fast.addRelay(rc)
 		}
-		return rc, &net.UDPAddr{IP: public.AsSlice(), Port: actual}, nil
+		return rc, &net.UDPAddr{IP: public.AsSlice(), Port: int(actual)}, nil
 	}
 	if conf.RequestedPort != 0 {
 		if conf.RequestedPort < g.low || conf.RequestedPort > g.high {

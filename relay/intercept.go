@@ -76,8 +76,8 @@ func (s *Server) interceptor(lc *listenerConn) func(b []byte, from net.Addr) boo
 		resp, err := stun.Build(&stun.Message{TransactionID: m.TransactionID},
 			stun.NewType(m.Type.Method, stun.ClassErrorResponse),
 			&stun.ErrorCodeAttribute{Code: code}, integrity)
-		if err == nil {
-			_, _ = lc.UDPConn.WriteTo(resp.Raw, from)
+		if to, ok := udpAddrPort(from); err == nil && ok {
+			_ = lc.sock.sendTo(resp.Raw, to)
 		}
 		return true
 	}

@@ -22,12 +22,12 @@ func FuzzInterceptor(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	sock, err := openUDP("udp4", mustAddrPort("127.0.0.1:0"), socketOptions{})
 	if err != nil {
 		f.Fatal(err)
 	}
-	defer c.Close()
-	lc := newListenerConn(c, s.stats.shard(0), 0, nil)
+	defer sock.close()
+	lc := &listenerConn{sock: sock, shard: s.stats.shard(0), stats: s.stats}
 	hook := s.interceptor(lc)
 	from := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -38,6 +38,7 @@ type Server struct {
 	portalUp  atomic.Bool
 	started   atomic.Bool
 	turn      *turn.Server
+	workers   []*worker
 	conns     []*listenerConn
 	addr4     netip.AddrPort
 	addr6     netip.AddrPort
@@ -123,6 +124,7 @@ func (s *Server) Start(ctx context.Context) error {
 	port := max(s.cfg.ListenPort, 0)
 	opts := socketOptions{buffer: s.cfg.SocketBuffer}
 	var pcs []turn.PacketConnConfig
+	pool := newDatagramPool()
 	gen := &addressGenerator{
 		public4: s.cfg.PublicIP4, public6: s.cfg.PublicIP6,
 		bind4: s.cfg.ListenAddr4, bind6: s.cfg.ListenAddr6,
@@ -131,13 +133,25 @@ func (s *Server) Start(ctx context.Context) error {
 		stats: s.stats,
 		fast:  s.fast,
 		guard: s.guard,
+		pool:  pool,
 	}
 	fail := func(err error) error {
 		for _, c := range s.conns {
 			_ = c.Close()
 		}
 		s.conns = nil
+		s.closeWorkers()
 		return err
+	}
+	// One worker per listener socket of a family: worker i reads the i-th
+	// IPv4 and IPv6 listener sockets and the relay sockets of the
+	// allocations made through them.
+	for range s.cfg.Sockets {
+		w, err := newWorker(s.cfg.BatchRead)
+		if err != nil {
+			return fail(err)
+		}
+		s.workers = append(s.workers, w)
 	}
 	for _, fam := range []struct {
 		network string
@@ -147,22 +161,29 @@ func (s *Server) Start(ctx context.Context) error {
 		if !fam.bind.IsValid() {
 			continue
 		}
-		group, err := listenGroup(ctx, fam.network, netip.AddrPortFrom(fam.bind, uint16(port)), s.cfg.Sockets, opts) //nolint:gosec // validated port
+		group, err := listenGroup(fam.network, netip.AddrPortFrom(fam.bind, uint16(port)), s.cfg.Sockets, opts) //nolint:gosec // validated port
 		if err != nil {
 			return fail(err)
 		}
-		*fam.out = group[0].LocalAddr().(*net.UDPAddr).AddrPort()
-		for _, c := range group {
-			lc := newListenerConn(c, s.stats.shard(len(s.conns)), s.cfg.BatchRead, nil)
+		*fam.out = group[0].local
+		for i, sock := range group {
+			lc := &listenerConn{sock: sock, shard: s.stats.shard(len(s.conns)), stats: s.stats,
+				inbox: newInbox(listenerInbox, pool)}
 			lc.intercept = s.interceptor(lc)
 			if s.fast != nil {
 				lc.fast = s.fast
 				s.fast.addListener(lc, fam.network == "udp6")
 			}
 			s.conns = append(s.conns, lc)
+			if err := lc.attach(s.workers[i]); err != nil {
+				for _, sock := range group[i+1:] {
+					_ = sock.close()
+				}
+				return fail(err)
+			}
 			pcs = append(pcs, turn.PacketConnConfig{
 				PacketConn:            lc,
-				RelayAddressGenerator: gen,
+				RelayAddressGenerator: gen.forWorker(s.workers[i]),
 				PermissionHandler:     s.permit,
 			})
 		}
@@ -264,9 +285,18 @@ func (s *Server) Close() error {
 				_ = c.Close()
 			}
 		}
+		s.closeWorkers()
 		s.stats.unregister()
 	})
 	return s.closeErr
+}
+
+// closeWorkers stops the workers (after their sockets are closed).
+func (s *Server) closeWorkers() {
+	for _, w := range s.workers {
+		_ = w.Close()
+	}
+	s.workers = nil
 }
 
 // authenticate is pion's AuthHandler.

@@ -20,6 +20,18 @@ const (
 
 var authReasons = []string{reasonMalformed, reasonExpired, reasonRealm, reasonIntegrity}
 
+// Reasons a datagram was dropped inside the relay (metric attribute
+// "reason"; indexes of stats.dropped).
+const (
+	dropOversized = iota // longer than the relay's buffers
+	dropBacklog          // pion's read loop for the socket is behind (inbox full)
+	dropSend             // the send failed (full socket buffer, unreachable)
+	dropRead             // the socket reported an error
+	dropReasons
+)
+
+var dropReasonNames = [dropReasons]string{"oversized", "backlog", "send_failed", "read_error"}
+
 // trafficShard holds relayed-traffic counters, padded to its own cache lines
 // so that sockets on different cores do not share them.
 type trafficShard struct {
@@ -38,6 +50,7 @@ type stats struct {
 	refusedPeers               atomic.Uint64
 	quotaRefusals              atomic.Uint64
 	authFailures               [4]atomic.Uint64 // indexed like authReasons
+	dropped                    [dropReasons]atomic.Uint64
 
 	reg metric.Registration
 }
@@ -56,6 +69,9 @@ func (s *stats) authFailure(reason string) {
 		}
 	}
 }
+
+// readError counts a socket read error (a worker's readErr hook).
+func (s *stats) readError(error) { s.dropped[dropRead].Add(1) }
 
 type trafficTotals struct{ toPeerPackets, toPeerBytes, toClientPackets, toClientBytes uint64 }
 
@@ -112,6 +128,11 @@ func (s *stats) register(mp metric.MeterProvider) error {
 	if err != nil {
 		return fmt.Errorf("create instrument: %w", err)
 	}
+	dropped, err := m.Int64ObservableCounter("relay.datagrams.dropped",
+		metric.WithDescription("Datagrams the relay dropped, by reason (oversized, backlog, send_failed, read_error)"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
 	v4 := metric.WithAttributes(attribute.String("family", "ipv4"))
 	v6 := metric.WithAttributes(attribute.String("family", "ipv6"))
 	toPeer := metric.WithAttributes(attribute.String("direction", "client_to_peer"))
@@ -119,6 +140,10 @@ func (s *stats) register(mp metric.MeterProvider) error {
 	reasonOpts := make([]metric.ObserveOption, len(authReasons))
 	for i, r := range authReasons {
 		reasonOpts[i] = metric.WithAttributes(attribute.String("reason", r))
+	}
+	var dropOpts [dropReasons]metric.ObserveOption
+	for i, r := range dropReasonNames {
+		dropOpts[i] = metric.WithAttributes(attribute.String("reason", r))
 	}
 	s.reg, err = m.RegisterCallback(func(_ context.Context, o metric.Observer) error {
 		o.ObserveInt64(allocs, s.allocations4.Load(), v4)
@@ -135,8 +160,11 @@ func (s *stats) register(mp metric.MeterProvider) error {
 		}
 		o.ObserveInt64(refused, int64(s.refusedPeers.Load())) //nolint:gosec
 		o.ObserveInt64(quota, int64(s.quotaRefusals.Load()))  //nolint:gosec
+		for i := range dropOpts {
+			o.ObserveInt64(dropped, int64(s.dropped[i].Load()), dropOpts[i]) //nolint:gosec
+		}
 		return nil
-	}, allocs, perms, chans, pkts, bytes, authFail, refused, quota)
+	}, allocs, perms, chans, pkts, bytes, authFail, refused, quota, dropped)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}

@@ -238,7 +238,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	fs.IntVar(&c.Sockets, "sockets", envInt("SOCKETS", 0), "SO_REUSEPORT listener sockets per family (0: GOMAXPROCS) [SOCKETS]")
 	fs.IntVar(&c.SocketBuffer, "socket-buffer", envInt("SOCKET_BUFFER", relay.DefaultSocketBuffer), "listener socket buffer bytes [SOCKET_BUFFER]")
 	fs.IntVar(&c.RelaySocketBuffer, "relay-socket-buffer", envInt("RELAY_SOCKET_BUFFER", relay.DefaultRelaySocketBuffer), "relay socket buffer bytes [RELAY_SOCKET_BUFFER]")
-	fs.IntVar(&c.BatchRead, "batch-read", envInt("BATCH_READ", 0), "datagrams per recvmmsg on listener sockets (0/1: plain reads) [BATCH_READ]")
+	fs.IntVar(&c.BatchRead, "batch-read", envInt("BATCH_READ", 0), "most datagrams read from a socket per recvmmsg (0: default 32) [BATCH_READ]")
 	fs.DurationVar(&c.AllocationLifetime, "allocation-lifetime", envDur("ALLOCATION_LIFETIME", relay.DefaultAllocationLifetime), "default allocation lifetime, at most 1h [ALLOCATION_LIFETIME]")
 	fs.DurationVar(&c.ChannelLifetime, "channel-lifetime", envDur("CHANNEL_LIFETIME", relay.DefaultChannelLifetime), "channel binding lifetime [CHANNEL_LIFETIME]")
 	fs.DurationVar(&c.PermissionLifetime, "permission-lifetime", envDur("PERMISSION_LIFETIME", relay.DefaultPermissionLifetime), "permission lifetime [PERMISSION_LIFETIME]")

@@ -1,0 +1,216 @@
+package relay
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// worker reads a set of sockets (one listener socket per family and the
+// relay sockets of the allocations made through them) from one goroutine.
+//
+// The sockets sit in the worker's own level-triggered epoll set; that epoll
+// descriptor is the only thing registered with Go's netpoller, so an idle
+// worker is one parked goroutine and a busy one never parks. A round asks
+// the set which sockets are readable (epoll_wait with a zero timeout), reads
+// one recvmmsg batch from each and hands it to the socket's handler, which
+// relays it (fast path) or queues it for pion. One batch per socket per
+// round keeps a flooded socket from starving the others; a yield to the Go
+// scheduler every yieldEvery datagrams keeps a saturated worker from
+// starving pion's goroutines (requests, refreshes, timers).
+//
+// A worker's methods are safe for concurrent use; handlers run on the
+// worker's goroutine.
+type worker struct {
+	epfd int
+	ep   *os.File // epfd, registered with the netpoller
+	rc   syscall.RawConn
+
+	mu    sync.Mutex
+	slots []workerSlot // by the slot number in each epoll event
+	free  []int32
+
+	// Used by the worker goroutine only.
+	batch      *recvBatch
+	events     []unix.EpollEvent
+	sinceYield int
+
+	done chan struct{}
+}
+
+// workerSlot is a registered socket and what handles its datagrams.
+type workerSlot struct {
+	sock   *udpSocket
+	handle func(b *recvBatch, n int)
+	// readErr handles a read error other than "nothing waiting" (counted
+	// and cleared); nil ignores it.
+	readErr func(error)
+}
+
+// yieldEvery is how many datagrams a busy worker handles between yields.
+const yieldEvery = 128
+
+// maxReadBuffer is the largest datagram a worker receives whole (payload
+// bytes, after the headroom); longer ones are truncated by the kernel and
+// dropped. pion's own buffers are 1600 bytes.
+const maxReadBuffer = 2048
+
+// channelDataHeader is the headroom kept in front of each received payload
+// so that a datagram from a peer becomes ChannelData in place.
+const channelDataHeader = 4
+
+// newWorker creates a worker reading batch datagrams per recvmmsg and
+// starts its goroutine; Close stops it.
+func newWorker(batch int) (*worker, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		_ = unix.Close(epfd)
+		return nil, fmt.Errorf("epoll non-blocking: %w", err)
+	}
+	// A non-blocking descriptor makes os.NewFile register it with the
+	// netpoller: RawConn.Read then parks until the epoll set has an event.
+	ep := os.NewFile(uintptr(epfd), "relay-epoll")
+	rc, err := ep.SyscallConn()
+	if err != nil {
+		_ = ep.Close()
+		return nil, fmt.Errorf("epoll raw conn: %w", err)
+	}
+	w := &worker{
+		epfd:   epfd,
+		ep:     ep,
+		rc:     rc,
+		batch:  newRecvBatch(max(batch, 1), maxReadBuffer, channelDataHeader),
+		events: make([]unix.EpollEvent, 64),
+		done:   make(chan struct{}),
+	}
+	go w.run()
+	return w, nil
+}
+
+// add registers sock; handle receives its datagrams on the worker's
+// goroutine. It returns the slot to pass to remove.
+func (w *worker) add(sock *udpSocket, handle func(*recvBatch, int), readErr func(error)) (int32, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var slot int32
+	if n := len(w.free); n > 0 {
+		slot = w.free[n-1]
+		w.free = w.free[:n-1]
+	} else {
+		slot = int32(len(w.slots)) //nolint:gosec // bounded by the allocation quota
+		w.slots = append(w.slots, workerSlot{})
+	}
+	w.slots[slot] = workerSlot{sock: sock, handle: handle, readErr: readErr}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: slot}
+	if err := unix.EpollCtl(w.epfd, unix.EPOLL_CTL_ADD, sock.fd, &ev); err != nil {
+		w.slots[slot] = workerSlot{}
+		w.free = append(w.free, slot)
+		return 0, fmt.Errorf("epoll add: %w", err)
+	}
+	return slot, nil
+}
+
+// remove unregisters the socket in slot; call it before closing the socket.
+// A round already under way may still look the slot up and find it empty
+// (or reused by a new socket, which then gets a harmless empty read).
+func (w *worker) remove(slot int32) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	s := w.slots[slot]
+	if s.sock == nil {
+		return
+	}
+	s.sock.mu.RLock()
+	if !s.sock.closed {
+		_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, s.sock.fd, nil)
+	}
+	s.sock.mu.RUnlock()
+	w.slots[slot] = workerSlot{}
+	w.free = append(w.free, slot)
+}
+
+func (w *worker) slot(i int32) workerSlot {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if int(i) >= len(w.slots) {
+		return workerSlot{}
+	}
+	return w.slots[i]
+}
+
+func (w *worker) run() {
+	defer close(w.done)
+	for {
+		if err := w.rc.Read(w.round); err != nil {
+			return // Close
+		}
+		if w.sinceYield >= yieldEvery {
+			w.sinceYield = 0
+			runtime.Gosched()
+		}
+	}
+}
+
+// round is the RawConn.Read callback: false parks the worker until the
+// epoll set reports an event.
+func (w *worker) round(uintptr) bool {
+	var n uintptr
+	var errno syscall.Errno
+	for {
+		n, _, errno = unix.RawSyscall6(unix.SYS_EPOLL_WAIT, uintptr(w.epfd), uintptr(unsafe.Pointer(&w.events[0])),
+			uintptr(len(w.events)), 0, 0, 0)
+		if errno != unix.EINTR {
+			break
+		}
+	}
+	if errno != 0 || n == 0 {
+		return false
+	}
+	for _, ev := range w.events[:n] {
+		s := w.slot(ev.Fd)
+		if s.sock == nil {
+			continue
+		}
+		got, err := w.batch.read(s.sock)
+		if got > 0 {
+			s.handle(w.batch, got)
+			w.sinceYield += got
+		}
+		if err != nil {
+			w.sinceYield++ // a socket stuck in an error state must not spin without yielding
+			w.clearError(s)
+			if s.readErr != nil {
+				s.readErr(err)
+			}
+		}
+	}
+	return true
+}
+
+// clearError reads SO_ERROR, which resets a pending socket error.
+func (w *worker) clearError(s workerSlot) {
+	s.sock.mu.RLock()
+	defer s.sock.mu.RUnlock()
+	if !s.sock.closed {
+		_, _ = unix.GetsockoptInt(s.sock.fd, unix.SOL_SOCKET, unix.SO_ERROR)
+	}
+}
+
+// Close stops the worker and waits for its goroutine. Registered sockets
+// are not closed; their owners close them.
+func (w *worker) Close() error {
+	err := w.ep.Close()
+	<-w.done
+	if err != nil {
+		return fmt.Errorf("close worker: %w", err)
+	}
+	return nil
+}
