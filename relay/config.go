@@ -71,6 +71,11 @@ type Config struct {
 	// recvmmsg (default 32; 1 reads one at a time).
 	BatchRead int
 
+	// DisableGSO sends every relayed datagram on its own instead of
+	// coalescing bursts to one destination into UDP GSO sends (for
+	// comparisons, or kernels that misbehave; EIO turns it off by itself).
+	DisableGSO bool
+
 	// DisableFastPath sends all channel data through pion's generic request
 	// handling instead of the relay's own ChannelData forwarding (for
 	// comparisons; see fastPath).

@@ -57,14 +57,22 @@ func (l *listenerConn) attach(w *worker) error {
 }
 
 // handleBatch runs on the worker: relay bound ChannelData, queue the rest.
-func (l *listenerConn) handleBatch(b *recvBatch, n int) {
+func (l *listenerConn) handleBatch(b *recvBatch, n int, out *sendBatch) {
 	for i := range n {
 		p, from, truncated := b.payload(i)
-		switch {
-		case truncated:
+		if truncated {
 			l.stats.dropped[dropOversized].Add(1)
-		case l.fast != nil && l.fast.forwardToPeer(p, from):
-		case !l.inbox.push(p, from):
+			continue
+		}
+		if l.fast != nil {
+			// The fast path never holds a binding to a destination
+			// sendGuard refuses (fastPath.bind).
+			if fc, payload, ok := l.fast.route(p, from); ok {
+				out.add(fc.relay.sock, payload, fc.peer, len(payload), fc.relay.shard, false)
+				continue
+			}
+		}
+		if !l.inbox.push(p, from) {
 			l.stats.dropped[dropBacklog].Add(1)
 		}
 	}
@@ -168,7 +176,7 @@ func (r *relayConn) attach(w *worker) error {
 // handleBatch runs on the worker: datagrams from peers with a bound channel
 // become ChannelData in place (the batch keeps 4 bytes of headroom and room
 // for the padding) and go to the client; the rest wait for pion.
-func (r *relayConn) handleBatch(b *recvBatch, n int) {
+func (r *relayConn) handleBatch(b *recvBatch, n int, out *sendBatch) {
 	for i := range n {
 		p, from, truncated := b.payload(i)
 		if truncated {
@@ -181,12 +189,7 @@ func (r *relayConn) handleBatch(b *recvBatch, n int) {
 			binary.BigEndian.PutUint16(frame[0:2], pc.number)
 			binary.BigEndian.PutUint16(frame[2:4], uint16(len(p))) //nolint:gosec // len(p) <= maxReadBuffer
 			clear(frame[4+len(p):])
-			if err := pc.out.sendTo(frame, pc.client); err != nil {
-				r.stats.dropped[dropSend].Add(1)
-				continue
-			}
-			r.shard.toClientPackets.Add(1)
-			r.shard.toClientBytes.Add(uint64(len(p)))
+			out.add(pc.out, frame, pc.client, len(p), r.shard, true)
 			continue
 		}
 		if !r.inbox.push(p, from) {
@@ -230,17 +233,6 @@ func (r *relayConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 	r.shard.toPeerPackets.Add(1)
 	r.shard.toPeerBytes.Add(uint64(len(p)))
 	return len(p), nil
-}
-
-// writeToPeer is the fast path's client → peer send. The fast path never
-// holds a binding to a destination sendGuard refuses (fastPath.bind).
-func (r *relayConn) writeToPeer(p []byte, peer netip.AddrPort) {
-	if err := r.sock.sendTo(p, peer); err != nil {
-		r.stats.dropped[dropSend].Add(1)
-		return
-	}
-	r.shard.toPeerPackets.Add(1)
-	r.shard.toPeerBytes.Add(uint64(len(p)))
 }
 
 func (r *relayConn) setChannel(peer netip.AddrPort, pc *peerChannel) {

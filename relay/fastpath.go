@@ -129,22 +129,22 @@ func (f *fastPath) lookup(client netip.AddrPort, number uint16) (fastChannel, bo
 	return fc, ok
 }
 
-// forwardToPeer relays one ChannelData datagram from client if its channel
-// is bound; false leaves the datagram to pion.
-func (f *fastPath) forwardToPeer(b []byte, client netip.AddrPort) bool {
+// route finds where ChannelData b from client goes: the allocation, the
+// peer and the payload; false leaves the datagram to pion (not ChannelData,
+// malformed, or no bound channel).
+func (f *fastPath) route(b []byte, client netip.AddrPort) (fastChannel, []byte, bool) {
 	if len(b) < 4 || b[0]&0xC0 != 0x40 {
-		return false
+		return fastChannel{}, nil, false
 	}
 	length := int(binary.BigEndian.Uint16(b[2:4]))
 	if 4+length > len(b) {
-		return false
+		return fastChannel{}, nil, false
 	}
 	fc, ok := f.lookup(client, binary.BigEndian.Uint16(b[0:2]))
 	if !ok {
-		return false
+		return fastChannel{}, nil, false
 	}
-	fc.relay.writeToPeer(b[4:4+length], fc.peer)
-	return true
+	return fc, b[4 : 4+length], true
 }
 
 func udpAddrPort(a net.Addr) (netip.AddrPort, bool) {

@@ -34,7 +34,7 @@ func FuzzInterceptor(f *testing.F) {
 		if hook(b, from) {
 			t.Fatalf("intercepted a datagram without valid credentials: %x", b)
 		}
-		if s.fast.forwardToPeer(b, from.AddrPort()) {
+		if _, _, ok := s.fast.route(b, from.AddrPort()); ok {
 			t.Fatalf("forwarded ChannelData without a bound channel: %x", b)
 		}
 	})

@@ -147,7 +147,7 @@ func (s *Server) Start(ctx context.Context) error {
 	// IPv4 and IPv6 listener sockets and the relay sockets of the
 	// allocations made through them.
 	for range s.cfg.Sockets {
-		w, err := newWorker(s.cfg.BatchRead)
+		w, err := newWorker(s.cfg.BatchRead, s.stats, !s.cfg.DisableGSO)
 		if err != nil {
 			return fail(err)
 		}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -33,6 +34,7 @@ type udpSocket struct {
 
 	mu     sync.RWMutex
 	closed bool
+	noGSO  atomic.Bool // the kernel refused a UDP_SEGMENT send with EIO
 }
 
 // errSocketClosed is returned by calls on a closed udpSocket.
@@ -266,4 +268,217 @@ func (b *recvBatch) payload(i int) ([]byte, netip.AddrPort, bool) {
 func (b *recvBatch) withHeader(i, hdr, tail int) []byte {
 	n := int(b.msgs[i].n)
 	return b.bufs[i][b.room-hdr : b.room+n+tail]
+}
+
+// GSO limits: segments per UDP_SEGMENT send (the kernel's UDP_MAX_SEGMENTS
+// is 64 on older kernels) and bytes per send (one IP datagram).
+const (
+	gsoMaxSegments = 64
+	gsoMaxBytes    = 60000
+)
+
+// sendBatch collects a worker's outgoing datagrams and sends runs of them
+// that leave through the same socket with one sendmmsg (a lone datagram with
+// sendto). Consecutive datagrams of one size to the same destination are
+// coalesced into one UDP GSO send (UDP_SEGMENT): the kernel routes and
+// builds one packet and splits it at the end, which is most of a send's cost
+// saved — a peer's burst to a client, or a client's burst to a peer, is
+// common (WireGuard sends in bursts, and so do the benchmark tools).
+//
+// Datagrams point into the worker's receive buffers, so the worker flushes
+// after handling each received batch. Successful sends are counted in the
+// run's traffic shard and direction; failed ones as dropped.
+type sendBatch struct {
+	// Per message (a datagram or a GSO run of them).
+	msgs  []mmsghdr
+	addrs []sockaddr
+	ctrls [][]byte // UDP_SEGMENT control messages
+	first []int    // index of the message's first datagram
+	segs  []int    // datagrams in the message
+	bytes []int    // bytes in the message
+	// Per datagram.
+	iovs  []unix.Iovec
+	sizes []int // payload bytes, for the byte counters
+
+	nmsg, ndgram int
+	open         bool // the last message may take more segments
+	lastTo       netip.AddrPort
+
+	sock     *udpSocket
+	shard    *trafficShard
+	toClient bool
+	stats    *stats
+	gso      bool
+}
+
+func newSendBatch(count int, st *stats, gso bool) *sendBatch {
+	b := &sendBatch{
+		msgs:  make([]mmsghdr, count),
+		addrs: make([]sockaddr, count),
+		ctrls: make([][]byte, count),
+		first: make([]int, count),
+		segs:  make([]int, count),
+		bytes: make([]int, count),
+		iovs:  make([]unix.Iovec, count),
+		sizes: make([]int, count),
+		stats: st,
+		gso:   gso,
+	}
+	for i := range b.msgs {
+		b.msgs[i].hdr.Name = (*byte)(unsafe.Pointer(&b.addrs[i]))
+		b.ctrls[i] = make([]byte, unix.CmsgSpace(2))
+		h := (*unix.Cmsghdr)(unsafe.Pointer(&b.ctrls[i][0]))
+		h.Level = unix.SOL_UDP
+		h.Type = unix.UDP_SEGMENT
+		h.SetLen(unix.CmsgLen(2))
+	}
+	return b
+}
+
+// add queues frame (payload bytes of it counted) to go to to through sock.
+func (b *sendBatch) add(sock *udpSocket, frame []byte, to netip.AddrPort, payload int, shard *trafficShard, toClient bool) {
+	if b.ndgram > 0 && (sock != b.sock || shard != b.shard || toClient != b.toClient) {
+		b.flush()
+	}
+	if len(frame) == 0 {
+		b.stats.dropped[dropSend].Add(1)
+		return
+	}
+	b.sock, b.shard, b.toClient = sock, shard, toClient
+	d := b.ndgram
+	b.iovs[d].Base = &frame[0]
+	b.iovs[d].SetLen(len(frame))
+	b.sizes[d] = payload
+	if m := b.nmsg - 1; b.gso && b.open && to == b.lastTo && !sock.noGSO.Load() &&
+		len(frame) <= b.bytes[m]/b.segs[m] && b.segs[m] < gsoMaxSegments && b.bytes[m]+len(frame) <= gsoMaxBytes {
+		// Another segment of the last message. A shorter one must be the
+		// last segment (GSO splits at the first segment's size).
+		if b.segs[m] == 1 {
+			size := uint16(b.bytes[m]) //nolint:gosec // <= maxReadBuffer+channelDataHeader
+			data := b.ctrls[m][unix.CmsgLen(0):]
+			*(*uint16)(unsafe.Pointer(&data[0])) = size
+			b.msgs[m].hdr.Control = &b.ctrls[m][0]
+			b.msgs[m].hdr.SetControllen(len(b.ctrls[m]))
+		}
+		b.open = len(frame) == b.bytes[m]/b.segs[m]
+		b.segs[m]++
+		b.bytes[m] += len(frame)
+		b.msgs[m].hdr.SetIovlen(b.segs[m])
+	} else {
+		m := b.nmsg
+		saLen := sock.encode(&b.addrs[m], to)
+		if saLen == 0 {
+			b.stats.dropped[dropSend].Add(1)
+			return
+		}
+		h := &b.msgs[m].hdr
+		h.Namelen = saLen
+		h.Iov = &b.iovs[d]
+		h.SetIovlen(1)
+		h.Control = nil
+		h.SetControllen(0)
+		b.first[m], b.segs[m], b.bytes[m] = d, 1, len(frame)
+		b.nmsg++
+		b.open, b.lastTo = true, to
+	}
+	b.ndgram++
+	if b.ndgram == len(b.iovs) {
+		b.flush()
+	}
+}
+
+// flush sends what is queued.
+func (b *sendBatch) flush() {
+	if b.ndgram == 0 {
+		return
+	}
+	s := b.sock
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		b.stats.dropped[dropSend].Add(uint64(b.ndgram)) //nolint:gosec // >= 0
+		b.reset()
+		return
+	}
+	for sent := 0; sent < b.nmsg; {
+		var r uintptr
+		var errno syscall.Errno
+		if b.nmsg-sent == 1 && b.segs[sent] == 1 {
+			m := &b.msgs[sent]
+			_, _, errno = unix.RawSyscall6(unix.SYS_SENDTO, uintptr(s.fd), uintptr(unsafe.Pointer(m.hdr.Iov.Base)),
+				uintptr(m.hdr.Iov.Len), unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(m.hdr.Name)), uintptr(m.hdr.Namelen))
+			r = 1
+		} else {
+			r, _, errno = unix.RawSyscall6(unix.SYS_SENDMMSG, uintptr(s.fd), uintptr(unsafe.Pointer(&b.msgs[sent])),
+				uintptr(b.nmsg-sent), unix.MSG_DONTWAIT, 0, 0)
+		}
+		switch {
+		case errno == unix.EINTR:
+			continue
+		case errno == 0:
+			for m := sent; m < sent+int(r); m++ {
+				b.count(m)
+			}
+			sent += int(r)
+			continue
+		case b.segs[sent] > 1 && (errno == unix.EIO || errno == unix.EMSGSIZE || errno == unix.EINVAL):
+			// GSO refused (a path MTU below a segment, a device or
+			// kernel without it): send this run one datagram at a time,
+			// and stop coalescing for a socket whose kernel says EIO.
+			if errno == unix.EIO {
+				s.noGSO.Store(true)
+			}
+			b.sendSegments(s, sent)
+		default:
+			// This message failed (full buffer, unreachable): drop it
+			// and go on with the rest.
+			b.stats.dropped[dropSend].Add(uint64(b.segs[sent])) //nolint:gosec // >= 0
+		}
+		sent++
+	}
+	s.mu.RUnlock()
+	b.reset()
+}
+
+// sendSegments sends message m's datagrams one by one (s.mu held for
+// reading).
+func (b *sendBatch) sendSegments(s *udpSocket, m int) {
+	h := &b.msgs[m].hdr
+	for d := b.first[m]; d < b.first[m]+b.segs[m]; d++ {
+		var errno syscall.Errno
+		for {
+			_, _, errno = unix.RawSyscall6(unix.SYS_SENDTO, uintptr(s.fd), uintptr(unsafe.Pointer(b.iovs[d].Base)),
+				uintptr(b.iovs[d].Len), unix.MSG_DONTWAIT, uintptr(unsafe.Pointer(h.Name)), uintptr(h.Namelen))
+			if errno != unix.EINTR {
+				break
+			}
+		}
+		if errno != 0 {
+			b.stats.dropped[dropSend].Add(1)
+			continue
+		}
+		b.countDatagrams(d, d+1)
+	}
+}
+
+func (b *sendBatch) reset() { b.nmsg, b.ndgram, b.open = 0, 0, false }
+
+// count adds message m's datagrams to the traffic counters.
+func (b *sendBatch) count(m int) { b.countDatagrams(b.first[m], b.first[m]+b.segs[m]) }
+
+func (b *sendBatch) countDatagrams(from, to int) {
+	if b.shard == nil {
+		return
+	}
+	var bytes uint64
+	for _, n := range b.sizes[from:to] {
+		bytes += uint64(n) //nolint:gosec // n >= 0
+	}
+	if b.toClient {
+		b.shard.toClientPackets.Add(uint64(to - from)) //nolint:gosec // to >= from
+		b.shard.toClientBytes.Add(bytes)
+	} else {
+		b.shard.toPeerPackets.Add(uint64(to - from)) //nolint:gosec // to >= from
+		b.shard.toPeerBytes.Add(bytes)
+	}
 }

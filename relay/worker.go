@@ -37,6 +37,7 @@ type worker struct {
 
 	// Used by the worker goroutine only.
 	batch      *recvBatch
+	send       *sendBatch
 	events     []unix.EpollEvent
 	sinceYield int
 
@@ -46,7 +47,7 @@ type worker struct {
 // workerSlot is a registered socket and what handles its datagrams.
 type workerSlot struct {
 	sock   *udpSocket
-	handle func(b *recvBatch, n int)
+	handle func(b *recvBatch, n int, out *sendBatch)
 	// readErr handles a read error other than "nothing waiting" (counted
 	// and cleared); nil ignores it.
 	readErr func(error)
@@ -66,7 +67,7 @@ const channelDataHeader = 4
 
 // newWorker creates a worker reading batch datagrams per recvmmsg and
 // starts its goroutine; Close stops it.
-func newWorker(batch int) (*worker, error) {
+func newWorker(batch int, st *stats, gso bool) (*worker, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll_create1: %w", err)
@@ -88,6 +89,7 @@ func newWorker(batch int) (*worker, error) {
 		ep:     ep,
 		rc:     rc,
 		batch:  newRecvBatch(max(batch, 1), maxReadBuffer, channelDataHeader),
+		send:   newSendBatch(max(batch, 1), st, gso),
 		events: make([]unix.EpollEvent, 64),
 		done:   make(chan struct{}),
 	}
@@ -97,7 +99,7 @@ func newWorker(batch int) (*worker, error) {
 
 // add registers sock; handle receives its datagrams on the worker's
 // goroutine. It returns the slot to pass to remove.
-func (w *worker) add(sock *udpSocket, handle func(*recvBatch, int), readErr func(error)) (int32, error) {
+func (w *worker) add(sock *udpSocket, handle func(*recvBatch, int, *sendBatch), readErr func(error)) (int32, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	var slot int32
@@ -159,8 +161,13 @@ func (w *worker) run() {
 	}
 }
 
-// round is the RawConn.Read callback: false parks the worker until the
-// epoll set reports an event.
+// round is the RawConn.Read callback. It reads one batch from each readable
+// socket and returns true (go round again) only if there may be more: a
+// batch came back full, or more sockets were ready than one epoll_wait
+// reports. Otherwise every readable socket was drained and it returns false,
+// parking the worker; a datagram that arrived during the round has already
+// re-armed the netpoller (each arrival wakes the parent of an epoll set), so
+// parking loses nothing.
 func (w *worker) round(uintptr) bool {
 	var n uintptr
 	var errno syscall.Errno
@@ -174,6 +181,7 @@ func (w *worker) round(uintptr) bool {
 	if errno != 0 || n == 0 {
 		return false
 	}
+	more := int(n) == len(w.events)
 	for _, ev := range w.events[:n] {
 		s := w.slot(ev.Fd)
 		if s.sock == nil {
@@ -181,18 +189,21 @@ func (w *worker) round(uintptr) bool {
 		}
 		got, err := w.batch.read(s.sock)
 		if got > 0 {
-			s.handle(w.batch, got)
+			s.handle(w.batch, got, w.send)
+			w.send.flush() // before the next read reuses the buffers
 			w.sinceYield += got
+			more = more || got == len(w.batch.msgs)
 		}
 		if err != nil {
-			w.sinceYield++ // a socket stuck in an error state must not spin without yielding
+			more = true // let run yield now and then: a socket stuck in an error state must not spin
+			w.sinceYield++
 			w.clearError(s)
 			if s.readErr != nil {
 				s.readErr(err)
 			}
 		}
 	}
-	return true
+	return more
 }
 
 // clearError reads SO_ERROR, which resets a pending socket error.

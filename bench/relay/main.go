@@ -18,7 +18,7 @@
 // totals. --saturate adds rows with -z 0 (every
 // session sends as fast as uclient's 1 ms timer allows, 50 per tick); their
 // steady window runs from the ramp to the end of sending, and they send
-// twice --msgs per client.
+// five times --msgs per client.
 //
 // Columns: rt/s steady = median round trips per second over uclient's
 // progress intervals inside the steady window (median over the runs), "-"
@@ -140,7 +140,7 @@ func main() {
 			for _, srv := range srvs { // interleaved: A B A B …
 				n := *msgs
 				if c.interval == 0 {
-					n *= 2 // saturated sessions finish sooner: keep a steady window after the ramp
+					n *= 5 // saturated sessions finish sooner: keep a steady window after the ramp
 				}
 				r := env.run(srv, c.clients, c.size, c.interval, n)
 				if r.err != nil && r.sent == 0 { // a start-up hiccup: one retry

@@ -247,6 +247,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	fs.DurationVar(&o.statsEvery, "stats-interval", envDur("STATS_INTERVAL", telemetry.DefaultStatsInterval), "interval of the INFO stats line [STATS_INTERVAL]")
 	fs.DurationVar(&c.DrainTimeout, "drain-timeout", envDur("DRAIN_TIMEOUT", relay.DefaultDrainTimeout), "how long SIGTERM keeps existing allocations; 0: exit at once [DRAIN_TIMEOUT]")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (development)")
+	fs.BoolVar(&c.DisableGSO, "no-gso", getenv("NO_GSO") != "", "send relayed datagrams one by one, without UDP GSO (comparisons) [NO_GSO]")
 	fs.BoolVar(&c.DisableFastPath, "no-fast-path", getenv("NO_FAST_PATH") != "", "send channel data through pion's generic handling (comparisons) [NO_FAST_PATH]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
