@@ -11,6 +11,7 @@ run:
 ## test: everything CI runs (unit, property, fuzz seeds, in-process and, as root, network-namespace tests).
 test: js-deps
 	$(GO) test -race -timeout 25m ./...
+	$(GO) test -race -tags relay_portable ./relay
 
 ## test-short: quick unit tests, no race detector.
 test-short:

@@ -3,7 +3,19 @@
 // that keeps relayed traffic away from the relay's own networks, SO_REUSEPORT
 // listener sockets on every core, allocation quotas, portal registration over
 // the Phoenix channel, a drain on shutdown, and cheap counters exported
-// through OpenTelemetry.
+// through OpenTelemetry. It runs on Linux only (epoll, recvmmsg/sendmmsg,
+// UDP GSO), like the relay fleet it is meant for.
+//
+// Data path: pion handles requests and the rules, the relay moves the bytes.
+// Every socket (listener and relay) is a raw non-blocking UDP socket owned by
+// one worker (worker.go): one per listener socket of a family, each reading
+// its sockets from its own epoll set with recvmmsg batches. Channel data of
+// bound channels is relayed right there (fastPath), in both directions, and
+// bursts to one destination leave as one UDP GSO send (sendBatch); all other
+// datagrams (STUN requests, Send/Data indications, unbound channels) go to
+// pion's read loops through bounded inboxes, and pion's sends go straight to
+// the sockets. Drops inside the relay (oversized, backlog, send failures)
+// count in relay.datagrams.dropped.
 //
 // Embedding (dev stack, tests): relay.New(cfg) validates the config and draws
 // the per-boot stamp secret (StampSecret); Start binds the sockets (Addr,
@@ -34,7 +46,8 @@
 //     datagram goes through the kernel (relay socket to relay socket), so the
 //     public address must be local to the host or hairpinned by its NAT.
 //   - Channel data of bound channels is forwarded by the relay itself (see
-//     fastPath); everything else is pion's.
+//     fastPath); everything else is pion's. Datagrams longer than 2048 bytes
+//     (1600 on pion's paths) are dropped, not truncated.
 //   - Known deviation (pion/turn v5.1.3, internal/server/util.go
 //     allocationLifeTime, used by Allocate and Refresh): the granted lifetime
 //     is the requested LIFETIME if it is below one hour

@@ -26,6 +26,11 @@ func TestMetrics(t *testing.T) {
 	}
 	newRawClient(t, s.Addr(), user, "wrong").request(stun.MethodAllocate, requestedTransportUDP())
 	r.request(stun.MethodCreatePermission, peerAttr(mustAddrPort("127.0.0.2:9")))
+	// A datagram longer than the relay's buffers is dropped and counted.
+	if _, err := r.conn.WriteTo(make([]byte, 3000), r.server); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 3*time.Second, "oversized drop", func() bool { return s.stats.dropped[dropOversized].Load() == 1 })
 
 	var rm metricdata.ResourceMetrics
 	if err := reader.Collect(context.Background(), &rm); err != nil {
@@ -57,6 +62,8 @@ func TestMetrics(t *testing.T) {
 		"relay.relayed.packets{direction=client_to_peer}": 0,
 		"relay.relayed.bytes{direction=peer_to_client}":   0,
 		"relay.allocations.refused":                       0,
+		"relay.datagrams.dropped{reason=oversized}":       1,
+		"relay.datagrams.dropped{reason=backlog}":         0,
 	}
 	for k, v := range want {
 		if g, ok := got[k]; !ok || g != v {

@@ -1,36 +1,11 @@
 package relay
 
-import (
-	"fmt"
-	"net/netip"
-
-	"golang.org/x/sys/unix"
-)
+import "net/netip"
 
 // socketOptions are applied to a socket before bind.
 type socketOptions struct {
 	reusePort bool
 	buffer    int // SO_RCVBUF and SO_SNDBUF; 0 leaves the kernel default
-}
-
-// apply sets the options on fd. Buffer sizes try the FORCE variants first
-// (they bypass net.core.[rw]mem_max but need CAP_NET_ADMIN) and fall back to
-// the plain ones, which the kernel caps.
-func (o socketOptions) apply(fd int) error {
-	if o.reusePort {
-		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
-			return fmt.Errorf("set SO_REUSEPORT: %w", err)
-		}
-	}
-	if o.buffer > 0 {
-		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, o.buffer) != nil {
-			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, o.buffer)
-		}
-		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, o.buffer) != nil {
-			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, o.buffer)
-		}
-	}
-	return nil
 }
 
 // listenGroup binds n SO_REUSEPORT sockets on the same address; with port 0

@@ -1,3 +1,5 @@
+//go:build !relay_portable
+
 package relay
 
 import (
@@ -31,9 +33,10 @@ type worker struct {
 	ep   *os.File // epfd, registered with the netpoller
 	rc   syscall.RawConn
 
-	mu    sync.Mutex
-	slots []workerSlot // by the slot number in each epoll event
-	free  []int32
+	mu     sync.Mutex
+	slots  []workerSlot // by the slot number in each epoll event
+	free   []int32
+	closed bool // epfd is closed (its number may be reused): no more epoll_ctl
 
 	// Used by the worker goroutine only.
 	batch      *recvBatch
@@ -55,15 +58,6 @@ type workerSlot struct {
 
 // yieldEvery is how many datagrams a busy worker handles between yields.
 const yieldEvery = 128
-
-// maxReadBuffer is the largest datagram a worker receives whole (payload
-// bytes, after the headroom); longer ones are truncated by the kernel and
-// dropped. pion's own buffers are 1600 bytes.
-const maxReadBuffer = 2048
-
-// channelDataHeader is the headroom kept in front of each received payload
-// so that a datagram from a peer becomes ChannelData in place.
-const channelDataHeader = 4
 
 // newWorker creates a worker reading batch datagrams per recvmmsg and
 // starts its goroutine; Close stops it.
@@ -102,6 +96,9 @@ func newWorker(batch int, st *stats, gso bool) (*worker, error) {
 func (w *worker) add(sock *udpSocket, handle func(*recvBatch, int, *sendBatch), readErr func(error)) (int32, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	if w.closed {
+		return 0, fmt.Errorf("register socket: %w", errSocketClosed)
+	}
 	var slot int32
 	if n := len(w.free); n > 0 {
 		slot = w.free[n-1]
@@ -131,7 +128,7 @@ func (w *worker) remove(slot int32) {
 		return
 	}
 	s.sock.mu.RLock()
-	if !s.sock.closed {
+	if !s.sock.closed && !w.closed {
 		_ = unix.EpollCtl(w.epfd, unix.EPOLL_CTL_DEL, s.sock.fd, nil)
 	}
 	s.sock.mu.RUnlock()
@@ -218,6 +215,13 @@ func (w *worker) clearError(s workerSlot) {
 // Close stops the worker and waits for its goroutine. Registered sockets
 // are not closed; their owners close them.
 func (w *worker) Close() error {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	w.mu.Unlock()
 	err := w.ep.Close()
 	<-w.done
 	if err != nil {

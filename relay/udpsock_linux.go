@@ -1,7 +1,8 @@
+//go:build !relay_portable
+
 package relay
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -36,9 +37,6 @@ type udpSocket struct {
 	closed bool
 	noGSO  atomic.Bool // the kernel refused a UDP_SEGMENT send with EIO
 }
-
-// errSocketClosed is returned by calls on a closed udpSocket.
-var errSocketClosed = net.ErrClosed
 
 // openUDP binds a non-blocking UDP socket of network ("udp4" or "udp6") on
 // addr with the options; IPv6 sockets are IPv6-only.
@@ -90,6 +88,26 @@ func openUDP(network string, addr netip.AddrPort, o socketOptions) (*udpSocket, 
 	return s, nil
 }
 
+// apply sets the options on fd. Buffer sizes try the FORCE variants first
+// (they bypass net.core.[rw]mem_max but need CAP_NET_ADMIN) and fall back to
+// the plain ones, which the kernel caps.
+func (o socketOptions) apply(fd int) error {
+	if o.reusePort {
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); err != nil {
+			return fmt.Errorf("set SO_REUSEPORT: %w", err)
+		}
+	}
+	if o.buffer > 0 {
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, o.buffer) != nil {
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, o.buffer)
+		}
+		if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, o.buffer) != nil {
+			_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_SNDBUF, o.buffer)
+		}
+	}
+	return nil
+}
+
 // LocalAddr is the bound address as a *net.UDPAddr (what pion expects).
 func (s *udpSocket) LocalAddr() net.Addr { return net.UDPAddrFromAddrPort(s.local) }
 
@@ -138,9 +156,6 @@ func decodeSockaddr(sa *sockaddr) netip.AddrPort {
 	}
 	return netip.AddrPort{}
 }
-
-// errUnreachableFamily: the destination is not of the socket's family.
-var errUnreachableFamily = errors.New("destination address family does not match the socket")
 
 // sendTo sends one datagram without blocking. A full send buffer
 // (EAGAIN) is an error: UDP may drop, and a relay must not stall.
@@ -225,7 +240,8 @@ func newRecvBatch(count, size, headroom int) *recvBatch {
 }
 
 // read receives up to len(b.msgs) datagrams without blocking. It returns
-// how many arrived (0 when none was waiting) and a non-EAGAIN error.
+// how many arrived (0 when none was waiting or the socket is closed) and a
+// non-EAGAIN error.
 func (b *recvBatch) read(s *udpSocket) (int, error) {
 	for i := range b.msgs {
 		b.msgs[i].hdr.Namelen = uint32(unsafe.Sizeof(sockaddr{}))
@@ -234,7 +250,7 @@ func (b *recvBatch) read(s *udpSocket) (int, error) {
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
-		return 0, errSocketClosed
+		return 0, nil // being removed from its worker
 	}
 	var r uintptr
 	var errno syscall.Errno

@@ -1,3 +1,5 @@
+//go:build !relay_portable
+
 package relay
 
 import (
