@@ -6,7 +6,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"sync"
 
 	"github.com/pion/turn/v5"
 )
@@ -44,7 +43,7 @@ type addressGenerator struct {
 	// generator (forWorker), so an allocation's two directions are handled
 	// by the same worker.
 	worker *worker
-	pool   *sync.Pool
+	inbox  *inboxBudget
 }
 
 // forWorker is a copy of g whose relay sockets w reads.
@@ -85,7 +84,7 @@ func (g *addressGenerator) AllocatePacketConn(conf turn.AllocateListenerConfig) 
 		}
 		actual := sock.local.Port()
 		rc := &relayConn{sock: sock, shard: g.stats.shard(int(actual)), stats: g.stats, fast: g.fast, guard: g.guard,
-			key: relayKey{v6: conf.Network == "udp6", port: actual}, inbox: newInbox(relayInbox, g.pool)}
+			key: relayKey{v6: conf.Network == "udp6", port: actual}, inbox: newInbox(relayInbox, g.inbox)}
 		if err := rc.attach(g.worker); err != nil {
 			_ = sock.close()
 			return nil, nil, err

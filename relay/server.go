@@ -124,7 +124,7 @@ func (s *Server) Start(ctx context.Context) error {
 	port := max(s.cfg.ListenPort, 0)
 	opts := socketOptions{buffer: s.cfg.SocketBuffer}
 	var pcs []turn.PacketConnConfig
-	pool := newDatagramPool()
+	budget := newInboxBudget(maxQueuedDatagrams)
 	gen := &addressGenerator{
 		public4: s.cfg.PublicIP4, public6: s.cfg.PublicIP6,
 		bind4: s.cfg.ListenAddr4, bind6: s.cfg.ListenAddr6,
@@ -133,7 +133,7 @@ func (s *Server) Start(ctx context.Context) error {
 		stats: s.stats,
 		fast:  s.fast,
 		guard: s.guard,
-		pool:  pool,
+		inbox: budget,
 	}
 	fail := func(err error) error {
 		for _, c := range s.conns {
@@ -168,7 +168,7 @@ func (s *Server) Start(ctx context.Context) error {
 		*fam.out = group[0].local
 		for i, sock := range group {
 			lc := &listenerConn{sock: sock, shard: s.stats.shard(len(s.conns)), stats: s.stats,
-				inbox: newInbox(listenerInbox, pool)}
+				inbox: newInbox(listenerInbox, budget)}
 			lc.intercept = s.interceptor(lc)
 			if s.fast != nil {
 				lc.fast = s.fast
