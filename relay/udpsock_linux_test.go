@@ -45,67 +45,69 @@ func TestSendBatch(t *testing.T) {
 		{"without GSO", false, false, burst(10, 1204), 10},
 		{"GSO refused", true, true, burst(10, 1204), 1},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			st := newStats(1)
-			sock, err := openUDP("udp4", mustAddrPort("127.0.0.1:0"), socketOptions{buffer: 4 << 20})
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer sock.close()
-			if tc.noCheck {
-				if err := unix.SetsockoptInt(sock.fd, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
-					t.Fatal(err)
-				}
-			}
-			var rx [2]*net.UDPConn
-			for i := range rx {
-				c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		for _, fam := range []struct{ network, addr string }{{"udp4", "127.0.0.1"}, {"udp6", "::1"}} {
+			t.Run(tc.name+" "+fam.network, func(t *testing.T) {
+				st := newStats(1)
+				sock, err := openUDP(fam.network, netip.AddrPortFrom(netip.MustParseAddr(fam.addr), 0), socketOptions{buffer: 4 << 20})
 				if err != nil {
 					t.Fatal(err)
 				}
-				defer c.Close()
-				_ = c.SetReadBuffer(4 << 20)
-				rx[i] = c
-			}
-			b := newSendBatch(128, st, tc.gso)
-			shard := st.shard(0)
-			var want [2][][]byte
-			payloadBytes := 0
-			for i, f := range tc.frames {
-				p := bytes.Repeat([]byte{byte(i)}, f.size)
-				copy(p, fmt.Sprintf("#%d", i))
-				want[f.to] = append(want[f.to], p)
-				b.add(sock, p, rx[f.to].LocalAddr().(*net.UDPAddr).AddrPort(), f.size-4, shard, true)
-				payloadBytes += f.size - 4
-			}
-			if b.nmsg != tc.wantMsgs {
-				t.Errorf("queued %d messages, want %d", b.nmsg, tc.wantMsgs)
-			}
-			b.flush()
-			for i, c := range rx {
-				for j, w := range want[i] {
-					buf := make([]byte, 65536)
-					_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-					n, err := c.Read(buf)
-					if err != nil {
-						t.Fatalf("receiver %d datagram %d: %v", i, j, err)
-					}
-					if !bytes.Equal(buf[:n], w) {
-						t.Fatalf("receiver %d datagram %d: got %d bytes %q…, want %d bytes %q…", i, j, n, buf[:min(n, 4)], len(w), w[:4])
+				defer sock.close()
+				if tc.noCheck {
+					if err := unix.SetsockoptInt(sock.fd, unix.SOL_SOCKET, unix.SO_NO_CHECK, 1); err != nil {
+						t.Fatal(err)
 					}
 				}
-			}
-			tr := st.traffic()
-			if tr.toClientPackets != uint64(len(tc.frames)) || tr.toClientBytes != uint64(payloadBytes) {
-				t.Fatalf("counted %d datagrams %d bytes, want %d and %d", tr.toClientPackets, tr.toClientBytes, len(tc.frames), payloadBytes)
-			}
-			if d := st.dropped[dropSend].Load(); d != 0 {
-				t.Fatalf("%d send drops", d)
-			}
-			if tc.noCheck && sock.noGSO.Load() {
-				t.Fatal("EINVAL must not turn GSO off for good (only EIO does)")
-			}
-		})
+				var rx [2]*net.UDPConn
+				for i := range rx {
+					c, err := net.ListenUDP(fam.network, &net.UDPAddr{IP: net.ParseIP(fam.addr)})
+					if err != nil {
+						t.Fatal(err)
+					}
+					defer c.Close()
+					_ = c.SetReadBuffer(4 << 20)
+					rx[i] = c
+				}
+				b := newSendBatch(128, st, tc.gso)
+				shard := st.shard(0)
+				var want [2][][]byte
+				payloadBytes := 0
+				for i, f := range tc.frames {
+					p := bytes.Repeat([]byte{byte(i)}, f.size)
+					copy(p, fmt.Sprintf("#%d", i))
+					want[f.to] = append(want[f.to], p)
+					b.add(sock, p, rx[f.to].LocalAddr().(*net.UDPAddr).AddrPort(), f.size-4, shard, true)
+					payloadBytes += f.size - 4
+				}
+				if b.nmsg != tc.wantMsgs {
+					t.Errorf("queued %d messages, want %d", b.nmsg, tc.wantMsgs)
+				}
+				b.flush()
+				for i, c := range rx {
+					for j, w := range want[i] {
+						buf := make([]byte, 65536)
+						_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+						n, err := c.Read(buf)
+						if err != nil {
+							t.Fatalf("receiver %d datagram %d: %v", i, j, err)
+						}
+						if !bytes.Equal(buf[:n], w) {
+							t.Fatalf("receiver %d datagram %d: got %d bytes %q…, want %d bytes %q…", i, j, n, buf[:min(n, 4)], len(w), w[:4])
+						}
+					}
+				}
+				tr := st.traffic()
+				if tr.toClientPackets != uint64(len(tc.frames)) || tr.toClientBytes != uint64(payloadBytes) {
+					t.Fatalf("counted %d datagrams %d bytes, want %d and %d", tr.toClientPackets, tr.toClientBytes, len(tc.frames), payloadBytes)
+				}
+				if d := st.dropped[dropSend].Load(); d != 0 {
+					t.Fatalf("%d send drops", d)
+				}
+				if tc.noCheck && sock.noGSO.Load() {
+					t.Fatal("EINVAL must not turn GSO off for good (only EIO does)")
+				}
+			})
+		}
 	}
 }
 
