@@ -324,7 +324,7 @@ func (s *Server) admit(userID, _ string, src net.Addr) bool {
 		s.log.Debug("allocation refused: draining", "client", addrString(src))
 		return false
 	}
-	if !s.quota.admit(userID) {
+	if !s.quota.admit(userID, time.Now()) {
 		s.stats.quotaRefusals.Add(1)
 		s.log.Debug("allocation refused: quota", "client", addrString(src))
 		return false
