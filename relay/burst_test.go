@@ -7,10 +7,6 @@ import (
 	"net/netip"
 	"testing"
 	"time"
-
-	"github.com/pion/turn/v5"
-
-	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
 // TestRelayBursts sends bursts both ways over a bound channel, the traffic
@@ -99,30 +95,7 @@ func allocateWithChannel(t *testing.T, s *Server) (net.PacketConn, net.PacketCon
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = peer.Close() })
-	clientConn, err := net.ListenPacket("udp4", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = clientConn.Close() })
-	user, pass := firezoneCreds(s, "salt-burst", time.Hour)
-	srv := s.Addr().String()
-	client, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr: srv, TURNServerAddr: srv, Conn: clientConn,
-		Username: user, Password: pass, Realm: DefaultRealm,
-		LoggerFactory: telemetry.PionLoggerFactory(testLogger()),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(client.Close)
-	if err := client.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	relayed, err := client.Allocate()
-	if err != nil {
-		t.Fatalf("Allocate: %v", err)
-	}
-	t.Cleanup(func() { _ = relayed.Close() })
+	relayed := pionAllocation(t, s, "salt-burst")
 	// pion's client binds a channel in the background after the first
 	// write to a peer; until then its writes are Send indications.
 	for i := 0; s.stats.channels.Load() != 1 || fastChannels(s) != 1; i++ {

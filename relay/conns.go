@@ -26,6 +26,18 @@ const (
 // write deadlines (which pion does not use) are not offered.
 var errNoDeadlines = fmt.Errorf("relay socket deadlines: %w", errors.ErrUnsupported)
 
+// noDeadlines is the deadline part of net.PacketConn for the relay's conns.
+type noDeadlines struct{}
+
+// SetDeadline implements net.PacketConn; deadlines are not offered.
+func (noDeadlines) SetDeadline(time.Time) error { return errNoDeadlines }
+
+// SetReadDeadline implements net.PacketConn; deadlines are not offered.
+func (noDeadlines) SetReadDeadline(time.Time) error { return errNoDeadlines }
+
+// SetWriteDeadline implements net.PacketConn; deadlines are not offered.
+func (noDeadlines) SetWriteDeadline(time.Time) error { return errNoDeadlines }
+
 // listenerConn is one listener socket as pion sees it (a net.PacketConn).
 // Its worker reads the socket: ChannelData of bound channels is relayed
 // there (fast path) and everything else waits in the inbox for pion's read
@@ -33,6 +45,7 @@ var errNoDeadlines = fmt.Errorf("relay socket deadlines: %w", errors.ErrUnsuppor
 // requests before pion sees them (intercept). WriteTo sends directly and
 // counts relayed traffic; it is called from many goroutines.
 type listenerConn struct {
+	noDeadlines
 	sock      *udpSocket
 	shard     *trafficShard
 	stats     *stats
@@ -131,21 +144,13 @@ func (l *listenerConn) Close() error {
 // LocalAddr implements net.PacketConn.
 func (l *listenerConn) LocalAddr() net.Addr { return l.sock.LocalAddr() }
 
-// SetDeadline implements net.PacketConn; deadlines are not offered.
-func (l *listenerConn) SetDeadline(time.Time) error { return errNoDeadlines }
-
-// SetReadDeadline implements net.PacketConn; deadlines are not offered.
-func (l *listenerConn) SetReadDeadline(time.Time) error { return errNoDeadlines }
-
-// SetWriteDeadline implements net.PacketConn; deadlines are not offered.
-func (l *listenerConn) SetWriteDeadline(time.Time) error { return errNoDeadlines }
-
 // relayConn is an allocation's relay socket as pion sees it. Its worker
 // reads the socket: datagrams from peers with a bound channel go to the
 // client as ChannelData right there (fast path); the rest (permission only:
 // Data indications, or no permission: dropped by pion) wait in the inbox for
 // pion's relay loop (ReadFrom). WriteTo carries pion's sends to peers.
 type relayConn struct {
+	noDeadlines
 	sock  *udpSocket
 	shard *trafficShard
 	stats *stats
@@ -271,15 +276,6 @@ func (r *relayConn) Close() error {
 
 // LocalAddr implements net.PacketConn.
 func (r *relayConn) LocalAddr() net.Addr { return r.sock.LocalAddr() }
-
-// SetDeadline implements net.PacketConn; deadlines are not offered.
-func (r *relayConn) SetDeadline(time.Time) error { return errNoDeadlines }
-
-// SetReadDeadline implements net.PacketConn; deadlines are not offered.
-func (r *relayConn) SetReadDeadline(time.Time) error { return errNoDeadlines }
-
-// SetWriteDeadline implements net.PacketConn; deadlines are not offered.
-func (r *relayConn) SetWriteDeadline(time.Time) error { return errNoDeadlines }
 
 // sendGuard drops datagrams to the relay's own addresses outside the relay
 // port range (see PeerPolicy.OwnOutsideRange).
