@@ -26,7 +26,9 @@
 // UDP answers larger than min(1212, max(512, the query's EDNS0 size)) are cut after the question with TC set.
 // Nothing is cached, so truncated answers are never cached either.
 //
-// DNS over TCP: HandleTCPAccept enforces MaxTCPConnsPerSentinel; Roam lists every TCP connection to reset
-// and every in-flight forward to abandon, answers in-flight UDP queries SERVFAIL (in-flight TCP queries end
-// with their connection's reset).
+// DNS over TCP: HandleTCPAccept enforces MaxTCPConnsPerSentinel. An upstream TCP error (refused, reset, closed
+// mid-query, timeout) answers SERVFAIL on the application's connection, which stays open. Roam (a network
+// change) lists every in-flight forward to abandon (the driver resets its upstream sockets; later queries get
+// new ones, with new local ports) and answers every in-flight query SERVFAIL, UDP and TCP alike; the
+// applications' TCP connections to the sentinels are kept for their next queries.
 package dns

@@ -157,7 +157,8 @@ func TestPropPatternModel(t *testing.T) {
 	})
 }
 
-// TestPropTCPBookkeeping is a state machine test of the per-sentinel TCP limit and reset-on-roam.
+// TestPropTCPBookkeeping is a state machine test of the per-sentinel TCP limit and of roaming, which answers
+// every query in flight SERVFAIL and keeps the connections.
 func TestPropTCPBookkeeping(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		r := newTestResolver(t)
@@ -232,28 +233,38 @@ func TestPropTCPBookkeeping(t *testing.T) {
 			},
 			"roam": func(t *rapid.T) {
 				res := r.Roam(t0)
-				if len(res.ResetConns) != len(open) {
-					t.Fatalf("reset %d conns, %d open", len(res.ResetConns), len(open))
-				}
-				for _, h := range res.ResetConns {
-					if _, ok := open[h]; !ok {
-						t.Fatalf("reset unknown conn %d", h)
-					}
-				}
 				if len(res.Cancelled) != len(inflightTCP)+len(inflightUDP) {
 					t.Fatalf("cancelled %d, want %d", len(res.Cancelled), len(inflightTCP)+len(inflightUDP))
 				}
-				n := 0
+				// Every query in flight is answered SERVFAIL, TCP ones on their own (still open) connection.
+				tcpWant := map[uint64]int{}
+				for _, h := range inflightTCP {
+					tcpWant[h]++
+				}
+				nUDP := 0
 				for rep, ok := r.PollReply(); ok; rep, ok = r.PollReply() {
-					if rep.To.Transport != UDP || unpack(t, rep.Payload).Rcode != mdns.RcodeServerFailure {
+					m := unpack(t, rep.Payload)
+					if m.Rcode != mdns.RcodeServerFailure {
 						t.Fatalf("unexpected reply after roam: %+v", rep)
 					}
-					n++
+					switch rep.To.Transport {
+					case UDP:
+						nUDP++
+					case TCP:
+						if _, ok := open[rep.To.Handle]; !ok || m.Id != uint16(rep.To.Handle) {
+							t.Fatalf("SERVFAIL id %d to connection %d (open: %v)", m.Id, rep.To.Handle, open)
+						}
+						tcpWant[rep.To.Handle]--
+					}
 				}
-				if n != len(inflightUDP) {
-					t.Fatalf("%d SERVFAILs for %d in-flight UDP queries", n, len(inflightUDP))
+				for h, n := range tcpWant {
+					if n != 0 {
+						t.Fatalf("connection %d: %d in-flight queries without SERVFAIL", h, n)
+					}
 				}
-				open = map[uint64]netip.Addr{}
+				if nUDP != len(inflightUDP) {
+					t.Fatalf("%d SERVFAILs for %d in-flight UDP queries", nUDP, len(inflightUDP))
+				}
 				inflightTCP = map[ForwardID]uint64{}
 				inflightUDP = map[ForwardID]bool{}
 			},

@@ -119,8 +119,9 @@ type NameAssigned struct {
 
 // RoamResult lists what the driver must do after Roam.
 type RoamResult struct {
-	ResetConns []uint64    // TCP connection handles to reset (RST)
-	Cancelled  []ForwardID // forwards whose upstream exchange must be abandoned (sockets rebound)
+	// Cancelled lists, in order, the forwards whose upstream exchange must be abandoned: their upstream
+	// sockets are closed (TCP ones reset) and never reused. Their queries are already answered SERVFAIL.
+	Cancelled []ForwardID
 }
 
 type resourceEntry struct {
@@ -713,29 +714,24 @@ func (r *Resolver) HandleTCPClose(handle uint64) {
 // TCPConns returns how many DNS-over-TCP connections sentinel server has.
 func (r *Resolver) TCPConns(server netip.Addr) int { return r.tcpCount[server.Unmap()] }
 
-// Roam handles a network change: every DNS-over-TCP connection is to be reset, every in-flight upstream
-// exchange abandoned (the driver rebinds its upstream sockets). In-flight UDP queries are answered SERVFAIL;
-// in-flight TCP queries die with their connection's reset.
+// Roam handles a network change. Every upstream exchange in flight is to be abandoned (Cancelled: the driver
+// closes its upstream sockets, and later queries get new ones with new local ports) and every query in flight
+// is answered SERVFAIL, UDP and TCP alike; TCP ones on the application's own connection. The applications'
+// DNS-over-TCP connections to the sentinels are kept, and go on counting against MaxTCPConnsPerSentinel: the
+// application sends its next query on the same connection.
 func (r *Resolver) Roam(now time.Time) RoamResult {
 	var res RoamResult
-	for h := range r.tcpConns {
-		res.ResetConns = append(res.ResetConns, h)
-	}
-	slices.Sort(res.ResetConns)
 	for _, f := range r.inflight {
 		res.Cancelled = append(res.Cancelled, f.id)
-		if f.src.Transport == UDP {
-			r.servfail(f)
-		}
 	}
 	slices.Sort(res.Cancelled)
-	// Queued replies for TCP connections that are about to be reset are useless.
-	r.replies = slices.DeleteFunc(r.replies, func(rep Reply) bool { return rep.To.Transport == TCP })
-	r.inflight = make(map[ForwardID]*inflight)
-	r.byKey = make(map[fwdKey][]ForwardID)
-	r.forwards = nil
-	r.tcpConns = make(map[uint64]netip.Addr)
-	r.tcpCount = make(map[netip.Addr]int)
+	for _, id := range res.Cancelled {
+		f := r.inflight[id]
+		r.remove(f)
+		r.servfail(f)
+	}
+	r.forwards = nil // all of them were in flight, and are answered now
+	r.log.Debug("roamed: upstream exchanges abandoned", "cancelled", len(res.Cancelled), "tcp_conns", len(r.tcpConns))
 	return res
 }
 

@@ -498,3 +498,65 @@ func TestNoResourcesMatchedLogsOnce(t *testing.T) {
 		t.Errorf("log:\n%s", out)
 	}
 }
+
+// TestRoamAnswersInFlightTCPAndKeepsConns: a roam abandons every upstream exchange and answers every query in
+// flight SERVFAIL, TCP ones on the application's own connection, which stays open (and keeps counting against
+// the per-sentinel limit): the next query on it is forwarded afresh and its answer goes to the same connection.
+func TestRoamAnswersInFlightTCPAndKeepsConns(t *testing.T) {
+	r := newTestResolver(t)
+	for h := uint64(1); h <= MaxTCPConnsPerSentinel; h++ {
+		if err := r.HandleTCPAccept(sent1, h); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tcp := Source{Transport: TCP, Client: appClient, Server: netip.AddrPortFrom(sent1, 53), Handle: 3}
+	r.HandleQuery(tcp, query(t, "hang.org", mdns.TypeA, 31), t0, nil)
+	r.HandleQuery(udpSrc(sent2), query(t, "u.org", mdns.TypeA, 32), t0, nil)
+	ftcp, _ := r.PollForward()
+	fudp, _ := r.PollForward()
+	if ftcp.Transport != TCP || fudp.Transport != UDP {
+		t.Fatalf("forwards %+v %+v", ftcp, fudp)
+	}
+	res := r.Roam(t0.Add(time.Second))
+	if len(res.Cancelled) != 2 || res.Cancelled[0] != ftcp.ID || res.Cancelled[1] != fudp.ID {
+		t.Errorf("cancelled = %v, want [%d %d]", res.Cancelled, ftcp.ID, fudp.ID)
+	}
+	got := map[Source]*mdns.Msg{}
+	for rep, ok := r.PollReply(); ok; rep, ok = r.PollReply() {
+		got[rep.To] = unpack(t, rep.Payload)
+	}
+	if m := got[tcp]; m == nil || m.Rcode != mdns.RcodeServerFailure || m.Id != 31 || m.Question[0].Name != "hang.org." {
+		t.Errorf("in-flight TCP query after roam: %v (all replies %v)", m, got)
+	}
+	if m := got[udpSrc(sent2)]; m == nil || m.Rcode != mdns.RcodeServerFailure || m.Id != 32 {
+		t.Errorf("in-flight UDP query after roam: %v", m)
+	}
+	if r.InFlight() != 0 {
+		t.Errorf("%d in flight after roam", r.InFlight())
+	}
+	// The abandoned exchange's late answer or error changes nothing.
+	r.HandleUpstreamError(ftcp.ID, errors.New("connection reset"), t0.Add(time.Second))
+	if rep, ok := r.PollReply(); ok {
+		t.Errorf("second reply for a roamed query: %+v", rep)
+	}
+	// The application's connections survive the roam and still count against the limit.
+	if n := r.TCPConns(sent1); n != MaxTCPConnsPerSentinel {
+		t.Errorf("%d connections after roam, want %d", n, MaxTCPConnsPerSentinel)
+	}
+	if err := r.HandleTCPAccept(sent1, 99); !errors.Is(err, ErrTCPConnLimit) {
+		t.Errorf("accept over the limit after roam: %v", err)
+	}
+	// The next query on the same connection goes to a new upstream exchange and is answered there.
+	r.HandleQuery(tcp, query(t, "next.org", mdns.TypeA, 33), t0.Add(2*time.Second), nil)
+	f2, ok := r.PollForward()
+	if !ok || f2.Transport != TCP || f2.Source != tcp {
+		t.Fatalf("forward after roam = %+v %v", f2, ok)
+	}
+	resp := unpack(t, f2.Query)
+	resp.Response = true
+	rb, _ := resp.Pack()
+	r.HandleUpstreamResponse(f2.ID, rb, t0.Add(2*time.Second))
+	if rep, ok := r.PollReply(); !ok || rep.To != tcp || unpack(t, rep.Payload).Id != 33 {
+		t.Errorf("answer after roam = %+v %v", rep, ok)
+	}
+}

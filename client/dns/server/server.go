@@ -60,8 +60,12 @@ type Server struct {
 	r         *dns.Resolver
 	pcs       map[uint64]net.PacketConn
 	conns     map[uint64]*tcpConn
-	exchanges map[dns.ForwardID]context.CancelFunc
+	exchanges map[dns.ForwardID]context.CancelCauseFunc
 	closed    bool // set by Close: no new goroutines (s.wg.Add happens under mu while !closed)
+
+	// roams counts Roam calls (written under mu): forwards drained before a roam are not sent after it,
+	// since the roam already answered their queries.
+	roams atomic.Uint64
 
 	umu        sync.Mutex // guards udpUps
 	udpUps     map[netip.AddrPort]*udpUpstream
@@ -99,7 +103,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: log, ctx: ctx, cancel: cancel, r: cfg.Resolver,
 		pcs: make(map[uint64]net.PacketConn), conns: make(map[uint64]*tcpConn),
-		exchanges: make(map[dns.ForwardID]context.CancelFunc),
+		exchanges: make(map[dns.ForwardID]context.CancelCauseFunc),
 		udpUps:    make(map[netip.AddrPort]*udpUpstream),
 		kick:      make(chan struct{}, 1),
 	}
@@ -179,12 +183,14 @@ type pending struct {
 	forwards []dns.Forward
 	replies  []dns.Reply
 	events   []dns.NameAssigned
+	roams    uint64 // s.roams when the forwards were drained
 }
 
 func (p *pending) empty() bool { return len(p.forwards)+len(p.replies)+len(p.events) == 0 }
 
 // drainLocked moves the core's outputs into p. s.mu must be held.
 func (s *Server) drainLocked(p *pending) {
+	p.roams = s.roams.Load()
 	for f, ok := s.r.PollForward(); ok; f, ok = s.r.PollForward() {
 		p.forwards = append(p.forwards, f)
 	}
@@ -210,9 +216,9 @@ func (s *Server) dispatch(p *pending) {
 	}
 	for _, f := range p.forwards {
 		if f.Transport == dns.UDP && !f.ThroughTunnel {
-			s.forwardUDP(f)
+			s.forwardUDP(f, p.roams)
 		} else {
-			s.startExchange(f)
+			s.startExchange(f, p.roams)
 		}
 	}
 	p.forwards, p.replies, p.events = p.forwards[:0], p.replies[:0], p.events[:0]
@@ -381,20 +387,27 @@ func (s *Server) tcpLoop(c net.Conn, h uint64, server netip.AddrPort) {
 	}
 }
 
-// startExchange performs one forwarded query in its own goroutine.
-func (s *Server) startExchange(f dns.Forward) {
-	ctx, cancel := context.WithDeadline(s.ctx, f.Deadline)
+// errRoamed is the cancellation cause of the upstream exchanges a roam abandons.
+var errRoamed = errors.New("network roamed")
+
+// startExchange performs one forwarded query in its own goroutine, unless a roam since it was drained from the
+// core (roams) already answered it.
+func (s *Server) startExchange(f dns.Forward, roams uint64) {
+	rctx, roam := context.WithCancelCause(s.ctx)
+	ctx, cancel := context.WithDeadline(rctx, f.Deadline)
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.roams.Load() != roams {
 		s.mu.Unlock()
 		cancel()
+		roam(nil)
 		return
 	}
-	s.exchanges[f.ID] = cancel
+	s.exchanges[f.ID] = roam
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
+		defer roam(nil)
 		defer cancel()
 		resp, err := s.exchange(ctx, f)
 		var p pending
@@ -414,8 +427,9 @@ func (s *Server) startExchange(f dns.Forward) {
 	}()
 }
 
-// exchange sends the query byte for byte over a fresh socket (so a roam needs no rebinding: every exchange
-// has its own) and returns the first answer carrying the query's id.
+// exchange sends the query byte for byte over a fresh socket (so every exchange has its own local port, and
+// the ones after a roam get new ones) and returns the first answer carrying the query's id. When a roam
+// abandons it, a TCP socket is reset (RST) rather than closed gracefully.
 func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 	dial := s.cfg.Dial
 	if f.ThroughTunnel {
@@ -426,7 +440,13 @@ func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dialing upstream %s/%s: %w", f.Upstream, network, err)
 	}
-	stop := context.AfterFunc(ctx, func() { _ = nc.SetDeadline(time.Unix(1, 0)) })
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(context.Cause(ctx), errRoamed) {
+			resetConn(nc)
+			return
+		}
+		_ = nc.SetDeadline(time.Unix(1, 0))
+	})
 	defer stop()
 	defer nc.Close()
 	_ = nc.SetDeadline(f.Deadline)
@@ -453,22 +473,18 @@ func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 	}
 }
 
-// Roam handles a network change: every DNS-over-TCP connection is reset, upstream exchanges are abandoned
-// (their sockets closed; new ones are dialled per query) and in-flight UDP queries get SERVFAIL.
+// Roam handles a network change: every upstream exchange in flight is abandoned (its TCP socket reset, the
+// shared UDP sockets closed; later queries get new sockets with new local ports) and every query in flight
+// is answered SERVFAIL, TCP ones on the application's connection. The applications' DNS-over-TCP
+// connections stay open for their next queries.
 func (s *Server) Roam() {
 	var p pending
-	var resets []net.Conn
 	s.mu.Lock()
+	s.roams.Add(1)
 	res := s.r.Roam(s.cfg.Now())
-	for _, h := range res.ResetConns {
-		if tc := s.conns[h]; tc != nil {
-			resets = append(resets, tc.c)
-			delete(s.conns, h)
-		}
-	}
 	for _, id := range res.Cancelled {
-		if cancel := s.exchanges[id]; cancel != nil {
-			cancel()
+		if roam := s.exchanges[id]; roam != nil {
+			roam(errRoamed)
 			delete(s.exchanges, id)
 		}
 	}
@@ -476,10 +492,7 @@ func (s *Server) Roam() {
 	s.mu.Unlock()
 	s.closeUDPUpstreams()
 	s.dispatch(&p)
-	for _, c := range resets {
-		resetConn(c)
-	}
-	s.log.Info("roamed: DNS-over-TCP connections reset", "connections", len(resets), "cancelled_queries", len(res.Cancelled))
+	s.log.Info("roamed: upstream DNS sockets reset, queries in flight answered SERVFAIL", "cancelled_queries", len(res.Cancelled))
 }
 
 // resetConn aborts a connection with RST where the transport allows it.

@@ -24,14 +24,7 @@ var sentinel = netip.MustParseAddr("100.100.111.1")
 // "drop.test" never; everything else gets A 192.0.2.1.
 func fakeUpstream(t *testing.T) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	pc, ln, _ := listenUDPTCP(t) // retries: the TCP port may be taken by another socket
 	h := mdns.HandlerFunc(func(w mdns.ResponseWriter, q *mdns.Msg) {
 		m := new(mdns.Msg)
 		m.SetReply(q)
@@ -76,7 +69,13 @@ type stub struct {
 // startStub serves the stub on 127.0.0.1 with upstream as sentinel 100.100.111.1's resolver.
 func startStub(t *testing.T, upstream netip.AddrPort) *stub {
 	t.Helper()
-	r, err := dns.New(dns.Config{UpstreamDNS: []netip.AddrPort{upstream}, UpstreamTimeout: time.Second})
+	return startStubTimeout(t, upstream, time.Second)
+}
+
+// startStubTimeout is startStub with the given upstream timeout.
+func startStubTimeout(t *testing.T, upstream netip.AddrPort, timeout time.Duration) *stub {
+	t.Helper()
+	r, err := dns.New(dns.Config{UpstreamDNS: []netip.AddrPort{upstream}, UpstreamTimeout: timeout})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -183,7 +182,6 @@ func TestUDPTimeoutIsSilentAndRefusedIsSERVFAIL(t *testing.T) {
 func pipeline(t *testing.T, c net.Conn, names ...string) (map[uint16]*mdns.Msg, []uint16) {
 	t.Helper()
 	ids := map[uint16]string{}
-	var order []uint16
 	for i, n := range names {
 		q := new(mdns.Msg)
 		q.SetQuestion(n, mdns.TypeA)
@@ -195,9 +193,16 @@ func pipeline(t *testing.T, c net.Conn, names ...string) (map[uint16]*mdns.Msg, 
 		}
 		ids[q.Id] = n
 	}
+	return pipelineRead(t, c, ids)
+}
+
+// pipelineRead reads one answer per entry of ids (DNS id → question name) and returns them by id.
+func pipelineRead(t *testing.T, c net.Conn, ids map[uint16]string) (map[uint16]*mdns.Msg, []uint16) {
+	t.Helper()
 	got := map[uint16]*mdns.Msg{}
+	var order []uint16
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	for range names {
+	for range ids {
 		var l [2]byte
 		if _, err := io.ReadFull(c, l[:]); err != nil {
 			t.Fatalf("reading answer: %v", err)
@@ -210,8 +215,8 @@ func pipeline(t *testing.T, c net.Conn, names ...string) (map[uint16]*mdns.Msg, 
 		if err := m.Unpack(b); err != nil {
 			t.Fatal(err)
 		}
-		if ids[m.Id] != m.Question[0].Name {
-			t.Fatalf("answer id %d for %s", m.Id, m.Question[0].Name)
+		if len(m.Question) != 1 || ids[m.Id] != m.Question[0].Name {
+			t.Fatalf("answer id %d for %v", m.Id, m.Question)
 		}
 		got[m.Id] = m
 		order = append(order, m.Id)
@@ -236,13 +241,14 @@ func TestTCPPipelinedOutOfOrder(t *testing.T) {
 	}
 }
 
-func TestTCPLimitAndRoamReset(t *testing.T) {
+func TestTCPLimitAndRoam(t *testing.T) {
 	st := startStub(t, fakeUpstream(t))
 	testLimitAndRoam(t, st.srv, func() (net.Conn, error) { return net.Dial("tcp", st.tcpAddr) }, st.udpAddr)
 }
 
-// testLimitAndRoam: 10 connections work, the 11th is reset, closing one frees a slot, Roam resets them all
-// and a UDP query in flight gets SERVFAIL.
+// testLimitAndRoam: 10 connections work, the 11th is reset, closing one frees a slot. Then Roam with a TCP
+// and (when udpAddr is set) a UDP query in flight: both get SERVFAIL, every application connection stays open
+// and usable and still counts against the limit.
 func testLimitAndRoam(t *testing.T, srv *Server, dial func() (net.Conn, error), udpAddr string) {
 	t.Helper()
 	var conns []net.Conn
@@ -261,20 +267,25 @@ func testLimitAndRoam(t *testing.T, srv *Server, dial func() (net.Conn, error), 
 			t.Fatal("no answer")
 		}
 	}
-	c11, err := dial()
-	if err == nil {
-		_ = c11.SetReadDeadline(time.Now().Add(3 * time.Second))
-		_, _ = c11.Write([]byte{0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
-		_, err = c11.Read(make([]byte, 10))
-		_ = c11.Close()
+	wantRefused := func(when string) {
+		t.Helper()
+		c11, err := dial()
+		if err == nil {
+			_ = c11.SetReadDeadline(time.Now().Add(3 * time.Second))
+			_, _ = c11.Write([]byte{0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+			_, err = c11.Read(make([]byte, 10))
+			_ = c11.Close()
+		}
+		if err == nil || isTimeout(err) {
+			t.Fatalf("11th connection %s not reset: %v", when, err)
+		}
+		t.Logf("11th connection %s: %v", when, err)
 	}
-	if err == nil || isTimeout(err) {
-		t.Fatalf("11th connection not reset: %v", err)
-	}
-	t.Logf("11th connection: %v", err)
+	wantRefused("before the roam")
 	// Close one: a new one is accepted again.
 	_ = conns[0].Close()
 	var c net.Conn
+	var err error
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		if c, err = dial(); err != nil {
@@ -309,27 +320,22 @@ func testLimitAndRoam(t *testing.T, srv *Server, dial func() (net.Conn, error), 
 	}
 	waitInFlight(t, srv, want)
 	srv.Roam()
-	for i, c := range conns {
-		_ = c.SetReadDeadline(time.Now().Add(3 * time.Second))
-		_, err := c.Read(make([]byte, 100))
-		if err == nil || isTimeout(err) {
-			t.Errorf("conn %d not reset by roam: %v", i, err)
-		}
+	if got, _ := pipelineRead(t, conns[1], map[uint16]string{slowQ.Id: "slow.test."}); got[slowQ.Id].Rcode != mdns.RcodeServerFailure {
+		t.Errorf("in-flight TCP query after roam: %v", got[slowQ.Id])
 	}
 	if udpAddr != "" {
 		if m := <-udpDone; m == nil || m.Rcode != mdns.RcodeServerFailure {
 			t.Errorf("in-flight UDP query after roam: %v", m)
 		}
 	}
-	// New connections work after the roam.
-	c, err = dial()
-	if err != nil {
-		t.Fatal(err)
+	// Every connection survives the roam: a forwarded and a local query on each.
+	for i, c := range conns {
+		got, _ := pipeline(t, c, "example.org.", "z.corp.test.")
+		if len(got[100].Answer) != 1 || len(got[101].Answer) != 4 {
+			t.Errorf("conn %d after roam: %v", i, got)
+		}
 	}
-	conns = append(conns, c)
-	if !tryQuery(c) {
-		t.Error("no answer after roam")
-	}
+	wantRefused("after the roam")
 }
 
 // waitInFlight waits until the core has n forwarded queries in flight.

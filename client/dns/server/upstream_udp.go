@@ -32,8 +32,12 @@ type udpPending struct {
 	deadline time.Time
 }
 
-// forwardUDP sends f over the shared socket to its upstream, creating the socket (and its reader) on first use.
-func (s *Server) forwardUDP(f dns.Forward) {
+// forwardUDP sends f over the shared socket to its upstream, creating the socket (and its reader) on first use,
+// unless a roam since f was drained from the core (roams) already answered it.
+func (s *Server) forwardUDP(f dns.Forward, roams uint64) {
+	if s.roams.Load() != roams {
+		return
+	}
 	u, err := s.udpUpstreamFor(f.Upstream)
 	if err == nil {
 		err = u.send(f)

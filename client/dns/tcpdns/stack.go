@@ -1,7 +1,7 @@
 // Package tcpdns terminates DNS over TCP on the sentinel addresses inside the client, with a userspace TCP
 // stack (gVisor netstack). The client feeds the raw IP packets it reads from its TUN device for a sentinel
 // into WritePacket and writes what ReadPacket returns back to the TUN; Listen gives net.Listeners whose
-// connections can be reset (RST), as a roam requires.
+// connections can be reset (RST), as refusing a connection over the per-sentinel limit requires.
 //
 // The stack is built directly on gvisor.dev/gvisor (the same stack wireguard-go's tun/netstack wraps) because
 // wireguard-go's gonet connections hide their endpoint, so they cannot send a reset.
