@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snowgate/snowgate/internal/netlab"
 )
 
 // TestSendBatch sends bursts through a sendBatch and checks that every
@@ -132,5 +134,66 @@ func TestSendBatchClosedSocket(t *testing.T) {
 	}
 	if b.ndgram != 0 || b.nmsg != 0 {
 		t.Fatal("batch not reset")
+	}
+}
+
+// TestSendBatchOverVeth runs bursts over a real veth link whose MTU (1280)
+// is below some of the datagrams: bursts that fit go out as GSO sends and
+// are split on the way; bursts that do not fit make the kernel refuse GSO
+// (EMSGSIZE), and the batch falls back to one sendto per datagram, which the
+// kernel fragments. Every datagram must arrive whole and in order. Needs
+// root (network namespaces; skipped otherwise).
+func TestSendBatchOverVeth(t *testing.T) {
+	lab := netlab.New(t)
+	inet := lab.Internet()
+	a := lab.Host("a", inet, "198.18.0.1")
+	b := lab.Host("b", inet, "198.18.0.2")
+	if out, err := a.Exec(t.Context(), "ip", "link", "set", a.Iface(inet).Name, "mtu", "1280"); err != nil {
+		t.Fatalf("set MTU: %v: %s", err, out)
+	}
+	var sock *udpSocket
+	if err := a.Do(func() error {
+		var err error
+		sock, err = openUDP("udp4", netip.AddrPortFrom(a.Addr4(), 0), socketOptions{buffer: 4 << 20})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	defer sock.close()
+	rx, err := b.ListenUDP("udp4", netip.AddrPortFrom(b.Addr4(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rx.Close()
+	_ = rx.SetReadBuffer(4 << 20)
+	to := rx.LocalAddr().(*net.UDPAddr).AddrPort()
+	for _, size := range []int{1000, 1400} {
+		st := newStats(1)
+		batch := newSendBatch(64, st, true)
+		var want [][]byte
+		for i := range 20 {
+			p := bytes.Repeat([]byte{byte(i)}, size)
+			copy(p, fmt.Sprintf("#%d/%d", i, size))
+			want = append(want, p)
+			batch.add(sock, p, to, size, st.shard(0), false)
+		}
+		batch.flush()
+		for i, w := range want {
+			buf := make([]byte, 65536)
+			_ = rx.SetReadDeadline(time.Now().Add(3 * time.Second))
+			n, err := rx.Read(buf)
+			if err != nil {
+				t.Fatalf("size %d, datagram %d: %v", size, i, err)
+			}
+			if !bytes.Equal(buf[:n], w) {
+				t.Fatalf("size %d, datagram %d: got %d bytes %q…", size, i, n, buf[:min(n, 8)])
+			}
+		}
+		if tr := st.traffic(); tr.toPeerPackets != 20 || st.dropped[dropSend].Load() != 0 {
+			t.Fatalf("size %d: counted %d sent, %d dropped", size, tr.toPeerPackets, st.dropped[dropSend].Load())
+		}
+	}
+	if sock.noGSO.Load() {
+		t.Fatal("EMSGSIZE turned GSO off for good")
 	}
 }
