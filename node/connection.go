@@ -85,7 +85,13 @@ type connection struct {
 	gotReply    atomic.Bool
 	verifyTries atomic.Int32
 	poked       atomic.Bool
+	// idleFlag is set (under n.mu) when the scheduler makes the connection
+	// idle and cleared by the first packet after that, on the data path and
+	// without a lock: Stats and metrics report the connection active from
+	// that packet on. wakePending then tells the loop to report the packet to
+	// the scheduler (Activity), which needs n.mu.
 	idleFlag    atomic.Bool
+	wakePending atomic.Bool
 
 	pendMu    sync.Mutex
 	pending   [][]byte
@@ -491,7 +497,7 @@ func (n *Node) Stats() []ConnStats {
 			RxBytes: c.rxBytes.Load(), TxBytes: c.txBytes.Load(),
 			LastHandshake: hs[c.remoteKey],
 			Established:   connState(c.state.Load()) == stateEstablished,
-			Idle:          n.isIdleLocked(c.id),
+			Idle:          n.isIdleLocked(c),
 		})
 	}
 	slices.SortFunc(out, func(a, b ConnStats) int { return strings.Compare(a.ID, b.ID) })

@@ -68,9 +68,12 @@
 // something is due: idle transitions (20 s without traffic), the NAT keepalive
 // of all idle connections together (one wake-up per 25 s however many there
 // are), path checks of active connections and relay keepalives on the same
-// ticks. Packets on an idle connection make it active at once. There is no
-// per-peer persistent keepalive. Node.Wakeups and the scheduler's
-// snowgate.node.wakeups counter measure the wake-ups.
+// ticks. Packets on an idle connection make it active at once: the data path
+// clears the connection's idle flag itself (Stats and metrics see it from
+// that packet on) and the timer goroutine then moves it from the keepalive
+// batch back to the active one. There is no per-peer persistent keepalive.
+// Node.Wakeups and the scheduler's snowgate.node.wakeups counter measure the
+// wake-ups.
 //
 // # Deviations
 //

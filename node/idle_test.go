@@ -66,7 +66,10 @@ func TestIdleConnectionsCoalesceAndReactivate(t *testing.T) {
 		}
 	}
 
-	// A packet reactivates its connection at once, on both ends.
+	// A packet reactivates its connection at once, on both ends: the data
+	// path clears the idle state itself, so when the hub has the answer, the
+	// peer (which received the ping and sent the answer) and the hub are
+	// active, whether or not their timer goroutines have run since.
 	roundTrip(t, hub, nodes[2], 2*time.Second)
 	if s := statsOf(t, hub.n, "c2"); s.Idle {
 		t.Fatalf("connection still idle after traffic: %s", describe(s))

@@ -36,15 +36,7 @@ func (n *Node) loop() {
 			c.poked.Store(false)
 			n.onPoke(c)
 		case <-n.kick:
-			n.mu.Lock()
-			conns := make([]*connection, 0, len(n.conns))
-			for _, c := range n.conns {
-				conns = append(conns, c)
-			}
-			n.mu.Unlock()
-			for _, c := range conns {
-				n.onPoke(c)
-			}
+			n.pokeAll()
 		}
 		timer.Stop()
 	}
@@ -58,9 +50,26 @@ func (n *Node) wakeLoop() {
 	}
 }
 
-func (n *Node) isIdleLocked(id string) bool {
-	st, ok := n.sched.State(id)
-	return ok && st == idle.Idle
+// isIdleLocked reports whether c is idle: the scheduler made it idle and no
+// packet came since (the data path clears c.idleFlag before the loop reports
+// the packet to the scheduler). n.mu is held.
+func (n *Node) isIdleLocked(c *connection) bool {
+	st, ok := n.sched.State(c.id)
+	return ok && st == idle.Idle && c.idleFlag.Load()
+}
+
+// pokeAll runs onPoke for every connection: a poke that found n.notify full
+// kicked the loop instead.
+func (n *Node) pokeAll() {
+	n.mu.Lock()
+	conns := make([]*connection, 0, len(n.conns))
+	for _, c := range n.conns {
+		conns = append(conns, c)
+	}
+	n.mu.Unlock()
+	for _, c := range conns {
+		n.onPoke(c)
+	}
 }
 
 // onPoke handles a connection the data path flagged.
@@ -85,16 +94,18 @@ func (n *Node) onPoke(c *connection) {
 			c.verifyTries.Store(0)
 		}
 	}
-	if c.idleFlag.Load() {
+	if c.wakePending.Swap(false) {
+		// A packet woke c from idle (markActive): the scheduler learns it now.
+		// Unless an upsert or onTimer did so meanwhile, or c went idle again.
 		n.mu.Lock()
-		if n.conns[c.id] == c {
-			last := max(c.lastRx.Load(), c.lastActTx.Load())
-			now := time.Now()
-			if last > 0 {
-				now = time.Unix(0, last)
+		if n.conns[c.id] == c && !c.idleFlag.Load() {
+			if st, ok := n.sched.State(c.id); ok && st == idle.Idle {
+				now := c.lastActivity()
+				if now.IsZero() {
+					now = time.Now()
+				}
+				n.sched.Activity(c.id, now)
 			}
-			n.sched.Activity(c.id, now)
-			c.idleFlag.Store(false)
 		}
 		n.mu.Unlock()
 	}
@@ -114,6 +125,15 @@ func (n *Node) onTimer(now time.Time) {
 				continue
 			}
 			c.idleFlag.Store(true)
+			// Poll read c's activity times before the flag was set: a packet
+			// recorded in between did not see the flag (markActive) and would
+			// leave c idle. Look again, as Poll did (deadline past now+slack).
+			cfg := n.sched.Config()
+			if last := c.lastActivity(); last.Add(cfg.IdleAfter).After(now.Add(cfg.Slack)) {
+				c.idleFlag.Store(false)
+				n.sched.Activity(id, last)
+				continue
+			}
 			if connState(c.state.Load()) == stateEstablished {
 				keepalive = append(keepalive, c.peer)
 				if c.agent != nil { // an ICE re-run must not keep an idle connection awake

@@ -187,9 +187,8 @@ func New(cfg Config) (*Node, error) {
 			}
 			counts := map[key]int64{}
 			n.mu.Lock()
-			for id, c := range n.conns {
-				st, _ := n.sched.State(id)
-				counts[key{c.path, st == idle.Idle}]++
+			for _, c := range n.conns {
+				counts[key{c.path, n.isIdleLocked(c)}]++
 			}
 			n.mu.Unlock()
 			for k, v := range counts {
@@ -214,16 +213,7 @@ func New(cfg Config) (*Node, error) {
 		KeepaliveInterval: cfg.KeepaliveInterval,
 		Logger:            log.With("component", "idle"),
 		MeterProvider:     mp,
-		LastActivity: func(id string) time.Time { // called under n.mu
-			c := n.conns[id]
-			if c == nil {
-				return time.Time{}
-			}
-			if last := max(c.lastRx.Load(), c.lastActTx.Load()); last > 0 {
-				return time.Unix(0, last)
-			}
-			return time.Time{}
-		},
+		LastActivity:      n.lastActivityLocked,
 	})
 	set, err := n.openIO()
 	if err != nil {
@@ -486,14 +476,50 @@ func (n *Node) noteRx(c *connection, b []byte, now int64) {
 	c.lastAnyRx.Store(now)
 	if isWGActivity(b) {
 		c.lastRx.Store(now)
-		if c.idleFlag.Load() {
-			n.poke(c)
-		}
+		n.markActive(c)
 	}
 	if (b[0] == 2 || b[0] == 4) && connState(c.state.Load()) == stateNominated {
 		c.gotReply.Store(true)
 		n.poke(c)
 	}
+}
+
+// markActive is called on the data path after a packet that counts as
+// activity was recorded in c.lastRx or c.lastActTx. An idle connection is
+// active again at once (Stats, metrics): the packet clears c.idleFlag itself.
+// The loop then moves it out of the scheduler's keepalive batch (onPoke), as
+// that needs n.mu, which the data path must not take (Reset and
+// RemoveConnection hold it while wireguard-go waits for its send and receive
+// goroutines).
+//
+// The store of the activity time before the load of idleFlag pairs with
+// onTimer's store of idleFlag before its second look at the activity times:
+// a packet that races with the connection going idle is seen by one of them.
+func (n *Node) markActive(c *connection) {
+	if c.idleFlag.Load() && c.idleFlag.CompareAndSwap(true, false) {
+		c.wakePending.Store(true)
+		n.poke(c)
+	}
+}
+
+// lastActivityLocked is the scheduler's Config.LastActivity: the latest
+// packet that counts as activity on connection id, from the data path's
+// atomics. n.mu is held (it is called from NextWake and Poll).
+func (n *Node) lastActivityLocked(id string) time.Time {
+	c := n.conns[id]
+	if c == nil {
+		return time.Time{}
+	}
+	return c.lastActivity()
+}
+
+// lastActivity returns c's latest packet that counts as activity, either
+// direction, or the zero time if there was none.
+func (c *connection) lastActivity() time.Time {
+	if last := max(c.lastRx.Load(), c.lastActTx.Load()); last > 0 {
+		return time.Unix(0, last)
+	}
+	return time.Time{}
 }
 
 // poke asks the loop to look at c (idle → active, nominated → established).
@@ -527,9 +553,7 @@ func (n *Node) sendTo(bufs [][]byte, e *endpoint) error {
 		c.lastTx.Store(now)
 		if activity {
 			c.lastActTx.Store(now)
-			if c.idleFlag.Load() {
-				n.poke(c)
-			}
+			n.markActive(c)
 		}
 	}
 	if e.alloc != nil {
