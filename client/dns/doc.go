@@ -20,9 +20,11 @@
 //
 // Everything else is forwarded: PollForward yields "query Q to upstream U over UDP|TCP" (ThroughTunnel when U
 // lies inside a CIDR resource); the driver answers with HandleUpstreamResponse / HandleUpstreamError, or, for
-// answers that arrive as raw packets, HandleUpstreamPacket (matched by upstream and DNS id). Every query gets
-// an answer except a UDP query whose upstream timed out (the application retries, as without snowgate):
-// upstream errors and malformed answers become SERVFAIL, malformed queries FORMERR, other opcodes NOTIMP.
+// answers that arrive as raw packets, HandleUpstreamPacket (matched by upstream, DNS id and question, see
+// AnswerMatchesQuery). Every query gets an answer except a UDP query whose upstream timed out (the application
+// retries, as without snowgate):
+// upstream errors, malformed answers and answers to another question become SERVFAIL, malformed queries
+// FORMERR, other opcodes NOTIMP.
 // UDP answers larger than min(1212, max(512, the query's EDNS0 size)) are cut after the question with TC set.
 // Nothing is cached, so truncated answers are never cached either.
 //

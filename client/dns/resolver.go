@@ -544,7 +544,8 @@ func (r *Resolver) servfail(f *inflight) {
 
 // HandleUpstreamResponse delivers the upstream's answer to forward id. Answers for unknown (finished, timed out
 // or cancelled) forwards are ignored. UDP answers larger than the application's limit are truncated (TC set);
-// malformed answers or answers with the wrong id become SERVFAIL.
+// malformed answers or answers with the wrong id or question (see AnswerMatchesQuery) become SERVFAIL. A
+// driver reading UDP answers should drop a mismatching one itself and keep waiting for the real answer.
 func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Time) {
 	f := r.inflight[id]
 	if f == nil {
@@ -553,7 +554,7 @@ func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Ti
 	}
 	r.remove(f)
 	rid, flags, ok := parseHeader(resp)
-	if !ok || rid != f.q.msgID || flags&(1<<15) == 0 {
+	if !ok || rid != f.q.msgID || flags&(1<<15) == 0 || !AnswerMatchesQuery(f.query, resp) {
 		r.log.Debug("malformed upstream response", "upstream", f.upstream, "len", len(resp))
 		r.servfail(f)
 		return
@@ -580,19 +581,21 @@ func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Ti
 }
 
 // HandleUpstreamPacket delivers a raw answer that arrived from upstream (e.g. through the tunnel) without a
-// ForwardID: it is matched by (upstream, DNS id) to the oldest such in-flight query. It reports whether one matched.
+// ForwardID: it is matched by (upstream, DNS id, question; see AnswerMatchesQuery) to the oldest such in-flight
+// query. It reports whether one matched; an answer that matches none (late, duplicate or spoofed) is dropped.
 func (r *Resolver) HandleUpstreamPacket(upstream netip.AddrPort, resp []byte, now time.Time) bool {
 	id, _, ok := parseHeader(resp)
 	if !ok {
 		return false
 	}
-	ids := r.byKey[fwdKey{upstream, id}]
-	if len(ids) == 0 {
-		r.log.Debug("upstream response for an unknown query", "upstream", upstream, "id", id)
-		return false
+	for _, fid := range r.byKey[fwdKey{upstream, id}] {
+		if f := r.inflight[fid]; f != nil && AnswerMatchesQuery(f.query, resp) {
+			r.HandleUpstreamResponse(fid, resp, now)
+			return true
+		}
 	}
-	r.HandleUpstreamResponse(ids[0], resp, now)
-	return true
+	r.log.Debug("upstream response for an unknown query", "upstream", upstream, "id", id)
+	return false
 }
 
 // HandleUpstreamError reports that forward id failed. A UDP timeout (ErrUpstreamTimeout or a net.Error with

@@ -312,3 +312,57 @@ func hasPointer(name []byte) bool {
 	}
 	return false
 }
+
+// AnswerMatchesQuery reports whether answer is a response to query as RFC 5452 §9.1 asks a resolver to check
+// besides the id and the upstream's address and port: the answer carries exactly one question, the query's,
+// with the same name (compared case-insensitively, byte for byte: a question name is never compressed), type
+// and class. query must be a query with one question (as every query the core forwards is); ids are not
+// compared (drivers rewrite them). It never panics on any bytes.
+func AnswerMatchesQuery(query, answer []byte) bool {
+	if len(query) < headerLen || len(answer) < headerLen || binary.BigEndian.Uint16(answer[4:]) != 1 ||
+		binary.BigEndian.Uint16(query[4:]) != 1 || answer[2]&0x80 == 0 {
+		return false
+	}
+	end, ok := questionEnd(query)
+	if !ok || len(answer) < end {
+		return false
+	}
+	// The name's length bytes are at most 63, below 'A', so folding letters keeps the label structure exact.
+	for i := headerLen; i < end-4; i++ {
+		a, b := query[i], answer[i]
+		if a != b && lower(a) != lower(b) {
+			return false
+		}
+	}
+	return string(query[end-4:end]) == string(answer[end-4:end])
+}
+
+// questionEnd returns the offset just past the first question (an uncompressed name, type and class).
+func questionEnd(msg []byte) (int, bool) {
+	off := headerLen
+	for n := 0; n < 128; n++ { // a name has at most 127 labels
+		if off >= len(msg) {
+			return 0, false
+		}
+		l := int(msg[off])
+		off++
+		if l == 0 {
+			if off+4 > len(msg) {
+				return 0, false
+			}
+			return off + 4, true
+		}
+		if l > 63 {
+			return 0, false
+		}
+		off += l
+	}
+	return 0, false
+}
+
+func lower(c byte) byte {
+	if c >= 'A' && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
+}

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 
@@ -31,7 +32,20 @@ func run() error {
 	upstream := flag.String("upstream", "127.0.0.1:53", "upstream resolver ip:port")
 	resources := flag.String("resources", "**.res.test", "comma-separated DNS resource patterns")
 	sockets := flag.Int("sockets", runtime.GOMAXPROCS(0), "UDP sockets (SO_REUSEPORT), one read loop each")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile to this file until the server stops")
 	flag.Parse()
+
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return fmt.Errorf("-cpuprofile: %w", err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 
 	up, err := netip.ParseAddrPort(*upstream)
 	if err != nil {

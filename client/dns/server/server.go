@@ -1,7 +1,14 @@
 // Package server is the thin driver of the client's stub resolver (client/dns): it owns the sockets and
 // goroutines, serialises calls into the sans-IO core, serves queries on UDP packet conns and TCP listeners
-// (real sockets, or the sentinel listeners of client/dns/tcpdns), and performs the core's upstream queries
-// with miekg/dns connections.
+// (real sockets, or the sentinel listeners of client/dns/tcpdns), and performs the core's upstream queries.
+//
+// UDP queries to upstreams on the physical network go out from a small pool of connected sockets per upstream
+// with random source ports, rotated after a bounded number of queries or time, under random DNS ids; an answer
+// is accepted only from the upstream's address and port with the id and question of a query outstanding on that
+// socket (RFC 5452), others are dropped and the real answer still awaited. On real UDP sockets queries are
+// read, and replies and upstream queries written, several per system call (recvmmsg/sendmmsg on Linux). TCP
+// queries, and queries to upstreams inside the tunnel, get a socket of their own per query (miekg/dns
+// connections over Config.Dial / Config.TunnelDial), also under random ids.
 package server
 
 import (
@@ -11,13 +18,17 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	mdns "github.com/miekg/dns"
+
+	"golang.org/x/net/ipv4"
 
 	"github.com/snowgate/snowgate/client/dns"
 )
@@ -58,7 +69,7 @@ type Server struct {
 
 	mu        sync.Mutex // guards the core and the maps below
 	r         *dns.Resolver
-	pcs       map[uint64]net.PacketConn
+	pcs       map[uint64]*udpOut
 	conns     map[uint64]*tcpConn
 	exchanges map[dns.ForwardID]context.CancelCauseFunc
 	closed    bool // set by Close: no new goroutines (s.wg.Add happens under mu while !closed)
@@ -71,8 +82,18 @@ type Server struct {
 	udpUps     map[netip.AddrPort]*udpUpstream
 	kick       chan struct{}
 	timerArmed atomic.Bool
+	// mismatched counts UDP upstream answers dropped because they matched no query in flight (wrong source,
+	// id or question: late, duplicate or spoofed).
+	mismatched atomic.Uint64
+	readBufs   sync.Pool // *[]ipv4.Message for upstream socket readers
 
 	nextHandle atomic.Uint64
+}
+
+// udpOut is a UDP socket the Server answers on.
+type udpOut struct {
+	pc    net.PacketConn
+	batch batchConn // nil unless pc is a *net.UDPConn
 }
 
 type tcpConn struct {
@@ -102,7 +123,7 @@ func New(cfg Config) (*Server, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &Server{
 		cfg: cfg, log: log, ctx: ctx, cancel: cancel, r: cfg.Resolver,
-		pcs: make(map[uint64]net.PacketConn), conns: make(map[uint64]*tcpConn),
+		pcs: make(map[uint64]*udpOut), conns: make(map[uint64]*tcpConn),
 		exchanges: make(map[dns.ForwardID]context.CancelCauseFunc),
 		udpUps:    make(map[netip.AddrPort]*udpUpstream),
 		kick:      make(chan struct{}, 1),
@@ -140,7 +161,11 @@ func (s *Server) Serve(ctx context.Context, sentinel netip.Addr, udp []net.Packe
 	for _, pc := range udp {
 		h := s.nextHandle.Add(1)
 		s.mu.Lock()
-		s.pcs[h] = pc
+		out := &udpOut{pc: pc}
+		if uc, ok := pc.(*net.UDPConn); ok {
+			out.batch = newBatchConn(uc)
+		}
+		s.pcs[h] = out
 		s.mu.Unlock()
 		wg.Add(1)
 		go func() {
@@ -167,9 +192,9 @@ func (s *Server) Serve(ctx context.Context, sentinel netip.Addr, udp []net.Packe
 	}
 	wg.Wait()
 	s.mu.Lock()
-	for h, pc := range s.pcs {
+	for h, out := range s.pcs {
 		for _, u := range udp {
-			if u == pc {
+			if u == out.pc {
 				delete(s.pcs, h)
 			}
 		}
@@ -183,7 +208,10 @@ type pending struct {
 	forwards []dns.Forward
 	replies  []dns.Reply
 	events   []dns.NameAssigned
-	roams    uint64 // s.roams when the forwards were drained
+	roams    uint64         // s.roams when the forwards were drained
+	wbufs    [][]byte       // scratch space for rewritten upstream queries
+	ms       []ipv4.Message // scratch space for batched writes
+	udpFwds  []dns.Forward  // scratch space for the UDP forwards of one upstream
 }
 
 func (p *pending) empty() bool { return len(p.forwards)+len(p.replies)+len(p.events) == 0 }
@@ -211,30 +239,82 @@ func (s *Server) dispatch(p *pending) {
 			s.log.Debug("name now maps to proxy IPs", "name", e.Name, "resource", e.ResourceID, "ips", e.IPs)
 		}
 	}
-	for _, rep := range p.replies {
-		s.send(rep)
-	}
-	for _, f := range p.forwards {
+	s.sendReplies(p)
+	for i, f := range p.forwards {
 		if f.Transport == dns.UDP && !f.ThroughTunnel {
-			s.forwardUDP(f, p.roams)
+			// Every UDP forward to this upstream at once, over one socket and one system call.
+			if f.Upstream.IsValid() {
+				p.udpFwds = append(p.udpFwds[:0], f)
+				for j := i + 1; j < len(p.forwards); j++ {
+					if g := p.forwards[j]; g.Transport == dns.UDP && !g.ThroughTunnel && g.Upstream == f.Upstream {
+						p.udpFwds = append(p.udpFwds, g)
+						p.forwards[j].Upstream = netip.AddrPort{} // sent
+					}
+				}
+				s.forwardUDP(p.udpFwds, p)
+			}
 		} else {
 			s.startExchange(f, p.roams)
 		}
 	}
+	clear(p.ms)
 	p.forwards, p.replies, p.events = p.forwards[:0], p.replies[:0], p.events[:0]
+}
+
+// sendReplies sends p.replies, the UDP ones to each socket in batches.
+func (s *Server) sendReplies(p *pending) {
+	if len(p.replies) == 1 {
+		s.send(p.replies[0])
+		return
+	}
+	for i, rep := range p.replies {
+		if rep.Payload == nil {
+			continue // sent in an earlier batch
+		}
+		if rep.To.Transport != dns.UDP {
+			s.send(rep)
+			continue
+		}
+		s.mu.Lock()
+		out := s.pcs[rep.To.Handle]
+		s.mu.Unlock()
+		if out == nil || out.batch == nil {
+			s.send(rep)
+			continue
+		}
+		p.ms = p.ms[:0]
+		for j := i; j < len(p.replies); j++ {
+			r := &p.replies[j]
+			if r.Payload == nil || r.To.Transport != dns.UDP || r.To.Handle != rep.To.Handle {
+				continue
+			}
+			p.ms = append(p.ms, ipv4.Message{Buffers: [][]byte{r.Payload}, Addr: net.UDPAddrFromAddrPort(r.To.Client)})
+			r.Payload = nil
+		}
+		if _, err := writeAll(out.batch, p.ms); err != nil {
+			s.log.Debug("writing DNS replies", "error", err)
+		}
+	}
 }
 
 func (s *Server) send(rep dns.Reply) {
 	s.mu.Lock()
-	pc := s.pcs[rep.To.Handle]
+	out := s.pcs[rep.To.Handle]
 	tc := s.conns[rep.To.Handle]
 	s.mu.Unlock()
 	switch rep.To.Transport {
 	case dns.UDP:
-		if pc == nil {
+		if out == nil {
 			return
 		}
-		if _, err := pc.WriteTo(rep.Payload, net.UDPAddrFromAddrPort(rep.To.Client)); err != nil {
+		pc := out.pc
+		var err error
+		if uc, ok := pc.(*net.UDPConn); ok {
+			_, err = uc.WriteToUDPAddrPort(rep.Payload, rep.To.Client)
+		} else {
+			_, err = pc.WriteTo(rep.Payload, net.UDPAddrFromAddrPort(rep.To.Client))
+		}
+		if err != nil {
 			s.log.Debug("writing DNS reply", "to", rep.To.Client, "error", err)
 		}
 	case dns.TCP:
@@ -256,6 +336,10 @@ func (tc *tcpConn) write(msg []byte) {
 }
 
 func (s *Server) udpLoop(pc net.PacketConn, h uint64, server netip.AddrPort) {
+	if uc, ok := pc.(*net.UDPConn); ok {
+		s.udpBatchLoop(uc, h, server)
+		return
+	}
 	buf := make([]byte, 65535)
 	out := make([]byte, 0, 1500)
 	var p pending
@@ -293,6 +377,55 @@ func (s *Server) udpLoop(pc net.PacketConn, h uint64, server netip.AddrPort) {
 			}
 			if err != nil {
 				s.log.Debug("writing DNS reply", "to", from, "error", err)
+			}
+		}
+		if !p.empty() {
+			s.dispatch(&p)
+		}
+	}
+}
+
+// udpBatchLoop is udpLoop for a real UDP socket: up to batchSize queries per system call, handled under one
+// lock, their local replies sent with one system call and their forwards with one per upstream.
+func (s *Server) udpBatchLoop(uc *net.UDPConn, h uint64, server netip.AddrPort) {
+	bc := newBatchConn(uc)
+	ms := newMessages(batchSize, batchQueryBuf)
+	outs := make([][]byte, batchSize)
+	for i := range outs {
+		outs[i] = make([]byte, 0, 1500)
+	}
+	replies := make([]ipv4.Message, 0, batchSize)
+	var p pending
+	for {
+		n, err := bc.ReadBatch(ms, 0)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || s.ctx.Err() != nil {
+				return
+			}
+			s.log.Debug("reading DNS queries", "error", err)
+			continue
+		}
+		replies = replies[:0]
+		s.mu.Lock()
+		now := s.cfg.Now()
+		for i := range ms[:n] {
+			m := &ms[i]
+			ua, ok := m.Addr.(*net.UDPAddr)
+			if !ok || m.N >= batchQueryBuf {
+				continue // possibly cut short
+			}
+			src := dns.Source{Transport: dns.UDP, Client: ua.AddrPort(), Server: server, Handle: h}
+			reply, ok := s.r.HandleQuery(src, m.Buffers[0][:m.N], now, outs[i][:0])
+			if ok {
+				outs[i] = reply
+				replies = append(replies, ipv4.Message{Buffers: outs[i : i+1 : i+1], Addr: m.Addr})
+			}
+		}
+		s.drainLocked(&p)
+		s.mu.Unlock()
+		if len(replies) > 0 {
+			if _, err := writeAll(bc, replies); err != nil {
+				s.log.Debug("writing DNS replies", "error", err)
 			}
 		}
 		if !p.empty() {
@@ -427,9 +560,11 @@ func (s *Server) startExchange(f dns.Forward, roams uint64) {
 	}()
 }
 
-// exchange sends the query byte for byte over a fresh socket (so every exchange has its own local port, and
-// the ones after a roam get new ones) and returns the first answer carrying the query's id. When a roam
-// abandons it, a TCP socket is reset (RST) rather than closed gracefully.
+// exchange sends the query under a fresh random id over a fresh socket (so every exchange has its own local
+// port, and the ones after a roam get new ones) and returns the first answer carrying that id and the query's
+// question (dns.AnswerMatchesQuery; over UDP other datagrams are dropped, over TCP they fail the exchange),
+// with the application's id put back. When a roam abandons it, a TCP socket is reset (RST) rather than closed
+// gracefully.
 func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 	dial := s.cfg.Dial
 	if f.ThroughTunnel {
@@ -451,10 +586,12 @@ func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 	defer nc.Close()
 	_ = nc.SetDeadline(f.Deadline)
 	co := &mdns.Conn{Conn: nc}
-	if _, err := co.Write(f.Query); err != nil {
+	q := slices.Clone(f.Query)
+	want := uint16(rand.Uint32())
+	binary.BigEndian.PutUint16(q, want)
+	if _, err := co.Write(q); err != nil {
 		return nil, fmt.Errorf("sending to upstream %s/%s: %w", f.Upstream, network, err)
 	}
-	want := binary.BigEndian.Uint16(f.Query)
 	buf := make([]byte, 65535)
 	for {
 		n, err := co.Read(buf)
@@ -464,12 +601,15 @@ func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 			}
 			return nil, fmt.Errorf("reading from upstream %s/%s: %w", f.Upstream, network, err)
 		}
-		if n >= 2 && binary.BigEndian.Uint16(buf) == want {
+		if n >= 2 && binary.BigEndian.Uint16(buf) == want && (f.Transport == dns.TCP || dns.AnswerMatchesQuery(f.Query, buf[:n])) {
+			// Over TCP the core checks the question (SERVFAIL when it differs).
+			binary.BigEndian.PutUint16(buf, binary.BigEndian.Uint16(f.Query))
 			return buf[:n:n], nil
 		}
 		if f.Transport == dns.TCP {
 			return nil, fmt.Errorf("upstream %s/tcp answered with a wrong id", f.Upstream)
 		}
+		s.mismatched.Add(1)
 	}
 }
 

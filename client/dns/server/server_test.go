@@ -75,6 +75,17 @@ func startStub(t *testing.T, upstream netip.AddrPort) *stub {
 // startStubTimeout is startStub with the given upstream timeout.
 func startStubTimeout(t *testing.T, upstream netip.AddrPort, timeout time.Duration) *stub {
 	t.Helper()
+	return startStubListen(t, upstream, timeout, "127.0.0.1")
+}
+
+// startStubOn is startStub serving on the loopback address lo.
+func startStubOn(t *testing.T, upstream netip.AddrPort, lo string) *stub {
+	t.Helper()
+	return startStubListen(t, upstream, time.Second, lo)
+}
+
+func startStubListen(t *testing.T, upstream netip.AddrPort, timeout time.Duration, lo string) *stub {
+	t.Helper()
 	r, err := dns.New(dns.Config{UpstreamDNS: []netip.AddrPort{upstream}, UpstreamTimeout: timeout})
 	if err != nil {
 		t.Fatal(err)
@@ -87,18 +98,18 @@ func startStubTimeout(t *testing.T, upstream netip.AddrPort, timeout time.Durati
 	if err != nil {
 		t.Fatal(err)
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	pc, err := net.ListenPacket("udp", net.JoinHostPort(lo, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", net.JoinHostPort(lo, "0"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	st.udpAddr, st.tcpAddr = pc.LocalAddr().String(), ln.Addr().String()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = st.srv.Serve(ctx, sentinel, []net.PacketConn{pc}, ln) }()
+	go func() { defer close(done); _ = st.srv.Serve(ctx, r.Sentinels()[0].Addr, []net.PacketConn{pc}, ln) }()
 	t.Cleanup(func() {
 		cancel()
 		<-done
