@@ -44,6 +44,7 @@ type addressGenerator struct {
 	// by the same worker.
 	worker *worker
 	inbox  *inboxBudget
+	opener *socketOpener
 }
 
 // forWorker is a copy of g whose relay sockets w reads.
@@ -78,7 +79,7 @@ func (g *addressGenerator) AllocatePacketConn(conf turn.AllocateListenerConfig) 
 		return nil, nil, fmt.Errorf("network %q: %w", conf.Network, ErrFamilyNotServed)
 	}
 	try := func(port int) (net.PacketConn, net.Addr, error) {
-		sock, err := openUDP(conf.Network, netip.AddrPortFrom(bind, uint16(port)), g.opts) //nolint:gosec // port is within 1..65535
+		sock, err := g.opener.open(conf.Network, netip.AddrPortFrom(bind, uint16(port)), g.opts) //nolint:gosec // port is within 1..65535
 		if err != nil {
 			return nil, nil, err
 		}

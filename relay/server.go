@@ -38,6 +38,7 @@ type Server struct {
 	portalUp  atomic.Bool
 	started   atomic.Bool
 	turn      *turn.Server
+	opener    *socketOpener
 	workers   []*worker
 	conns     []*listenerConn
 	addr4     netip.AddrPort
@@ -125,15 +126,21 @@ func (s *Server) Start(ctx context.Context) error {
 	opts := socketOptions{buffer: s.cfg.SocketBuffer}
 	var pcs []turn.PacketConnConfig
 	budget := newInboxBudget(maxQueuedDatagrams)
+	opener, err := newSocketOpener()
+	if err != nil {
+		return err
+	}
+	s.opener = opener
 	gen := &addressGenerator{
 		public4: s.cfg.PublicIP4, public6: s.cfg.PublicIP6,
 		bind4: s.cfg.ListenAddr4, bind6: s.cfg.ListenAddr6,
 		low: s.cfg.LowestPort, high: s.cfg.HighestPort,
-		opts:  socketOptions{buffer: s.cfg.RelaySocketBuffer},
-		stats: s.stats,
-		fast:  s.fast,
-		guard: s.guard,
-		inbox: budget,
+		opts:   socketOptions{buffer: s.cfg.RelaySocketBuffer},
+		stats:  s.stats,
+		fast:   s.fast,
+		guard:  s.guard,
+		inbox:  budget,
+		opener: opener,
 	}
 	fail := func(err error) error {
 		for _, c := range s.conns {
@@ -291,12 +298,16 @@ func (s *Server) Close() error {
 	return s.closeErr
 }
 
-// closeWorkers stops the workers (after their sockets are closed).
+// closeWorkers stops the workers (after their sockets are closed) and the
+// socket opener.
 func (s *Server) closeWorkers() {
 	for _, w := range s.workers {
 		_ = w.Close()
 	}
 	s.workers = nil
+	if s.opener != nil {
+		s.opener.close()
+	}
 }
 
 // authenticate is pion's AuthHandler.

@@ -1,0 +1,103 @@
+//go:build !relay_portable
+
+package relay
+
+import (
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/pion/turn/v5"
+
+	"github.com/snowgate/snowgate/internal/netlab"
+	"github.com/snowgate/snowgate/internal/telemetry"
+)
+
+// TestRelayInNamespace starts the relay in-process from inside a network
+// namespace (netlab's Namespace.Do, as an end-to-end test bed does) and
+// relays between a client and a peer in two other namespaces: the
+// allocation's relay socket, which pion asks for from its own goroutine,
+// must be bound in the relay's namespace (without the socket opener it
+// would be bound in the test process's, and Allocate would fail with 508).
+// Needs root (skipped otherwise).
+func TestRelayInNamespace(t *testing.T) {
+	lab := netlab.New(t)
+	inet := lab.Internet()
+	relayHost := lab.Host("relay", inet, "198.18.0.101")
+	clientHost := lab.Host("client", inet, "198.18.0.102")
+	peerHost := lab.Host("peer", inet, "198.18.0.103")
+
+	var s *Server
+	if err := relayHost.Do(func() error {
+		cfg := Config{
+			PublicIP4: relayHost.Addr4(), ListenAddr4: relayHost.Addr4(),
+			ListenPort: DefaultListenPort, DrainTimeout: -1, Sockets: 2,
+			AllowPeers: []netip.Prefix{netip.PrefixFrom(peerHost.Addr4(), 32)},
+			Logger:     testLogger(),
+		}
+		var err error
+		if s, err = New(cfg); err != nil {
+			return err
+		}
+		return s.Start(t.Context())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+
+	clientConn, err := clientHost.ListenUDP("udp4", netip.AddrPortFrom(clientHost.Addr4(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clientConn.Close()
+	peer, err := peerHost.ListenUDP("udp4", netip.AddrPortFrom(peerHost.Addr4(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	user, pass := firezoneCreds(s, "salt-netns", time.Hour)
+	srv := s.Addr().String()
+	client, err := turn.NewClient(&turn.ClientConfig{
+		STUNServerAddr: srv, TURNServerAddr: srv, Conn: clientConn,
+		Username: user, Password: pass, Realm: DefaultRealm,
+		LoggerFactory: telemetry.PionLoggerFactory(testLogger()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	relayed, err := client.Allocate()
+	if err != nil {
+		t.Fatalf("Allocate in the relay's namespace: %v", err)
+	}
+	defer relayed.Close()
+	if ra := relayed.LocalAddr().(*net.UDPAddr); !ra.IP.Equal(relayHost.Addr4().AsSlice()) {
+		t.Fatalf("relayed address %v, want on %v", ra, relayHost.Addr4())
+	}
+	// Both ways, until the channel is bound and the fast path carries it.
+	for i := 0; ; i++ {
+		if _, err := relayed.WriteTo([]byte("to peer"), peer.LocalAddr()); err != nil {
+			t.Fatal(err)
+		}
+		if err := expectData(peer, []byte("to peer")); err != nil {
+			t.Fatalf("peer: %v", err)
+		}
+		if s.stats.channels.Load() == 1 {
+			break
+		}
+		if i > 100 {
+			t.Fatal("channel never bound")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := peer.WriteTo([]byte("to client"), relayed.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	if err := expectData(relayed, []byte("to client")); err != nil {
+		t.Fatalf("client: %v", err)
+	}
+}
