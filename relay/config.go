@@ -54,7 +54,12 @@ type Config struct {
 	// set; at least one is required.
 	PublicIP4, PublicIP6 netip.Addr
 	// ListenAddr4 and ListenAddr6 are the local addresses to bind (listener
-	// and relay sockets). Default: the unspecified address of the family.
+	// and relay sockets). Default: the public address of the family if the
+	// host has it on an interface (so that every reply and relayed datagram
+	// leaves from the address clients and peers know, even on a host with
+	// several addresses of the family, as IPv6 hosts usually have), else the
+	// unspecified address (a public address behind 1:1 NAT). Set the
+	// unspecified address explicitly to always bind all.
 	ListenAddr4, ListenAddr6 netip.Addr
 	// ListenPort is the TURN port (default 3478). -1 picks an ephemeral port
 	// (tests); Addr reports it.

@@ -101,3 +101,79 @@ func TestRelayInNamespace(t *testing.T) {
 		t.Fatalf("client: %v", err)
 	}
 }
+
+// TestRelayBindsLocalPublicAddress: on a host with two addresses whose
+// public one is the secondary, a relay without a configured listen address
+// binds the public one, so its replies and relayed datagrams leave from the
+// address clients and peers know (bound to all, the kernel would answer from
+// the primary address and pion's client would ignore the replies). Needs
+// root (skipped otherwise).
+func TestRelayBindsLocalPublicAddress(t *testing.T) {
+	lab := netlab.New(t)
+	inet := lab.Internet()
+	relayHost := lab.Host("relay", inet, "198.18.0.101")
+	clientHost := lab.Host("client", inet, "198.18.0.102")
+	peerHost := lab.Host("peer", inet, "198.18.0.103")
+	public := netip.MustParseAddr("198.18.0.111")
+	if out, err := relayHost.Exec(t.Context(), "ip", "addr", "add", public.String()+"/15", "dev", relayHost.Iface(inet).Name); err != nil {
+		t.Fatalf("add address: %v: %s", err, out)
+	}
+	var s *Server
+	if err := relayHost.Do(func() error {
+		var err error
+		s, err = New(Config{
+			PublicIP4: public, ListenPort: DefaultListenPort, DrainTimeout: -1, Sockets: 1,
+			AllowPeers: []netip.Prefix{netip.PrefixFrom(peerHost.Addr4(), 32)},
+			Logger:     testLogger(),
+		})
+		if err != nil {
+			return err
+		}
+		return s.Start(t.Context())
+	}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	if s.Addr().Addr() != public {
+		t.Fatalf("listening on %v, want the public address %v", s.Addr(), public)
+	}
+	clientConn, err := clientHost.ListenUDP("udp4", netip.AddrPortFrom(clientHost.Addr4(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer clientConn.Close()
+	peer, err := peerHost.ListenUDP("udp4", netip.AddrPortFrom(peerHost.Addr4(), 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	user, pass := firezoneCreds(s, "salt-bind", time.Hour)
+	srv := netip.AddrPortFrom(public, DefaultListenPort).String()
+	client, err := turn.NewClient(&turn.ClientConfig{
+		STUNServerAddr: srv, TURNServerAddr: srv, Conn: clientConn,
+		Username: user, Password: pass, Realm: DefaultRealm,
+		LoggerFactory: telemetry.PionLoggerFactory(testLogger()),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	if err := client.Listen(); err != nil {
+		t.Fatal(err)
+	}
+	relayed, err := client.Allocate()
+	if err != nil {
+		t.Fatalf("Allocate: %v", err)
+	}
+	defer relayed.Close()
+	if _, err := relayed.WriteTo([]byte("hello"), peer.LocalAddr()); err != nil {
+		t.Fatal(err)
+	}
+	got, from, err := readFrom(peer, 3*time.Second)
+	if err != nil || string(got) != "hello" {
+		t.Fatalf("peer read %q: %v", got, err)
+	}
+	if src := from.(*net.UDPAddr).AddrPort().Addr(); src != public {
+		t.Fatalf("peer got the datagram from %v, want the public address %v", src, public)
+	}
+}

@@ -34,22 +34,26 @@ type Server struct {
 	quota       *quota
 	fast        *fastPath // nil when disabled
 
-	draining  atomic.Bool
-	portalUp  atomic.Bool
-	started   atomic.Bool
-	turn      *turn.Server
-	opener    *socketOpener
-	workers   []*worker
-	conns     []*listenerConn
-	addr4     netip.AddrPort
-	addr6     netip.AddrPort
-	closeOnce sync.Once
-	closeErr  error
+	draining atomic.Bool
+	portalUp atomic.Bool
+	started  atomic.Bool
+	turn     *turn.Server
+	opener   *socketOpener
+	workers  []*worker
+	conns    []*listenerConn
+	addr4    netip.AddrPort
+	addr6    netip.AddrPort
+	// autoBind4/6: no listen address was configured; Start binds the
+	// public address if it is local (see Config.ListenAddr4).
+	autoBind4, autoBind6 bool
+	closeOnce            sync.Once
+	closeErr             error
 }
 
 // New validates cfg (filling defaults), draws the per-boot stamp secret and
 // registers the metrics. It binds nothing; Start does.
 func New(cfg Config) (*Server, error) {
+	auto4, auto6 := !cfg.ListenAddr4.IsValid(), !cfg.ListenAddr6.IsValid()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -57,7 +61,7 @@ func New(cfg Config) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, log: log}
+	s := &Server{cfg: cfg, log: log, autoBind4: auto4, autoBind6: auto6}
 	secret := cfg.RESTSecret
 	if cfg.Auth == AuthFirezone {
 		var b [32]byte
@@ -122,6 +126,7 @@ func (s *Server) Start(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return ErrStarted
 	}
+	s.chooseBindAddrs()
 	port := max(s.cfg.ListenPort, 0)
 	opts := socketOptions{buffer: s.cfg.SocketBuffer}
 	var pcs []turn.PacketConnConfig
@@ -296,6 +301,49 @@ func (s *Server) Close() error {
 		s.stats.unregister()
 	})
 	return s.closeErr
+}
+
+// chooseBindAddrs binds a family's public address instead of the
+// unspecified one when no listen address was configured and the host has
+// the public address on an interface: replies and relayed datagrams then
+// leave from it, not from whichever local address the kernel would pick.
+func (s *Server) chooseBindAddrs() {
+	auto := []struct {
+		on             bool
+		public, listen *netip.Addr
+	}{{s.autoBind4, &s.cfg.PublicIP4, &s.cfg.ListenAddr4}, {s.autoBind6, &s.cfg.PublicIP6, &s.cfg.ListenAddr6}}
+	var local map[netip.Addr]bool
+	for _, a := range auto {
+		if !a.on || !a.public.IsValid() {
+			continue
+		}
+		if local == nil {
+			local = localAddrs()
+		}
+		if local[*a.public] {
+			*a.listen = *a.public
+			s.log.Info("binding the public address, which is local (set the listen address to the unspecified one to bind all)",
+				"address", a.public.String())
+		}
+	}
+}
+
+// localAddrs lists the addresses on the host's interfaces (empty if they
+// cannot be read: binding all is the safe fallback).
+func localAddrs() map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return out
+	}
+	for _, a := range addrs {
+		if p, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(p.IP); ok {
+				out[ip.Unmap()] = true
+			}
+		}
+	}
+	return out
 }
 
 // closeWorkers stops the workers (after their sockets are closed) and the
