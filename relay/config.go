@@ -136,19 +136,15 @@ func (c *Config) Validate() error {
 		return bad("public IPv6 address %s is not IPv6", c.PublicIP6)
 	}
 	c.PublicIP4 = c.PublicIP4.Unmap()
-	if c.PublicIP4.IsValid() {
-		if !c.ListenAddr4.IsValid() {
-			c.ListenAddr4 = netip.IPv4Unspecified()
-		}
+	// An unset listen address stays unset here: Start picks the public
+	// address if it is local, else the unspecified one (see ListenAddr4).
+	if c.PublicIP4.IsValid() && c.ListenAddr4.IsValid() {
 		c.ListenAddr4 = c.ListenAddr4.Unmap()
 		if !c.ListenAddr4.Is4() {
 			return bad("listen address %s is not IPv4", c.ListenAddr4)
 		}
 	}
-	if c.PublicIP6.IsValid() {
-		if !c.ListenAddr6.IsValid() {
-			c.ListenAddr6 = netip.IPv6Unspecified()
-		}
+	if c.PublicIP6.IsValid() && c.ListenAddr6.IsValid() {
 		if !c.ListenAddr6.Is6() || c.ListenAddr6.Is4In6() {
 			return bad("listen address %s is not IPv6", c.ListenAddr6)
 		}

@@ -53,10 +53,11 @@ type Server struct {
 // New validates cfg (filling defaults), draws the per-boot stamp secret and
 // registers the metrics. It binds nothing; Start does.
 func New(cfg Config) (*Server, error) {
-	auto4, auto6 := !cfg.ListenAddr4.IsValid(), !cfg.ListenAddr6.IsValid()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	auto4 := cfg.PublicIP4.IsValid() && !cfg.ListenAddr4.IsValid()
+	auto6 := cfg.PublicIP6.IsValid() && !cfg.ListenAddr6.IsValid()
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -311,20 +312,26 @@ func (s *Server) chooseBindAddrs() {
 	auto := []struct {
 		on             bool
 		public, listen *netip.Addr
-	}{{s.autoBind4, &s.cfg.PublicIP4, &s.cfg.ListenAddr4}, {s.autoBind6, &s.cfg.PublicIP6, &s.cfg.ListenAddr6}}
+		any            netip.Addr
+	}{
+		{s.autoBind4, &s.cfg.PublicIP4, &s.cfg.ListenAddr4, netip.IPv4Unspecified()},
+		{s.autoBind6, &s.cfg.PublicIP6, &s.cfg.ListenAddr6, netip.IPv6Unspecified()},
+	}
 	var local map[netip.Addr]bool
 	for _, a := range auto {
-		if !a.on || !a.public.IsValid() {
+		if !a.on {
 			continue
 		}
 		if local == nil {
 			local = localAddrs()
 		}
-		if local[*a.public] {
-			*a.listen = *a.public
-			s.log.Info("binding the public address, which is local (set the listen address to the unspecified one to bind all)",
-				"address", a.public.String())
+		if !local[*a.public] {
+			*a.listen = a.any
+			continue
 		}
+		*a.listen = *a.public
+		s.log.Info("binding the public address, which is local (set the listen address to the unspecified one to bind all)",
+			"address", a.public.String())
 	}
 }
 
