@@ -33,6 +33,11 @@ type worker struct {
 	ep   *os.File // epfd, registered with the netpoller
 	rc   syscall.RawConn
 
+	// busy is held while the worker reads and handles one socket's batch;
+	// remove takes it once, so that when remove returns no batch of that
+	// socket is being handled any more.
+	busy sync.Mutex
+
 	mu     sync.Mutex
 	slots  []workerSlot // by the slot number in each epoll event
 	free   []int32
@@ -118,9 +123,13 @@ func (w *worker) add(sock *udpSocket, handle func(*recvBatch, int, *sendBatch), 
 }
 
 // remove unregisters the socket in slot; call it before closing the socket.
-// A round already under way may still look the slot up and find it empty
-// (or reused by a new socket, which then gets a harmless empty read).
+// When it returns, the worker is not handling a batch of that socket and
+// never will again. A round already under way may still look the slot up
+// and find it empty (or reused by a new socket, which then gets a harmless
+// empty read). Not to be called from a handler.
 func (w *worker) remove(slot int32) {
+	w.busy.Lock() // wait for a batch being handled (lock order: busy, then mu)
+	defer w.busy.Unlock()
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	s := w.slots[slot]
@@ -180,24 +189,36 @@ func (w *worker) round(uintptr) bool {
 	}
 	more := int(n) == len(w.events)
 	for _, ev := range w.events[:n] {
-		s := w.slot(ev.Fd)
-		if s.sock == nil {
-			continue
+		if w.handleEvent(ev.Fd) {
+			more = true
 		}
-		got, err := w.batch.read(s.sock)
-		if got > 0 {
-			s.handle(w.batch, got, w.send)
-			w.send.flush() // before the next read reuses the buffers
-			w.sinceYield += got
-			more = more || got == len(w.batch.msgs)
-		}
-		if err != nil {
-			more = true // let run yield now and then: a socket stuck in an error state must not spin
-			w.sinceYield++
-			w.clearError(s)
-			if s.readErr != nil {
-				s.readErr(err)
-			}
+	}
+	return more
+}
+
+// handleEvent reads and handles one batch of the socket in slot; true if
+// the socket may have more.
+func (w *worker) handleEvent(slot int32) bool {
+	w.busy.Lock()
+	defer w.busy.Unlock()
+	s := w.slot(slot)
+	if s.sock == nil {
+		return false
+	}
+	more := false
+	got, err := w.batch.read(s.sock)
+	if got > 0 {
+		s.handle(w.batch, got, w.send)
+		w.send.flush() // before the next read reuses the buffers
+		w.sinceYield += got
+		more = got == len(w.batch.msgs)
+	}
+	if err != nil {
+		more = true // let run yield now and then: a socket stuck in an error state must not spin
+		w.sinceYield++
+		w.clearError(s)
+		if s.readErr != nil {
+			s.readErr(err)
 		}
 	}
 	return more

@@ -63,14 +63,6 @@ func TestWorkerFairness(t *testing.T) {
 	const batch, backlog = 8, 2000
 	busy, busySender := openTestSocket(t)
 	quiet, quietSender := openTestSocket(t)
-	for range backlog {
-		if _, err := busySender.Write([]byte("flood")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if _, err := quietSender.Write([]byte("hello")); err != nil {
-		t.Fatal(err)
-	}
 	w, err := newWorker(batch, newStats(1), true)
 	if err != nil {
 		t.Fatal(err)
@@ -83,6 +75,21 @@ func TestWorkerFairness(t *testing.T) {
 	if _, err := w.add(quiet, h.handler("quiet"), nil); err != nil {
 		t.Fatal(err)
 	}
+	// Hold the worker (it waits for busy before reading) while both
+	// sockets fill, so that it finds the backlog and the lone datagram
+	// together.
+	w.busy.Lock()
+	for range backlog {
+		if _, err := busySender.Write([]byte("flood")); err != nil {
+			w.busy.Unlock()
+			t.Fatal(err)
+		}
+	}
+	if _, err := quietSender.Write([]byte("hello")); err != nil {
+		w.busy.Unlock()
+		t.Fatal(err)
+	}
+	w.busy.Unlock()
 	waitFor(t, 5*time.Second, "both sockets drained", func() bool {
 		return h.total("busy") == backlog && h.total("quiet") == 1
 	})
@@ -105,7 +112,8 @@ func TestWorkerFairness(t *testing.T) {
 
 // TestWorkerRemoveUnderLoad closes sockets while senders flood them and the
 // worker reads them; run with -race. Nothing may panic, no datagram may be
-// handled for a socket after its removal returned, and Close must stop the
+// handled for a socket after its removal returned (remove waits for a batch
+// being handled), and Close must stop the
 // worker's goroutine (the package's TestMain checks for leaks).
 func TestWorkerRemoveUnderLoad(t *testing.T) {
 	w, err := newWorker(16, newStats(1), true)
@@ -149,9 +157,8 @@ func TestWorkerRemoveUnderLoad(t *testing.T) {
 		if err := e.sock.close(); err != nil {
 			t.Fatal(err)
 		}
-		// A batch read before the removal may still be in its handler
-		// for a moment; after that, nothing more.
-		time.Sleep(5 * time.Millisecond)
+		// remove waits for a batch of the socket being handled: from
+		// here on, nothing more.
 		after := h.total(e.name)
 		time.Sleep(10 * time.Millisecond)
 		if got := h.total(e.name); got != after {

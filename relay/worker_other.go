@@ -26,6 +26,7 @@ type worker struct {
 
 type workerReader struct {
 	sock    *udpSocket
+	busy    sync.Mutex // held while handling a datagram; remove waits for it
 	removed atomic.Bool
 }
 
@@ -58,22 +59,27 @@ func (w *worker) add(sock *udpSocket, handle func(*recvBatch, int, *sendBatch), 
 				}
 				continue
 			}
+			r.busy.Lock()
 			if !r.removed.Load() {
 				handle(b, 1, out)
 			}
+			r.busy.Unlock()
 		}
 	}()
 	return slot, nil
 }
 
-// remove stops handing sock's datagrams on; closing the socket ends its
-// reader.
+// remove stops handing sock's datagrams on: when it returns, none is being
+// handled any more. Closing the socket ends its reader.
 func (w *worker) remove(slot int32) {
 	w.mu.Lock()
-	defer w.mu.Unlock()
-	if r := w.readers[slot]; r != nil {
+	r := w.readers[slot]
+	delete(w.readers, slot)
+	w.mu.Unlock()
+	if r != nil {
+		r.busy.Lock() // wait for a handler under way
 		r.removed.Store(true)
-		delete(w.readers, slot)
+		r.busy.Unlock()
 	}
 }
 
