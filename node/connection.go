@@ -507,6 +507,24 @@ func (n *Node) Stats() []ConnStats {
 // lastHandshakes reads every peer's last handshake time from wireguard-go.
 func (n *Node) lastHandshakes() map[Key]time.Time {
 	out := make(map[Key]time.Time)
+	for k, p := range n.peerStates() {
+		if !p.handshake.IsZero() {
+			out[k] = p.handshake
+		}
+	}
+	return out
+}
+
+// peerState is what wireguard-go reports about one peer.
+type peerState struct {
+	handshake time.Time // last handshake; zero if none
+	endpoint  string    // DstToString of the peer's endpoint; "" if none
+}
+
+// peerStates reads every peer's state from wireguard-go (one IpcGet:
+// O(peers), it serialises the whole device).
+func (n *Node) peerStates() map[Key]peerState {
+	out := make(map[Key]peerState)
 	s, err := n.dev.IpcGet()
 	if err != nil {
 		return out
@@ -525,12 +543,19 @@ func (n *Node) lastHandshakes() map[Key]time.Time {
 			if err == nil && len(b) == 32 {
 				copy(cur[:], b)
 			}
+			out[cur] = peerState{}
+		case "endpoint":
+			p := out[cur]
+			p.endpoint = v
+			out[cur] = p
 		case "last_handshake_time_sec":
 			sec, _ = strconv.ParseInt(v, 10, 64)
 		case "last_handshake_time_nsec":
 			nsec, _ := strconv.ParseInt(v, 10, 64)
 			if sec != 0 || nsec != 0 {
-				out[cur] = time.Unix(sec, nsec)
+				p := out[cur]
+				p.handshake = time.Unix(sec, nsec)
+				out[cur] = p
 			}
 		}
 	}

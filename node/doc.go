@@ -62,6 +62,18 @@
 // idempotent upsert. A re-run on a connection that was up keeps the WireGuard
 // session: the new path is used at once.
 //
+// A remote whose NAT remaps its mapping mid-connection keeps its connection:
+// wireguard-go moves its peer to the source of every authenticated packet,
+// and the demux hands up a WireGuard message from an address that is no
+// connection's path with a stray endpoint (bound to no connection). When such
+// messages arrive or are sent, the timer goroutine asks wireguard-go where
+// each established connection's peer now is (one IpcGet, at most every 50 ms)
+// and ties a new address to that connection (roam.go): its counters and idle
+// state follow the traffic again and its path names the new remote address
+// (reported as srflx: it is peer-reflexive). The packets before that (a few
+// milliseconds) are not counted. ICE is not re-run for it: the agents are
+// closed, and the remote's authenticated packets already prove the address.
+//
 // # Timers
 //
 // One goroutine sleeps on one timer until the node/idle scheduler says

@@ -16,6 +16,16 @@ func (n *Node) loop() {
 	defer n.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
+	// strayTimer spaces stray resolutions by strayInterval (roam.go).
+	strayTimer := time.NewTimer(time.Hour)
+	strayTimer.Stop()
+	var strayC <-chan time.Time
+	var lastStray time.Time
+	resolve := func() {
+		lastStray = time.Now()
+		n.strayFlag.Store(false) // reports from now on wake the loop again
+		n.resolveStrays()
+	}
 	for {
 		n.mu.Lock()
 		next, ok := n.sched.NextWake()
@@ -28,6 +38,7 @@ func (n *Node) loop() {
 		select {
 		case <-n.ctx.Done():
 			timer.Stop()
+			strayTimer.Stop()
 			return
 		case <-tc:
 			n.wakeups.Add(1)
@@ -37,6 +48,17 @@ func (n *Node) loop() {
 			n.onPoke(c)
 		case <-n.kick:
 			n.pokeAll()
+		case <-n.strays:
+			// strayFlag stays set until the resolution: no reports meanwhile.
+			if wait := strayInterval - time.Since(lastStray); wait > 0 {
+				strayTimer.Reset(wait)
+				strayC = strayTimer.C
+			} else {
+				resolve()
+			}
+		case <-strayC:
+			strayC = nil
+			resolve()
 		}
 		timer.Stop()
 	}

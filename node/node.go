@@ -102,6 +102,10 @@ type Node struct {
 	events chan Event
 	notify chan *connection
 	kick   chan struct{}
+	// strays wakes the loop to resolve stray endpoints (roam.go); strayFlag
+	// is set while a report is pending.
+	strays    chan struct{}
+	strayFlag atomic.Bool
 
 	wakeups     atomic.Uint64
 	liveAgents  atomic.Int64 // ICE agents created and not yet closed
@@ -164,6 +168,7 @@ func New(cfg Config) (*Node, error) {
 		agentUfrag: make(map[*ice.Agent]string),
 		notify:     make(chan *connection, 256),
 		kick:       make(chan struct{}, 1),
+		strays:     make(chan struct{}, 1),
 	}
 	n.allocByAddr.Store(&map[netip.AddrPort]*allocation{})
 	n.epDirect.Store(&map[netip.AddrPort]*endpoint{})
@@ -467,9 +472,11 @@ func (n *Node) demux(buf []byte, size *int, ep *wgconn.Endpoint, from netip.Addr
 	return false
 }
 
-// noteRx accounts a received WireGuard message to its connection.
+// noteRx accounts a received WireGuard message to its connection. A message
+// from an address tied to no connection may be a peer that roamed (roam.go).
 func (n *Node) noteRx(c *connection, b []byte, now int64) {
 	if c == nil {
+		n.noteStray()
 		return
 	}
 	c.rxBytes.Add(uint64(len(b)))
@@ -537,8 +544,17 @@ func (n *Node) poke(c *connection) {
 	}
 }
 
-// sendTo writes WireGuard messages along an endpoint.
+// sendTo writes WireGuard messages along an endpoint. A stray endpoint (a
+// peer roamed onto an address tied to no connection) counts for the
+// connection the node tied its address to since, if any (roam.go).
 func (n *Node) sendTo(bufs [][]byte, e *endpoint) error {
+	if e.conn == nil {
+		if b := n.boundEndpoint(e); b != nil {
+			e = b
+		} else {
+			n.noteStray()
+		}
+	}
 	if c := e.conn; c != nil {
 		var total int
 		activity := false
