@@ -32,5 +32,13 @@
 // mid-query, timeout) answers SERVFAIL on the application's connection, which stays open. Roam (a network
 // change) lists every in-flight forward to abandon (the driver resets its upstream sockets; later queries get
 // new ones, with new local ports) and answers every in-flight query SERVFAIL, UDP and TCP alike; the
-// applications' TCP connections to the sentinels are kept for their next queries.
+// applications' TCP connections to the sentinels are kept for their next queries. When an application closes
+// its connection (HandleTCPClose), its queries in flight are dropped unanswered and their forwards listed for
+// the driver to cancel (it closes their upstream sockets); no forward is shared between queries, so identical
+// queries elsewhere keep theirs.
+//
+// Metrics (Config.MeterProvider): snowgate.client.dns.queries by outcome (local, forwarded, servfail, dropped,
+// truncated, formerr, notimp) and snowgate.client.dns.upstream.answers.dropped by reason (source, id,
+// question, malformed, late; see AnswerDropReason): upstream answers dropped by the core, or by a driver that
+// reports them with ReportDroppedAnswer.
 package dns

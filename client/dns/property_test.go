@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -201,12 +202,18 @@ func TestPropTCPBookkeeping(t *testing.T) {
 					hs = append(hs, h)
 				}
 				h := rapid.SampledFrom(hs).Draw(t, "conn")
-				r.HandleTCPClose(h)
+				res := r.HandleTCPClose(h)
 				delete(open, h)
+				var want []ForwardID
 				for id, c := range inflightTCP {
 					if c == h {
+						want = append(want, id)
 						delete(inflightTCP, id)
 					}
+				}
+				slices.Sort(want)
+				if !slices.Equal(res.Cancelled, want) {
+					t.Fatalf("closing connection %d cancelled %v, want its forwards in flight %v", h, res.Cancelled, want)
 				}
 			},
 			"tcp query": func(t *rapid.T) {

@@ -117,6 +117,16 @@ type NameAssigned struct {
 	IPs        []netip.Addr
 }
 
+// TCPCloseResult lists what the driver must do after HandleTCPClose.
+type TCPCloseResult struct {
+	// Cancelled lists, in order, the forwards of the closed connection's queries that were handed out
+	// (PollForward) and are still in flight: the driver abandons their upstream exchanges (closes their
+	// upstream TCP sockets, forgets their pending UDP queries). Nobody waits for them any more: the core never
+	// shares a forward between queries, so identical queries on other connections have forwards of their own.
+	// Forwards of the connection not handed out yet are dropped from the PollForward queue instead.
+	Cancelled []ForwardID
+}
+
 // RoamResult lists what the driver must do after Roam.
 type RoamResult struct {
 	// Cancelled lists, in order, the forwards whose upstream exchange must be abandoned: their upstream
@@ -154,7 +164,8 @@ type inflight struct {
 	deadline time.Time
 }
 
-// Resolver is the sans-IO stub resolver core. It is not safe for concurrent use; drivers serialise calls.
+// Resolver is the sans-IO stub resolver core. It is not safe for concurrent use; drivers serialise calls
+// (ReportDroppedAnswer excepted).
 type Resolver struct {
 	log     *slog.Logger
 	timeout time.Duration
@@ -186,7 +197,8 @@ type Resolver struct {
 
 	nameBuf []byte
 
-	counts [numOutcomes]atomic.Int64 // read by the metric callback
+	counts  [numOutcomes]atomic.Int64    // read by the metric callback
+	dropped [numDropReasons]atomic.Int64 // read by the metric callback; written by ReportDroppedAnswer too
 }
 
 // outcome labels the snowgate.client.dns.queries metric.
@@ -206,6 +218,49 @@ const (
 var outcomeNames = [numOutcomes]string{"local", "forwarded", "servfail", "dropped", "truncated", "formerr", "notimp"}
 
 func (r *Resolver) count(o outcome) { r.counts[o].Add(1) }
+
+// AnswerDropReason says why an upstream answer was dropped: the reason attribute of the
+// snowgate.client.dns.upstream.answers.dropped metric.
+type AnswerDropReason uint8
+
+// Reasons for dropping an upstream answer (attribute values in quotes). A dropped answer never reaches the
+// application; the query goes on waiting for the real answer (or its deadline).
+const (
+	// DropWrongSource ("source"): not from the upstream's address and port.
+	DropWrongSource AnswerDropReason = iota
+	// DropUnknownID ("id"): no query with the answer's DNS id is outstanding to that upstream (on the socket
+	// the answer arrived on, for a driver's per-socket ids): late after a timeout, a duplicate, sent to
+	// another socket, or spoofed.
+	DropUnknownID
+	// DropWrongQuestion ("question"): the id of an outstanding query but not its question (see
+	// AnswerMatchesQuery), e.g. a spoofing attempt that guessed the id.
+	DropWrongQuestion
+	// DropMalformed ("malformed"): too short for a DNS header.
+	DropMalformed
+	// DropLate ("late"): an answer (HandleUpstreamResponse) for a forward that is no longer in flight: timed
+	// out, cancelled (roam, the application closed its connection) or already answered.
+	DropLate
+	numDropReasons
+)
+
+var dropReasonNames = [numDropReasons]string{"source", "id", "question", "malformed", "late"}
+
+// String returns the reason's attribute value ("source", "id", "question", "malformed", "late").
+func (d AnswerDropReason) String() string {
+	if d >= numDropReasons {
+		return fmt.Sprintf("AnswerDropReason(%d)", uint8(d))
+	}
+	return dropReasonNames[d]
+}
+
+// ReportDroppedAnswer counts an upstream answer the driver dropped (e.g. on its own UDP sockets) in the
+// snowgate.client.dns.upstream.answers.dropped metric. Unlike the other methods it is safe for concurrent use:
+// drivers call it without serialising. Unknown reasons are ignored.
+func (r *Resolver) ReportDroppedAnswer(reason AnswerDropReason) {
+	if reason < numDropReasons {
+		r.dropped[reason].Add(1)
+	}
+}
 
 // New builds a Resolver: it picks the upstreams (portal first, else resolv.conf), refuses reserved ones with a
 // *ReservedUpstreamError, and assigns the sentinels.
@@ -249,6 +304,21 @@ func New(cfg Config) (*Resolver, error) {
 		}))
 	if err != nil {
 		return nil, fmt.Errorf("creating dns query counter: %w", err)
+	}
+	var dropOpts [numDropReasons]metric.ObserveOption
+	for i, n := range dropReasonNames {
+		dropOpts[i] = metric.WithAttributeSet(attribute.NewSet(attribute.String("reason", n)))
+	}
+	_, err = mp.Meter("github.com/snowgate/snowgate/client/dns").Int64ObservableCounter("snowgate.client.dns.upstream.answers.dropped",
+		metric.WithDescription("Upstream DNS answers the stub resolver dropped (wrong source, id or question, malformed, late), by reason"),
+		metric.WithInt64Callback(func(_ context.Context, o metric.Int64Observer) error {
+			for i := range r.dropped {
+				o.Observe(r.dropped[i].Load(), dropOpts[i])
+			}
+			return nil
+		}))
+	if err != nil {
+		return nil, fmt.Errorf("creating dns dropped answers counter: %w", err)
 	}
 	if r.timeout <= 0 {
 		r.timeout = 5 * time.Second
@@ -543,12 +613,13 @@ func (r *Resolver) servfail(f *inflight) {
 }
 
 // HandleUpstreamResponse delivers the upstream's answer to forward id. Answers for unknown (finished, timed out
-// or cancelled) forwards are ignored. UDP answers larger than the application's limit are truncated (TC set);
+// or cancelled) forwards are ignored and counted as dropped (DropLate). UDP answers larger than the application's limit are truncated (TC set);
 // malformed answers or answers with the wrong id or question (see AnswerMatchesQuery) become SERVFAIL. A
 // driver reading UDP answers should drop a mismatching one itself and keep waiting for the real answer.
 func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Time) {
 	f := r.inflight[id]
 	if f == nil {
+		r.dropped[DropLate].Add(1)
 		r.log.Debug("upstream response for a finished query", "forward", uint64(id))
 		return
 	}
@@ -582,17 +653,25 @@ func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Ti
 
 // HandleUpstreamPacket delivers a raw answer that arrived from upstream (e.g. through the tunnel) without a
 // ForwardID: it is matched by (upstream, DNS id, question; see AnswerMatchesQuery) to the oldest such in-flight
-// query. It reports whether one matched; an answer that matches none (late, duplicate or spoofed) is dropped.
+// query. It reports whether one matched; an answer that matches none (late, duplicate or spoofed) is dropped
+// and counted (DropMalformed, DropUnknownID, DropWrongQuestion).
 func (r *Resolver) HandleUpstreamPacket(upstream netip.AddrPort, resp []byte, now time.Time) bool {
 	id, _, ok := parseHeader(resp)
 	if !ok {
+		r.dropped[DropMalformed].Add(1)
 		return false
 	}
-	for _, fid := range r.byKey[fwdKey{upstream, id}] {
+	ids := r.byKey[fwdKey{upstream, id}]
+	for _, fid := range ids {
 		if f := r.inflight[fid]; f != nil && AnswerMatchesQuery(f.query, resp) {
 			r.HandleUpstreamResponse(fid, resp, now)
 			return true
 		}
+	}
+	if len(ids) == 0 {
+		r.dropped[DropUnknownID].Add(1)
+	} else {
+		r.dropped[DropWrongQuestion].Add(1)
 	}
 	r.log.Debug("upstream response for an unknown query", "upstream", upstream, "id", id)
 	return false
@@ -697,21 +776,50 @@ func (r *Resolver) HandleTCPAccept(server netip.Addr, handle uint64) error {
 	return nil
 }
 
-// HandleTCPClose forgets a closed connection and the queries still in flight on it.
-func (r *Resolver) HandleTCPClose(handle uint64) {
+// HandleTCPClose forgets a closed connection and the queries still in flight on it (they get no answer and
+// count as dropped). It lists the forwards whose upstream exchanges the driver must cancel (see
+// TCPCloseResult); forwards of the connection not handed out yet are dropped from the PollForward queue.
+func (r *Resolver) HandleTCPClose(handle uint64) TCPCloseResult {
+	var res TCPCloseResult
 	s, ok := r.tcpConns[handle]
 	if !ok {
-		return
+		return res
 	}
 	delete(r.tcpConns, handle)
 	if r.tcpCount[s]--; r.tcpCount[s] <= 0 {
 		delete(r.tcpCount, s)
 	}
+	ofConn := func(src Source) bool { return src.Transport == TCP && src.Handle == handle }
+	var queued map[ForwardID]bool // rarely any: drivers poll right after HandleQuery
+	r.forwards = slices.DeleteFunc(r.forwards, func(f Forward) bool {
+		if ofConn(f.Source) {
+			if queued == nil {
+				queued = map[ForwardID]bool{}
+			}
+			queued[f.ID] = true
+			return true
+		}
+		return false
+	})
+	if len(r.forwards) == 0 {
+		r.forwards = nil
+	}
 	for _, f := range r.inflight {
-		if f.src.Transport == TCP && f.src.Handle == handle {
-			r.remove(f)
+		if !ofConn(f.src) {
+			continue
+		}
+		r.remove(f)
+		r.count(outDropped)
+		if !queued[f.id] {
+			res.Cancelled = append(res.Cancelled, f.id)
 		}
 	}
+	slices.Sort(res.Cancelled)
+	if len(res.Cancelled)+len(queued) > 0 {
+		r.log.Debug("DNS-over-TCP connection closed: its queries are abandoned", "conn", handle,
+			"cancelled", len(res.Cancelled), "not_sent", len(queued))
+	}
+	return res
 }
 
 // TCPConns returns how many DNS-over-TCP connections sentinel server has.

@@ -5,10 +5,13 @@
 // UDP queries to upstreams on the physical network go out from a small pool of connected sockets per upstream
 // with random source ports, rotated after a bounded number of queries or time, under random DNS ids; an answer
 // is accepted only from the upstream's address and port with the id and question of a query outstanding on that
-// socket (RFC 5452), others are dropped and the real answer still awaited. On real UDP sockets queries are
+// socket (RFC 5452), others are dropped (counted in the resolver's snowgate.client.dns.upstream.answers.dropped
+// metric, by reason) and the real answer still awaited. On real UDP sockets queries are
 // read, and replies and upstream queries written, several per system call (recvmmsg/sendmmsg on Linux). TCP
 // queries, and queries to upstreams inside the tunnel, get a socket of their own per query (miekg/dns
-// connections over Config.Dial / Config.TunnelDial), also under random ids.
+// connections over Config.Dial / Config.TunnelDial), also under random ids. When an application closes its
+// DNS-over-TCP connection, the upstream exchanges of its queries in flight are cancelled at once (their
+// sockets closed).
 package server
 
 import (
@@ -82,9 +85,6 @@ type Server struct {
 	udpUps     map[netip.AddrPort]*udpUpstream
 	kick       chan struct{}
 	timerArmed atomic.Bool
-	// mismatched counts UDP upstream answers dropped because they matched no query in flight (wrong source,
-	// id or question: late, duplicate or spoofed).
-	mismatched atomic.Uint64
 	readBufs   sync.Pool // *[]ipv4.Message for upstream socket readers
 
 	nextHandle atomic.Uint64
@@ -482,9 +482,12 @@ func (s *Server) acceptLoop(ctx context.Context, ln net.Listener, server netip.A
 func (s *Server) tcpLoop(c net.Conn, h uint64, server netip.AddrPort) {
 	defer func() {
 		s.mu.Lock()
-		s.r.HandleTCPClose(h)
+		res := s.r.HandleTCPClose(h)
 		delete(s.conns, h)
 		s.mu.Unlock()
+		// Its queries' forwards were started by this goroutine (dispatch, before the next read), so every
+		// one of them is registered by now: nothing is left to start after this.
+		s.cancelForwards(res.Cancelled, errAppClosed)
 		_ = c.Close()
 	}()
 	stop := context.AfterFunc(s.ctx, func() { _ = c.Close() })
@@ -522,6 +525,34 @@ func (s *Server) tcpLoop(c net.Conn, h uint64, server netip.AddrPort) {
 
 // errRoamed is the cancellation cause of the upstream exchanges a roam abandons.
 var errRoamed = errors.New("network roamed")
+
+// errAppClosed is the cancellation cause of the upstream exchanges of queries whose application closed its
+// DNS-over-TCP connection.
+var errAppClosed = errors.New("the application closed its DNS-over-TCP connection")
+
+// cancelForwards abandons the upstream exchanges of forwards the core no longer waits for (they must not be in
+// flight in the core any more): an exchange of its own (TCP, through the tunnel) is cancelled with cause (its
+// socket reset for errRoamed, else closed), and a query pending on an upstream UDP socket is forgotten, so
+// that its answer, should it come, is dropped like any unknown one.
+func (s *Server) cancelForwards(ids []dns.ForwardID, cause error) {
+	if len(ids) == 0 {
+		return
+	}
+	var udp []dns.ForwardID
+	s.mu.Lock()
+	for _, id := range ids {
+		if cancel := s.exchanges[id]; cancel != nil {
+			cancel(cause)
+			delete(s.exchanges, id)
+		} else {
+			udp = append(udp, id)
+		}
+	}
+	s.mu.Unlock()
+	if len(udp) > 0 {
+		s.forgetUDPPending(udp) // not under s.mu: openUDPSockLocked takes s.mu under a pool's lock
+	}
+}
 
 // startExchange performs one forwarded query in its own goroutine, unless a roam since it was drained from the
 // core (roams) already answered it.
@@ -564,7 +595,7 @@ func (s *Server) startExchange(f dns.Forward, roams uint64) {
 // port, and the ones after a roam get new ones) and returns the first answer carrying that id and the query's
 // question (dns.AnswerMatchesQuery; over UDP other datagrams are dropped, over TCP they fail the exchange),
 // with the application's id put back. When a roam abandons it, a TCP socket is reset (RST) rather than closed
-// gracefully.
+// gracefully; when the application closed its connection (errAppClosed) it is closed.
 func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 	dial := s.cfg.Dial
 	if f.ThroughTunnel {
@@ -609,7 +640,14 @@ func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
 		if f.Transport == dns.TCP {
 			return nil, fmt.Errorf("upstream %s/tcp answered with a wrong id", f.Upstream)
 		}
-		s.mismatched.Add(1)
+		switch {
+		case n < 12:
+			s.r.ReportDroppedAnswer(dns.DropMalformed)
+		case binary.BigEndian.Uint16(buf) != want:
+			s.r.ReportDroppedAnswer(dns.DropUnknownID)
+		default:
+			s.r.ReportDroppedAnswer(dns.DropWrongQuestion)
+		}
 	}
 }
 

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	mdns "github.com/miekg/dns"
+	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
+	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.uber.org/goleak"
 
 	"github.com/snowgate/snowgate/client/dns"
@@ -64,6 +66,31 @@ type stub struct {
 	udpAddr string
 	tcpAddr string
 	events  chan dns.NameAssigned
+	metrics *sdkmetric.ManualReader // the resolver's metrics
+}
+
+// droppedAnswers returns the snowgate.client.dns.upstream.answers.dropped counters by reason, read through the
+// stub's OpenTelemetry SDK reader.
+func (st *stub) droppedAnswers(t *testing.T) map[string]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := st.metrics.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			d, ok := m.Data.(metricdata.Sum[int64])
+			if !ok || m.Name != "snowgate.client.dns.upstream.answers.dropped" {
+				continue
+			}
+			for _, p := range d.DataPoints {
+				reason, _ := p.Attributes.Value("reason")
+				got[reason.AsString()] = p.Value
+			}
+		}
+	}
+	return got
 }
 
 // startStub serves the stub on 127.0.0.1 with upstream as sentinel 100.100.111.1's resolver.
@@ -86,14 +113,17 @@ func startStubOn(t *testing.T, upstream netip.AddrPort, lo string) *stub {
 
 func startStubListen(t *testing.T, upstream netip.AddrPort, timeout time.Duration, lo string) *stub {
 	t.Helper()
-	r, err := dns.New(dns.Config{UpstreamDNS: []netip.AddrPort{upstream}, UpstreamTimeout: timeout})
+	reader := sdkmetric.NewManualReader()
+	mp := sdkmetric.NewMeterProvider(sdkmetric.WithReader(reader))
+	t.Cleanup(func() { _ = mp.Shutdown(context.Background()) })
+	r, err := dns.New(dns.Config{UpstreamDNS: []netip.AddrPort{upstream}, UpstreamTimeout: timeout, MeterProvider: mp})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := r.SetResources([]dns.Resource{{ID: "res", Address: "**.corp.test"}}, nil); err != nil {
 		t.Fatal(err)
 	}
-	st := &stub{events: make(chan dns.NameAssigned, 16)}
+	st := &stub{events: make(chan dns.NameAssigned, 16), metrics: reader}
 	st.srv, err = New(Config{Resolver: r, OnEvent: func(e dns.NameAssigned) { st.events <- e }})
 	if err != nil {
 		t.Fatal(err)

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -307,17 +308,26 @@ func (s *Server) readUpstream(u *udpUpstream, sk *udpSock) {
 			if ua, ok := m.Addr.(*net.UDPAddr); ok {
 				from = ua.AddrPort()
 			}
-			if from.Addr().Unmap() != u.addr.Addr().Unmap() || from.Port() != u.addr.Port() || len(ans) < 12 {
-				s.mismatched.Add(1)
+			if from.Addr().Unmap() != u.addr.Addr().Unmap() || from.Port() != u.addr.Port() {
+				s.r.ReportDroppedAnswer(dns.DropWrongSource)
 				s.log.Debug("dropped a DNS answer from an unexpected source", "upstream", u.addr, "from", from, "len", len(ans))
+				continue
+			}
+			if len(ans) < 12 {
+				s.r.ReportDroppedAnswer(dns.DropMalformed)
+				s.log.Debug("dropped a DNS answer shorter than a header", "upstream", u.addr, "len", len(ans))
 				continue
 			}
 			id := binary.BigEndian.Uint16(ans)
 			pq, ok := sk.pending[id]
 			if !ok || !dns.AnswerMatchesQuery(pq.query, ans) {
 				// Late (timed out), duplicate, or spoofed: the real answer may still come.
-				s.mismatched.Add(1)
-				s.log.Debug("dropped a DNS answer matching no query in flight", "upstream", u.addr, "id", id)
+				reason := dns.DropUnknownID
+				if ok {
+					reason = dns.DropWrongQuestion
+				}
+				s.r.ReportDroppedAnswer(reason)
+				s.log.Debug("dropped a DNS answer matching no query in flight", "upstream", u.addr, "id", id, "reason", reason.String())
 				continue
 			}
 			delete(sk.pending, id)
@@ -409,6 +419,31 @@ func (s *Server) expireUDP(now time.Time) (time.Time, bool) {
 		s.dispatch(&p)
 	}
 	return next, !next.IsZero()
+}
+
+// forgetUDPPending forgets the queries of forwards ids pending on the upstream UDP sockets (their answers will
+// be dropped as unknown), closing retired sockets left with nothing pending.
+func (s *Server) forgetUDPPending(ids []dns.ForwardID) {
+	var toClose []*net.UDPConn
+	s.umu.Lock()
+	for _, u := range s.udpUps {
+		u.mu.Lock()
+		for sk := range u.all {
+			for id, pq := range sk.pending {
+				if slices.Contains(ids, pq.fwd) {
+					delete(sk.pending, id)
+				}
+			}
+			if u.closeIfDoneLocked(sk) {
+				toClose = append(toClose, sk.conn)
+			}
+		}
+		u.mu.Unlock()
+	}
+	s.umu.Unlock()
+	for _, c := range toClose {
+		_ = c.Close()
+	}
 }
 
 // closeUDPUpstreams closes every upstream socket (Roam rebinds: new sockets are opened on the next query).

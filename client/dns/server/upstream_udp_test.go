@@ -69,33 +69,40 @@ func reply(t *testing.T, q *mdns.Msg, ip byte, edit func(*mdns.Msg)) []byte {
 
 // TestUpstreamUDPAnswerRules (RFC 5452): an answer is accepted only from the upstream's address and port with
 // the outstanding query's id and question (name case-insensitively, type, class). A mismatching answer is
-// dropped and counted, and the real answer that follows still reaches the application. Before the question
-// check, the "other name", "other type" and "other class" answers were delivered to the application.
+// dropped and counted by reason in the snowgate.client.dns.upstream.answers.dropped metric, and the real
+// answer that follows still reaches the application. Before the question check, the "other name", "other
+// type" and "other class" answers were delivered to the application; before the metric, drops were counted
+// internally only, without a reason.
 func TestUpstreamUDPAnswerRules(t *testing.T) {
 	ru := newRawUpstream(t)
 	st := startStub(t, ru.addr())
 	cases := []struct {
 		name     string
 		spoof    func(q *mdns.Msg) []byte
-		fromElse bool // sent from another port of the upstream's address
-		accepted bool // the first answer is the one the application gets
+		fromElse bool   // sent from another port of the upstream's address
+		accepted bool   // the first answer is the one the application gets
+		reason   string // the dropped-answers reason counted for the first answer ("": none)
 	}{
-		{"right answer from another port", func(q *mdns.Msg) []byte { return reply(t, q, 66, nil) }, true, false},
-		{"other id", func(q *mdns.Msg) []byte { return reply(t, q, 66, func(m *mdns.Msg) { m.Id++ }) }, false, false},
+		// The kernel drops this one: the stub's upstream sockets are connected.
+		{"right answer from another port", func(q *mdns.Msg) []byte { return reply(t, q, 66, nil) }, true, false, ""},
+		{"other id", func(q *mdns.Msg) []byte { return reply(t, q, 66, func(m *mdns.Msg) { m.Id++ }) }, false, false, "id"},
 		{"other name", func(q *mdns.Msg) []byte {
 			return reply(t, q, 66, func(m *mdns.Msg) { m.Question[0].Name = "evil.test." })
-		}, false, false},
+		}, false, false, "question"},
 		{"other type", func(q *mdns.Msg) []byte {
 			return reply(t, q, 66, func(m *mdns.Msg) { m.Question[0].Qtype = mdns.TypeAAAA })
-		}, false, false},
+		}, false, false, "question"},
 		{"other class", func(q *mdns.Msg) []byte {
 			return reply(t, q, 66, func(m *mdns.Msg) { m.Question[0].Qclass = mdns.ClassCHAOS })
-		}, false, false},
-		{"no question", func(q *mdns.Msg) []byte { return reply(t, q, 66, func(m *mdns.Msg) { m.Question = nil }) }, false, false},
-		{"header only", func(q *mdns.Msg) []byte { return reply(t, q, 66, nil)[:12] }, false, false},
+		}, false, false, "question"},
+		{"no question", func(q *mdns.Msg) []byte {
+			return reply(t, q, 66, func(m *mdns.Msg) { m.Question = nil })
+		}, false, false, "question"},
+		{"header only", func(q *mdns.Msg) []byte { return reply(t, q, 66, nil)[:12] }, false, false, "question"},
+		{"shorter than a header", func(q *mdns.Msg) []byte { return reply(t, q, 66, nil)[:11] }, false, false, "malformed"},
 		{"name in other letter case", func(q *mdns.Msg) []byte {
 			return reply(t, q, 66, func(m *mdns.Msg) { m.Question[0].Name = "BANK.Example.ORG." })
-		}, false, true},
+		}, false, true, ""},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -112,7 +119,7 @@ func TestUpstreamUDPAnswerRules(t *testing.T) {
 				t.Fatal(err)
 			}
 			up, from := ru.readQuery(t)
-			before := st.srv.mismatched.Load()
+			before := st.droppedAnswers(t)
 			spoofer := ru.conn
 			if c.fromElse {
 				spoofer = ru.other
@@ -140,8 +147,20 @@ func TestUpstreamUDPAnswerRules(t *testing.T) {
 			if m.Id != 4242 || len(m.Answer) != 1 || !m.Answer[0].(*mdns.A).A.Equal(want) {
 				t.Fatalf("application got %v, want id 4242 and A %v", m, want)
 			}
-			if !c.accepted && !c.fromElse && st.srv.mismatched.Load() == before {
-				t.Error("dropped answer not counted")
+			if c.reason != "" {
+				after := st.droppedAnswers(t)
+				for reason, v := range after {
+					want := before[reason]
+					if reason == c.reason {
+						want++
+					}
+					if v != want {
+						t.Errorf("dropped answers{reason=%s} went from %d to %d, want %d", reason, before[reason], v, want)
+					}
+				}
+				if _, ok := after[c.reason]; !ok {
+					t.Errorf("no dropped answers{reason=%s} exported (got %v)", c.reason, after)
+				}
 			}
 			// Nothing else reaches the application (the second answer, if any, is a duplicate and dropped).
 			_ = app.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
@@ -283,8 +302,8 @@ func TestUpstreamUDPBurst(t *testing.T) {
 					t.Errorf("app %d got %v", i, m)
 				}
 			}
-			if got := st.srv.mismatched.Load(); got < n {
-				t.Errorf("%d answers counted as mismatched, want at least %d", got, n)
+			if got := st.droppedAnswers(t)["question"]; got != n {
+				t.Errorf("%d answers counted as dropped for their question, want %d", got, n)
 			}
 		})
 	}
