@@ -1,22 +1,14 @@
 package node
 
 import (
-	"context"
-	"errors"
-	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
-	"os"
-	"os/signal"
-	"path/filepath"
-	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
+
 	"github.com/snowgate/snowgate/internal/netlab"
 	"github.com/snowgate/snowgate/relay"
 )
@@ -29,54 +21,10 @@ import (
 //	  rc (NAT) WAN 198.18.0.1 ─ LAN 192.0.2.0/24: client 192.0.2.2
 //	  rg (NAT) WAN 198.18.0.2 ─ LAN 198.51.100.0/24: gateway 198.51.100.2
 //
-// The relay runs as a child process (this test binary re-executed inside
-// relay1's namespace, see runE2ERelay): pion/turn opens an allocation's
-// socket on whatever goroutine handles the Allocate request, so an in-process
-// relay would bind it in the test's own namespace. The nodes run in-process
-// with a transport.Net whose sockets are created inside their namespace.
-
-// e2eRelayEnv, when set ("<public IPv4>,<secret file>"), makes the test
-// binary run our relay instead of the tests (see TestMain).
-const e2eRelayEnv = "SNOWGATE_NODE_E2E_RELAY"
-
-// runE2ERelay is the child process: our relay on ip:3478 with the portal's
-// credential scheme; it writes its stamp secret to a file (what it would send
-// the portal) and serves until killed.
-func runE2ERelay(spec string) int {
-	ipText, secretFile, ok := strings.Cut(spec, ",")
-	ip, err := netip.ParseAddr(ipText)
-	if !ok || err != nil {
-		fmt.Fprintf(os.Stderr, "bad %s=%q\n", e2eRelayEnv, spec)
-		return 2
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
-	srv, err := relay.New(relay.Config{
-		PublicIP4: ip, ListenAddr4: ip, ListenPort: relay.DefaultListenPort,
-		Sockets: 1, DrainTimeout: -1, Logger: log,
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
-	defer stop()
-	if err := srv.Start(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer srv.Close()
-	tmp := secretFile + ".tmp"
-	if err := os.WriteFile(tmp, []byte(srv.StampSecret()), 0o600); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	if err := os.Rename(tmp, secretFile); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	<-ctx.Done()
-	return 0
-}
+// The relay runs in-process, started from inside relay1's namespace (the
+// relay opens its allocations' sockets in the namespace it was started in).
+// The nodes run in-process with a transport.Net whose sockets are created
+// inside their namespace.
 
 // nsNet is the host network as seen from a namespace: interfaces were listed
 // inside it (stdnet caches them at creation) and every socket is created
@@ -132,23 +80,22 @@ func buildE2ELab(t *testing.T, nat netlab.NATType) *e2eLab {
 		relayAddr: netip.AddrPortFrom(relayHost.Addr4(), relay.DefaultListenPort),
 	}
 
-	secretFile := filepath.Join(t.TempDir(), "stamp-secret")
-	relayHost.Run(t, t.Context(), "env", e2eRelayEnv+"="+relayHost.Addr4().String()+","+secretFile, os.Args[0], "-test.run=^$")
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		b, err := os.ReadFile(secretFile)
-		if err == nil && len(b) > 0 {
-			l.stampSecret = string(b)
-			break
+	var srv *relay.Server
+	if err := relayHost.Do(func() error {
+		var err error
+		srv, err = relay.New(relay.Config{
+			PublicIP4: relayHost.Addr4(), ListenAddr4: relayHost.Addr4(), ListenPort: relay.DefaultListenPort,
+			Sockets: 1, DrainTimeout: -1, Logger: testLogger(t).With("component", "relay"),
+		})
+		if err != nil {
+			return err
 		}
-		if !errors.Is(err, os.ErrNotExist) && err != nil {
-			t.Fatal(err)
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("relay in relay1's namespace did not start")
-		}
-		time.Sleep(20 * time.Millisecond)
+		return srv.Start(t.Context())
+	}); err != nil {
+		t.Fatalf("relay in relay1's namespace: %v", err)
 	}
+	t.Cleanup(func() { _ = srv.Close() })
+	l.stampSecret = srv.StampSecret()
 	return l
 }
 

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"os"
 	"testing"
 	"time"
 
@@ -16,9 +15,6 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	if spec := os.Getenv(e2eRelayEnv); spec != "" {
-		os.Exit(runE2ERelay(spec)) // child process of the netlab tests (e2e_test.go)
-	}
 	goleak.VerifyTestMain(m)
 }
 
