@@ -47,7 +47,7 @@ func loopbackConfig() Config {
 	}
 }
 
-func startRelay(t *testing.T, cfg Config) *Server {
+func startRelay(t testing.TB, cfg Config) *Server {
 	t.Helper()
 	s, err := New(cfg)
 	if err != nil {
@@ -68,14 +68,14 @@ func firezoneCreds(s *Server, salt string, validity time.Duration) (string, stri
 
 // rawClient speaks STUN/TURN by hand so tests can check exact error codes.
 type rawClient struct {
-	t                 *testing.T
+	t                 testing.TB
 	conn              *net.UDPConn
 	server            *net.UDPAddr
 	user, pass, realm string
 	nonce             string
 }
 
-func newRawClient(t *testing.T, server netip.AddrPort, user, pass string) *rawClient {
+func newRawClient(t testing.TB, server netip.AddrPort, user, pass string) *rawClient {
 	t.Helper()
 	network := "udp4"
 	local := "127.0.0.1:0"
