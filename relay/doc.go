@@ -3,8 +3,10 @@
 // that keeps relayed traffic away from the relay's own networks, SO_REUSEPORT
 // listener sockets on every core, allocation quotas, portal registration over
 // the Phoenix channel, a drain on shutdown, and cheap counters exported
-// through OpenTelemetry. It runs on Linux only (epoll, recvmmsg/sendmmsg,
-// UDP GSO), like the relay fleet it is meant for.
+// through OpenTelemetry. Its fast data path is Linux's (epoll,
+// recvmmsg/sendmmsg, UDP GSO), like the relay fleet it is meant for; other
+// Unix systems build a portable path (datapath.go) so that the dev stack and
+// the tests that embed a relay run there too.
 //
 // Data path: pion handles requests and the rules, the relay moves the bytes.
 // Every socket (listener and relay) is a raw non-blocking UDP socket owned by
@@ -19,7 +21,10 @@
 //
 // Embedding (dev stack, tests): relay.New(cfg) validates the config and draws
 // the per-boot stamp secret (StampSecret); Start binds the sockets (Addr,
-// Addr6 report them; ListenPort -1 picks an ephemeral port); Run(ctx) also
+// Addr6 report them; ListenPort -1 picks an ephemeral port; with no listen
+// address it binds the public address if the host has it, else all) in the
+// network namespace of the thread that calls it — allocations' sockets
+// too, so a test bed can start relays inside netlab namespaces; Run(ctx) also
 // registers with the portal when cfg.Portal is set and serves until ctx ends,
 // then drains and closes. Loopback peers are refused by default; tests allow
 // them with AllowPeers (e.g. 127.0.0.0/8 and ::1/128).
