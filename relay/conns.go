@@ -38,20 +38,12 @@ func (noDeadlines) SetReadDeadline(time.Time) error { return errNoDeadlines }
 // SetWriteDeadline implements net.PacketConn; deadlines are not offered.
 func (noDeadlines) SetWriteDeadline(time.Time) error { return errNoDeadlines }
 
-// listenerConn is one listener socket as pion sees it (a net.PacketConn).
-// Its worker reads the socket: ChannelData of bound channels is relayed
-// there (fast path) and everything else waits in the inbox for pion's read
-// loop, which ReadFrom serves. ReadFrom also lets the server answer some
-// requests before pion sees them (intercept). WriteTo sends directly and
-// counts relayed traffic; it is called from many goroutines.
-type listenerConn struct {
+// workerConn is what listenerConn and relayConn share: a socket a worker
+// reads, the inbox that serves pion's ReadFrom, and a close undoing both.
+type workerConn struct {
 	noDeadlines
-	sock      *udpSocket
-	shard     *trafficShard
-	stats     *stats
-	intercept func(b []byte, from net.Addr) bool
-	fast      *fastPath // nil: everything goes to pion
-	inbox     *inbox
+	sock  *udpSocket
+	inbox *inbox
 
 	w         *worker
 	slot      int32
@@ -59,14 +51,53 @@ type listenerConn struct {
 	closeErr  error
 }
 
-// attach registers the listener with its worker.
-func (l *listenerConn) attach(w *worker) error {
-	slot, err := w.add(l.sock, l.handleBatch, l.stats.readError)
+// attach registers the socket with w, which hands its datagrams to handle.
+func (c *workerConn) attach(w *worker, handle func(*recvBatch, int, *sendBatch), readErr func(error)) error {
+	slot, err := w.add(c.sock, handle, readErr)
 	if err != nil {
 		return err
 	}
-	l.w, l.slot = w, slot
+	c.w, c.slot = w, slot
 	return nil
+}
+
+// close runs first (if not nil), then the worker stops reading the
+// socket, pion's ReadFrom returns net.ErrClosed, and the socket is closed;
+// only the first call does anything.
+func (c *workerConn) close(first func()) error {
+	c.closeOnce.Do(func() {
+		if first != nil {
+			first()
+		}
+		if c.w != nil {
+			c.w.remove(c.slot)
+		}
+		c.inbox.close()
+		c.closeErr = c.sock.close()
+	})
+	return c.closeErr
+}
+
+// LocalAddr implements net.PacketConn.
+func (c *workerConn) LocalAddr() net.Addr { return c.sock.LocalAddr() }
+
+// listenerConn is one listener socket as pion sees it (a net.PacketConn).
+// Its worker reads the socket: ChannelData of bound channels is relayed
+// there (fast path) and everything else waits in the inbox for pion's read
+// loop, which ReadFrom serves. ReadFrom also lets the server answer some
+// requests before pion sees them (intercept). WriteTo sends directly and
+// counts relayed traffic; it is called from many goroutines.
+type listenerConn struct {
+	workerConn
+	shard     *trafficShard
+	stats     *stats
+	intercept func(b []byte, from net.Addr) bool
+	fast      *fastPath // nil: everything goes to pion
+}
+
+// attach registers the listener with its worker.
+func (l *listenerConn) attach(w *worker) error {
+	return l.workerConn.attach(w, l.handleBatch, l.stats.readError)
 }
 
 // handleBatch runs on the worker: relay bound ChannelData, queue the rest.
@@ -130,19 +161,7 @@ func (l *listenerConn) WriteTo(p []byte, addr net.Addr) (int, error) {
 
 // Close implements net.PacketConn: the worker stops reading the socket,
 // pion's ReadFrom returns net.ErrClosed, and the socket is closed.
-func (l *listenerConn) Close() error {
-	l.closeOnce.Do(func() {
-		if l.w != nil {
-			l.w.remove(l.slot)
-		}
-		l.inbox.close()
-		l.closeErr = l.sock.close()
-	})
-	return l.closeErr
-}
-
-// LocalAddr implements net.PacketConn.
-func (l *listenerConn) LocalAddr() net.Addr { return l.sock.LocalAddr() }
+func (l *listenerConn) Close() error { return l.close(nil) }
 
 // relayConn is an allocation's relay socket as pion sees it. Its worker
 // reads the socket: datagrams from peers with a bound channel go to the
@@ -150,19 +169,12 @@ func (l *listenerConn) LocalAddr() net.Addr { return l.sock.LocalAddr() }
 // Data indications, or no permission: dropped by pion) wait in the inbox for
 // pion's relay loop (ReadFrom). WriteTo carries pion's sends to peers.
 type relayConn struct {
-	noDeadlines
-	sock  *udpSocket
+	workerConn
 	shard *trafficShard
 	stats *stats
 	fast  *fastPath
 	key   relayKey
 	guard *sendGuard // nil: no destination check (tests of the conn alone)
-	inbox *inbox
-
-	w         *worker
-	slot      int32
-	closeOnce sync.Once
-	closeErr  error
 
 	mu    sync.RWMutex
 	peers map[netip.AddrPort]*peerChannel
@@ -170,12 +182,7 @@ type relayConn struct {
 
 // attach registers the relay socket with its worker.
 func (r *relayConn) attach(w *worker) error {
-	slot, err := w.add(r.sock, r.handleBatch, r.stats.readError)
-	if err != nil {
-		return err
-	}
-	r.w, r.slot = w, slot
-	return nil
+	return r.workerConn.attach(w, r.handleBatch, r.stats.readError)
 }
 
 // handleBatch runs on the worker: datagrams from peers with a bound channel
@@ -259,23 +266,14 @@ func (r *relayConn) channel(peer netip.AddrPort) *peerChannel {
 	return r.peers[peer]
 }
 
-// Close implements net.PacketConn.
+// Close implements net.PacketConn: the fast path forgets the socket first.
 func (r *relayConn) Close() error {
-	r.closeOnce.Do(func() {
+	return r.close(func() {
 		if r.fast != nil {
 			r.fast.removeRelay(r)
 		}
-		if r.w != nil {
-			r.w.remove(r.slot)
-		}
-		r.inbox.close()
-		r.closeErr = r.sock.close()
 	})
-	return r.closeErr
 }
-
-// LocalAddr implements net.PacketConn.
-func (r *relayConn) LocalAddr() net.Addr { return r.sock.LocalAddr() }
 
 // sendGuard drops datagrams to the relay's own addresses outside the relay
 // port range (see PeerPolicy.OwnOutsideRange).

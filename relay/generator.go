@@ -84,8 +84,9 @@ func (g *addressGenerator) AllocatePacketConn(conf turn.AllocateListenerConfig) 
 			return nil, nil, err
 		}
 		actual := sock.local.Port()
-		rc := &relayConn{sock: sock, shard: g.stats.shard(int(actual)), stats: g.stats, fast: g.fast, guard: g.guard,
-			key: relayKey{v6: conf.Network == "udp6", port: actual}, inbox: newInbox(relayInbox, g.inbox)}
+		rc := &relayConn{workerConn: workerConn{sock: sock, inbox: newInbox(relayInbox, g.inbox)},
+			shard: g.stats.shard(int(actual)), stats: g.stats, fast: g.fast, guard: g.guard,
+			key: relayKey{v6: conf.Network == "udp6", port: actual}}
 		if err := rc.attach(g.worker); err != nil {
 			_ = sock.close()
 			return nil, nil, err

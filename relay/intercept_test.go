@@ -27,7 +27,7 @@ func FuzzInterceptor(f *testing.F) {
 		f.Fatal(err)
 	}
 	defer sock.close()
-	lc := &listenerConn{sock: sock, shard: s.stats.shard(0), stats: s.stats}
+	lc := &listenerConn{workerConn: workerConn{sock: sock}, shard: s.stats.shard(0), stats: s.stats}
 	hook := s.interceptor(lc)
 	from := &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 9}
 	f.Fuzz(func(t *testing.T, b []byte) {

@@ -180,8 +180,8 @@ func (s *Server) Start(ctx context.Context) error {
 		}
 		*fam.out = group[0].local
 		for i, sock := range group {
-			lc := &listenerConn{sock: sock, shard: s.stats.shard(len(s.conns)), stats: s.stats,
-				inbox: newInbox(listenerInbox, budget)}
+			lc := &listenerConn{workerConn: workerConn{sock: sock, inbox: newInbox(listenerInbox, budget)},
+				shard: s.stats.shard(len(s.conns)), stats: s.stats}
 			lc.intercept = s.interceptor(lc)
 			if s.fast != nil {
 				lc.fast = s.fast
