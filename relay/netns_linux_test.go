@@ -8,10 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pion/turn/v5"
-
 	"github.com/snowgate/snowgate/internal/netlab"
-	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
 // TestRelayInNamespace starts the relay in-process from inside a network
@@ -56,25 +53,7 @@ func TestRelayInNamespace(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer peer.Close()
-	user, pass := firezoneCreds(s, "salt-netns", time.Hour)
-	srv := s.Addr().String()
-	client, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr: srv, TURNServerAddr: srv, Conn: clientConn,
-		Username: user, Password: pass, Realm: DefaultRealm,
-		LoggerFactory: telemetry.PionLoggerFactory(testLogger()),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	relayed, err := client.Allocate()
-	if err != nil {
-		t.Fatalf("Allocate in the relay's namespace: %v", err)
-	}
-	defer relayed.Close()
+	relayed := pionAllocationOn(t, s, "salt-netns", clientConn, s.Addr())
 	if ra := relayed.LocalAddr().(*net.UDPAddr); !ra.IP.Equal(relayHost.Addr4().AsSlice()) {
 		t.Fatalf("relayed address %v, want on %v", ra, relayHost.Addr4())
 	}
@@ -147,25 +126,7 @@ func TestRelayBindsLocalPublicAddress(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer peer.Close()
-	user, pass := firezoneCreds(s, "salt-bind", time.Hour)
-	srv := netip.AddrPortFrom(public, DefaultListenPort).String()
-	client, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr: srv, TURNServerAddr: srv, Conn: clientConn,
-		Username: user, Password: pass, Realm: DefaultRealm,
-		LoggerFactory: telemetry.PionLoggerFactory(testLogger()),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	if err := client.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	relayed, err := client.Allocate()
-	if err != nil {
-		t.Fatalf("Allocate: %v", err)
-	}
-	defer relayed.Close()
+	relayed := pionAllocationOn(t, s, "salt-bind", clientConn, netip.AddrPortFrom(public, DefaultListenPort))
 	if _, err := relayed.WriteTo([]byte("hello"), peer.LocalAddr()); err != nil {
 		t.Fatal(err)
 	}

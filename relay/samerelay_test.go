@@ -24,7 +24,7 @@ func sameRelayConfig() Config {
 	return cfg
 }
 
-// pionAllocation allocates on s with pion/turn's client.
+// pionAllocation allocates on s with pion/turn's client from a loopback socket.
 func pionAllocation(t *testing.T, s *Server, salt string) net.PacketConn {
 	t.Helper()
 	conn, err := net.ListenPacket("udp4", "127.0.0.1:0")
@@ -32,8 +32,15 @@ func pionAllocation(t *testing.T, s *Server, salt string) net.PacketConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = conn.Close() })
+	return pionAllocationOn(t, s, salt, conn, s.Addr())
+}
+
+// pionAllocationOn allocates on s, reached at server, with pion/turn's
+// client on conn (closed by the caller); it returns the relayed conn.
+func pionAllocationOn(t *testing.T, s *Server, salt string, conn net.PacketConn, server netip.AddrPort) net.PacketConn {
+	t.Helper()
 	user, pass := firezoneCreds(s, salt, time.Hour)
-	srv := s.Addr().String()
+	srv := server.String()
 	client, err := turn.NewClient(&turn.ClientConfig{
 		STUNServerAddr: srv, TURNServerAddr: srv, Conn: conn,
 		Username: user, Password: pass, Realm: DefaultRealm,
