@@ -218,6 +218,7 @@ type recvBatch struct {
 	addrs []sockaddr
 	bufs  [][]byte // full buffers, headroom included
 	room  int      // headroom
+	used  int      // messages the kernel filled in the last read (their lengths and flags need resetting)
 }
 
 func newRecvBatch(count, size, headroom int) *recvBatch {
@@ -227,6 +228,7 @@ func newRecvBatch(count, size, headroom int) *recvBatch {
 		addrs: make([]sockaddr, count),
 		bufs:  make([][]byte, count),
 		room:  headroom,
+		used:  count, // the first read sets every length
 	}
 	for i := range b.msgs {
 		b.bufs[i] = make([]byte, headroom+size+4) // 4: room to pad a ChannelData
@@ -243,10 +245,13 @@ func newRecvBatch(count, size, headroom int) *recvBatch {
 // how many arrived (0 when none was waiting or the socket is closed) and a
 // non-EAGAIN error.
 func (b *recvBatch) read(s *udpSocket) (int, error) {
-	for i := range b.msgs {
+	// The kernel writes back the address length and flags of the messages it
+	// fills only: reset those of the last read, not the whole batch.
+	for i := range b.used {
 		b.msgs[i].hdr.Namelen = uint32(unsafe.Sizeof(sockaddr{}))
 		b.msgs[i].hdr.Flags = 0
 	}
+	b.used = 0
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
@@ -264,6 +269,7 @@ func (b *recvBatch) read(s *udpSocket) (int, error) {
 	s.mu.RUnlock()
 	switch errno {
 	case 0:
+		b.used = int(r)
 		return int(r), nil
 	case unix.EAGAIN:
 		return 0, nil
