@@ -104,7 +104,7 @@ func TestCandidatesBeforeConnection(t *testing.T) {
 	b.mu.Lock()
 	b.peer = a
 	b.mu.Unlock()
-	if err := b.n.UpsertConnection("c1", a.n.PublicKey(), psk, credsB, credsA, RoleControlled); err != nil {
+	if err := b.n.UpsertConnection(ConnectionParams{ID: "c1", RemoteKey: a.n.PublicKey(), PresharedKey: psk, Local: credsB, Remote: credsA, Role: RoleControlled}); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.n.SetAllowedIPs("c1", []netip.Prefix{prefix32(a.ip)}); err != nil {
@@ -131,7 +131,7 @@ func TestCandidatesBeforeConnection(t *testing.T) {
 	a.mu.Lock()
 	a.peer = b
 	a.mu.Unlock()
-	if err := a.n.UpsertConnection("c1", b.n.PublicKey(), psk, credsA, credsB, RoleControlling); err != nil {
+	if err := a.n.UpsertConnection(ConnectionParams{ID: "c1", RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: credsA, Remote: credsB, Role: RoleControlling}); err != nil {
 		t.Fatal(err)
 	}
 	if err := a.n.SetAllowedIPs("c1", []netip.Prefix{prefix32(b.ip)}); err != nil {

@@ -141,7 +141,8 @@ func (c *connection) setNominated(ep *endpoint) [][]byte {
 // it is woken from idle and ICE re-runs to confirm or repair the path (without a
 // new WireGuard handshake). Different parameters replace the connection.
 // It returns ErrNoRelays when the node has no relay to give the connection.
-func (n *Node) UpsertConnection(id string, remoteKey, psk Key, local, remote Credentials, role Role) error {
+func (n *Node) UpsertConnection(p ConnectionParams) error {
+	id, remoteKey, psk, local, remote, role := p.ID, p.RemoteKey, p.PresharedKey, p.Local, p.Remote, p.Role
 	if role != RoleControlling && role != RoleControlled {
 		return fmt.Errorf("upsert connection %s: invalid role %d", id, role)
 	}

@@ -266,10 +266,10 @@ func connect(t testing.TB, a, b *testNode, id string, ca, cb Credentials) {
 	b.mu.Lock()
 	b.peer = a
 	b.mu.Unlock()
-	if err := b.n.UpsertConnection(id, a.n.PublicKey(), psk, cb, ca, RoleControlled); err != nil {
+	if err := b.n.UpsertConnection(ConnectionParams{ID: id, RemoteKey: a.n.PublicKey(), PresharedKey: psk, Local: cb, Remote: ca, Role: RoleControlled}); err != nil {
 		t.Fatalf("upsert on b: %v", err)
 	}
-	if err := a.n.UpsertConnection(id, b.n.PublicKey(), psk, ca, cb, RoleControlling); err != nil {
+	if err := a.n.UpsertConnection(ConnectionParams{ID: id, RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: ca, Remote: cb, Role: RoleControlling}); err != nil {
 		t.Fatalf("upsert on a: %v", err)
 	}
 	if err := a.n.SetAllowedIPs(id, []netip.Prefix{netip.PrefixFrom(b.ip, 32)}); err != nil {

@@ -117,10 +117,10 @@ func connectHub(t testing.TB, hub, p *testNode, id string, i int) {
 	hub.mu.Unlock()
 	ch := Credentials{Ufrag: fmt.Sprintf("hub%05d", i), Password: fmt.Sprintf("hubpassword%017d", i)}
 	cp := Credentials{Ufrag: fmt.Sprintf("per%05d", i), Password: fmt.Sprintf("peerpassword%016d", i)}
-	if err := p.n.UpsertConnection(id, hub.n.PublicKey(), psk, cp, ch, RoleControlled); err != nil {
+	if err := p.n.UpsertConnection(ConnectionParams{ID: id, RemoteKey: hub.n.PublicKey(), PresharedKey: psk, Local: cp, Remote: ch, Role: RoleControlled}); err != nil {
 		t.Fatal(err)
 	}
-	if err := hub.n.UpsertConnection(id, p.n.PublicKey(), psk, ch, cp, RoleControlling); err != nil {
+	if err := hub.n.UpsertConnection(ConnectionParams{ID: id, RemoteKey: p.n.PublicKey(), PresharedKey: psk, Local: ch, Remote: cp, Role: RoleControlling}); err != nil {
 		t.Fatal(err)
 	}
 	if err := hub.n.SetAllowedIPs(id, []netipPrefix{prefix32(p.ip)}); err != nil {

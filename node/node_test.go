@@ -109,7 +109,7 @@ func TestRemoveAllRelaysKeepsDirectConnection(t *testing.T) {
 	if s := statsOf(t, a.n, "c1"); !s.Established || !isDirect(s.Path) {
 		t.Fatalf("direct connection changed: %s", describe(s))
 	}
-	err := a.n.UpsertConnection("c2", b.n.PublicKey(), psk, credsA, credsB, RoleControlling)
+	err := a.n.UpsertConnection(ConnectionParams{ID: "c2", RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: credsA, Remote: credsB, Role: RoleControlling})
 	if !errors.Is(err, ErrNoRelays) {
 		t.Fatalf("upsert without relays: err = %v, want ErrNoRelays", err)
 	}
@@ -183,7 +183,7 @@ func TestResetRotatesKey(t *testing.T) {
 	if a.n.Port() == oldPort {
 		t.Fatalf("port not rotated: %d", oldPort)
 	}
-	if err := a.n.UpsertConnection("c1", b.n.PublicKey(), psk, credsA, credsB, RoleControlling); !errors.Is(err, ErrNoRelays) {
+	if err := a.n.UpsertConnection(ConnectionParams{ID: "c1", RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: credsA, Remote: credsB, Role: RoleControlling}); !errors.Is(err, ErrNoRelays) {
 		t.Fatalf("allocations survived Reset: upsert err = %v", err)
 	}
 	// After the portal hands the relays again, the node reconnects with its new key.
@@ -238,7 +238,7 @@ func TestConnectionFailures(t *testing.T) {
 	giveRelays(t, a, b, relay)
 
 	t.Run("no peer", func(t *testing.T) {
-		if err := a.n.UpsertConnection("lonely", b.n.PublicKey(), psk, credsA, credsB, RoleControlling); err != nil {
+		if err := a.n.UpsertConnection(ConnectionParams{ID: "lonely", RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: credsA, Remote: credsB, Role: RoleControlling}); err != nil {
 			t.Fatal(err)
 		}
 		ev, ok := a.waitEvent(10*time.Second, func(e Event) bool { return e.Kind == EventConnectionFailed && e.ConnectionID == "lonely" })
@@ -259,10 +259,10 @@ func TestConnectionFailures(t *testing.T) {
 		b.mu.Lock()
 		b.peer = a
 		b.mu.Unlock()
-		if err := b.n.UpsertConnection("psk", a.n.PublicKey(), Key{9}, credsB, credsA, RoleControlled); err != nil {
+		if err := b.n.UpsertConnection(ConnectionParams{ID: "psk", RemoteKey: a.n.PublicKey(), PresharedKey: Key{9}, Local: credsB, Remote: credsA, Role: RoleControlled}); err != nil {
 			t.Fatal(err)
 		}
-		if err := a.n.UpsertConnection("psk", b.n.PublicKey(), psk, credsA, credsB, RoleControlling); err != nil {
+		if err := a.n.UpsertConnection(ConnectionParams{ID: "psk", RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: credsA, Remote: credsB, Role: RoleControlling}); err != nil {
 			t.Fatal(err)
 		}
 		_ = a.n.SetAllowedIPs("psk", []netip.Prefix{prefix32(b.ip)})
@@ -285,10 +285,10 @@ func TestConnectionFailures(t *testing.T) {
 		if err := a.n.RemoveRemoteCandidate("nope", "1 1 udp 1 127.0.0.1 1 typ host"); !errors.Is(err, ErrUnknownConnection) {
 			t.Fatalf("unknown connection: %v", err)
 		}
-		if err := a.n.UpsertConnection("x", b.n.PublicKey(), psk, Credentials{}, credsB, RoleControlling); err == nil {
+		if err := a.n.UpsertConnection(ConnectionParams{ID: "x", RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: Credentials{}, Remote: credsB, Role: RoleControlling}); err == nil {
 			t.Fatal("empty credentials accepted")
 		}
-		if err := a.n.UpsertConnection("x", b.n.PublicKey(), psk, credsA, credsB, Role(9)); err == nil {
+		if err := a.n.UpsertConnection(ConnectionParams{ID: "x", RemoteKey: b.n.PublicKey(), PresharedKey: psk, Local: credsA, Remote: credsB, Role: Role(9)}); err == nil {
 			t.Fatal("bad role accepted")
 		}
 	})

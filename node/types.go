@@ -76,6 +76,26 @@ type Credentials struct {
 	Password string
 }
 
+// ConnectionParams are what UpsertConnection needs to create (or keep) a
+// connection; the portal provides all of them: the peer's key, the flow's
+// PSK and both sides' ICE credentials. Named fields keep the two keys and the
+// two credentials from being swapped.
+type ConnectionParams struct {
+	// ID names the connection: the gateway's id on a client, the client's id
+	// on a gateway.
+	ID string
+	// RemoteKey is the peer's WireGuard static public key.
+	RemoteKey Key
+	// PresharedKey is the flow's WireGuard pre-shared key.
+	PresharedKey Key
+	// Local are this side's ICE credentials.
+	Local Credentials
+	// Remote are the peer's ICE credentials.
+	Remote Credentials
+	// Role is this side's ICE role (the client controls).
+	Role Role
+}
+
 // Role is the ICE role of this side of a connection. The client is
 // controlling, the gateway controlled; only the controlling side forces a
 // WireGuard handshake when a pair is nominated.
