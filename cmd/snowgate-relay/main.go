@@ -25,13 +25,13 @@ import (
 	"net/netip"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/snowgate/snowgate/internal/cliconf"
 	"github.com/snowgate/snowgate/internal/phoenix"
 	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/relay"
@@ -46,58 +46,6 @@ func main() {
 
 // defaultHealthAddr is HEALTH_CHECK_ADDR's default.
 const defaultHealthAddr = "0.0.0.0:8080"
-
-// secretEnv are the variables holding secrets, removed from the environment
-// once parsed so that nothing later (a child process, a crash dump of the
-// environment) sees them.
-var secretEnv = []string{"SNOWGATE_TOKEN", "SNOWGATE_TOKEN_FILE", "TURN_REST_SECRET"}
-
-// credentialName is the systemd credential the token is read from when
-// $CREDENTIALS_DIRECTORY is set (LoadCredential=snowgate-token:PATH).
-const credentialName = "snowgate-token"
-
-// maxTokenFile bounds a token file read.
-const maxTokenFile = 64 << 10
-
-// readToken reads a token file: surrounding whitespace (a trailing newline)
-// is dropped; an empty token is an error.
-func readToken(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", fmt.Errorf("token file: %w", err)
-	}
-	defer f.Close()
-	b, err := io.ReadAll(io.LimitReader(f, maxTokenFile+1))
-	if err != nil {
-		return "", fmt.Errorf("token file %s: %w", path, err)
-	}
-	if len(b) > maxTokenFile {
-		return "", fmt.Errorf("token file %s: larger than %d bytes", path, maxTokenFile)
-	}
-	tok := strings.TrimSpace(string(b))
-	if tok == "" {
-		return "", fmt.Errorf("token file %s: empty", path)
-	}
-	return tok, nil
-}
-
-// resolveToken picks the token: --token, then the token file (flag or
-// SNOWGATE_TOKEN_FILE), then the systemd credential, then SNOWGATE_TOKEN.
-func resolveToken(flagToken, tokenFile string, getenv func(string) string) (string, error) {
-	if flagToken != "" {
-		return flagToken, nil
-	}
-	if tokenFile != "" {
-		return readToken(tokenFile)
-	}
-	if dir := getenv("CREDENTIALS_DIRECTORY"); dir != "" {
-		path := filepath.Join(dir, credentialName)
-		if _, err := os.Stat(path); err == nil {
-			return readToken(path)
-		}
-	}
-	return getenv("SNOWGATE_TOKEN"), nil
-}
 
 // options are the parsed command line and environment.
 type options struct {
@@ -210,7 +158,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	fs.StringVar(&apiURL, "api-url", env("SNOWGATE_API_URL", ""), "portal base URL, ws(s):// or http(s):// [SNOWGATE_API_URL]; empty: run without a portal")
 	fs.StringVar(&token, "token", "", "portal token [SNOWGATE_TOKEN] (prefer --token-file: flags show in ps)")
 	fs.StringVar(&tokenFile, "token-file", env("SNOWGATE_TOKEN_FILE", ""),
-		"file holding the portal token, read once at start [SNOWGATE_TOKEN_FILE]; default: $CREDENTIALS_DIRECTORY/"+credentialName+" if present")
+		"file holding the portal token, read once at start [SNOWGATE_TOKEN_FILE]; default: $CREDENTIALS_DIRECTORY/"+cliconf.CredentialName+" if present")
 	fs.StringVar(&name, "name", env("SNOWGATE_NAME", hostname()), "relay name reported to the portal [SNOWGATE_NAME]")
 	envVar(addrFlag{&c.PublicIP4}, "PUBLIC_IP4_ADDR")
 	envVar(addrFlag{&c.PublicIP6}, "PUBLIC_IP6_ADDR")
@@ -276,7 +224,7 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 		c.Auth, c.RESTSecret = relay.AuthTURNREST, restSecret
 	}
 	if apiURL != "" { // the token is only read (and must only exist) with a portal
-		tok, err := resolveToken(token, tokenFile, getenv)
+		tok, err := cliconf.ResolveToken(token, tokenFile, getenv)
 		if err != nil {
 			return nil, err
 		}
@@ -299,7 +247,7 @@ func hostname() string {
 // run runs the relay; unsetenv removes the secret variables once parsed.
 func run(args []string, getenv func(string) string, unsetenv func(string) error, stderr io.Writer) int {
 	o, err := parse(args, getenv, stderr)
-	for _, name := range secretEnv {
+	for _, name := range cliconf.SecretEnv {
 		_ = unsetenv(name)
 	}
 	if errors.Is(err, flag.ErrHelp) {

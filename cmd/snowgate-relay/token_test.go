@@ -1,6 +1,7 @@
 package main
 
 import (
+	"github.com/snowgate/snowgate/internal/cliconf"
 	"io"
 	"net"
 	"net/http"
@@ -28,7 +29,7 @@ func TestTokenSources(t *testing.T) {
 	if err := os.Mkdir(credDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(filepath.Join(credDir, credentialName), []byte("credential-token"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(credDir, cliconf.CredentialName), []byte("credential-token"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	base := map[string]string{"PUBLIC_IP4_ADDR": "198.18.0.1", "SNOWGATE_API_URL": "ws://portal:8081"}
