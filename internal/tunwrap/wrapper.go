@@ -268,6 +268,13 @@ func (w *Wrapper) InjectOutbound(pkts ...[]byte) error {
 	return nil
 }
 
+// InjectedPending returns how many injected packets wireguard-go has not read yet.
+func (w *Wrapper) InjectedPending() int {
+	w.injMu.Lock()
+	defer w.injMu.Unlock()
+	return len(w.injected)
+}
+
 // Write filters a batch wireguard-go decrypted and writes what the filter kept to the OS device.
 func (w *Wrapper) Write(bufs [][]byte, offset int) (int, error) {
 	if w.filter == nil {
