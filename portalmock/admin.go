@@ -25,7 +25,10 @@ func (s *Server) AdminHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/resources", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Resources()) })
 	mux.HandleFunc("GET /v1/policies", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.Policies()) })
-	mux.HandleFunc("GET /v1/state", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, http.StatusOK, s.State()) })
+	mux.HandleFunc("GET /v1/state", func(w http.ResponseWriter, _ *http.Request) {
+		st, err := s.state()
+		respond(w, err, st)
+	})
 	mux.HandleFunc("PUT /v1/resources/{id}", func(w http.ResponseWriter, r *http.Request) {
 		var rc ResourceConfig
 		if !readJSON(w, r, &rc) {
@@ -49,9 +52,8 @@ func (s *Server) AdminHandler() http.Handler {
 		respond(w, s.DeletePolicy(r.PathValue("id")), nil)
 	})
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.mu.Lock()
-		want := s.core.m.adminToken
-		s.mu.Unlock()
+		var want string
+		s.locked(func() { want = s.core.m.adminToken })
 		got := bearerToken(r)
 		if want == "" || subtle.ConstantTimeCompare([]byte(got), []byte(want)) != 1 {
 			writeJSON(w, http.StatusUnauthorized, map[string]string{"error": "unauthorized"})
@@ -72,7 +74,10 @@ func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 func respond(w http.ResponseWriter, err error, v any) {
+	var pe *panicError
 	switch {
+	case errors.As(err, &pe):
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"error": "internal error"})
 	case errors.Is(err, ErrNotFound):
 		writeJSON(w, http.StatusNotFound, map[string]string{"error": err.Error()})
 	case err != nil:

@@ -106,6 +106,9 @@ type core struct {
 	rr       map[string]uint64 // round-robin counter per site
 	out      []outMsg
 	events   []Event
+	// frameHook, when set, sees every decoded frame before it is handled: tests inject failures through it.
+	// Production builds leave it nil (see testhooks_off.go).
+	frameHook func(*session, phoenix.Message)
 }
 
 func newCore(m *model, now func() time.Time, log *slog.Logger) *core {
@@ -113,7 +116,7 @@ func newCore(m *model, now func() time.Time, log *slog.Logger) *core {
 		m: m, now: now, log: log,
 		sessions: map[uint64]*session{}, clients: map[string]uint64{}, gateways: map[string]uint64{},
 		relays: map[string]uint64{}, flows: map[flowKey]map[string]bool{}, pending: map[string]*pendingAuth{},
-		rr: map[string]uint64{},
+		rr: map[string]uint64{}, frameHook: testFrameHook(),
 	}
 }
 
@@ -155,45 +158,75 @@ func (c *core) replyError(s *session, req phoenix.Message, reason string) {
 // connect registers a new socket.
 func (c *core) connect(s *session) { c.sessions[s.id] = s }
 
-// disconnect forgets a socket.
+// disconnect forgets a socket: it leaves its channel (if still joined) and is gone.
 func (c *core) disconnect(id uint64) {
 	s := c.sessions[id]
 	if s == nil {
 		return
 	}
+	c.leave(s)
 	delete(c.sessions, id)
+}
+
+// leave ends s's membership of its channel: on phx_leave, when its socket closes, and when a newer session
+// of the same device replaces it. A client or gateway stops being its device's active session (its pending
+// authorizations are dropped or failed); a relay is removed from presence and every client and gateway
+// that knew it is told. s.joined guards it, so a leave followed by a close (or a close whose leave frame
+// arrives late) counts once.
+func (c *core) leave(s *session) {
+	if !s.joined {
+		return
+	}
+	s.joined = false
 	switch s.kind {
 	case kindClient:
-		if c.clients[s.peerID] != id {
+		if c.clients[s.peerID] != s.id {
 			return
 		}
 		delete(c.clients, s.peerID)
 		for ref, p := range c.pending {
-			if p.clientSess == id {
+			if p.clientSess == s.id {
 				delete(c.pending, ref)
 			}
 		}
 		c.emit(Event{Kind: EventClientLeft, ID: s.peerID})
 	case kindGateway:
-		if c.gateways[s.peerID] != id {
+		if c.gateways[s.peerID] != s.id {
 			return
 		}
 		delete(c.gateways, s.peerID)
 		for _, ref := range sortedKeys(c.pending) {
 			if p := c.pending[ref]; p.key.gateway == s.peerID {
 				delete(c.pending, ref)
-				c.failFlow(c.sessions[p.clientSess], p.key.client, p.resourceID, portalapi.FailOffline)
+				c.failFlow(c.activeClient(p.clientSess), p.key.client, p.resourceID, portalapi.FailOffline)
 			}
 		}
 		c.emit(Event{Kind: EventGatewayLeft, ID: s.peerID})
 	case kindRelay:
-		if !s.joined || c.relays[s.relayID] != id {
-			return
+		if c.unregisterRelay(s) {
+			c.updatePresence()
 		}
-		delete(c.relays, s.relayID)
-		c.emit(Event{Kind: EventRelayLeft, ID: s.relayID})
-		c.updatePresence()
 	}
+}
+
+// unregisterRelay removes s's relay from the online relays if s is the session that holds it, and reports
+// whether it did; the caller pushes presence.
+func (c *core) unregisterRelay(s *session) bool {
+	if c.relays[s.relayID] != s.id {
+		return false
+	}
+	delete(c.relays, s.relayID)
+	c.emit(Event{Kind: EventRelayLeft, ID: s.relayID})
+	return true
+}
+
+// activeClient returns the client session id if it is still its device's joined session, else nil.
+func (c *core) activeClient(id uint64) *session {
+	s := c.sessions[id]
+	if s == nil || !s.joined || c.clients[s.peerID] != id {
+		return nil
+	}
+	return s
 }
 
 // frame handles one inbound WebSocket text frame.
@@ -209,23 +242,25 @@ func (c *core) frame(id uint64, data []byte) {
 		c.replyError(s, req, reasonMalformedFrame)
 		return
 	}
+	if c.frameHook != nil {
+		c.frameHook(s, msg)
+	}
 	switch {
 	case msg.Topic == phoenix.TopicPhoenix && msg.Event == phoenix.EventHeartbeat:
 		c.reply(s, msg, phoenix.StatusOK, nil)
 		return
-	case msg.Event == phoenix.EventJoin:
-		if msg.Topic != s.kind.String() {
-			c.replyError(s, msg, reasonUnmatchedTopic)
-			return
-		}
-		c.join(s, msg)
-		return
-	case msg.Topic != s.kind.String() || !s.joined:
+	case msg.Topic != s.kind.String():
 		c.replyError(s, msg, reasonUnmatchedTopic)
 		return
-	case msg.Event == phoenix.EventLeave:
-		s.joined = false
+	case msg.Event == phoenix.EventJoin:
+		c.join(s, msg)
+		return
+	case msg.Event == phoenix.EventLeave: // answered ok even when not joined: leaving is idempotent
+		c.leave(s)
 		c.reply(s, msg, phoenix.StatusOK, nil)
+		return
+	case !s.joined:
+		c.replyError(s, msg, reasonUnmatchedTopic)
 		return
 	}
 	switch s.kind {
@@ -266,6 +301,8 @@ func salvage(v phoenix.Version, data []byte) phoenix.Message {
 	return m
 }
 
+// join handles phx_join on the session's own topic. A second join on a joined socket replaces the first
+// (as Phoenix does), so a relay that joins again with another stamp secret leaves its first relay id.
 func (c *core) join(s *session, msg phoenix.Message) {
 	switch s.kind {
 	case kindRelay:
@@ -274,12 +311,17 @@ func (c *core) join(s *session, msg phoenix.Message) {
 			c.replyError(s, msg, reasonStampSecret)
 			return
 		}
-		if s.joined && c.relays[s.relayID] == s.id {
-			delete(c.relays, s.relayID)
+		if s.joined {
+			c.unregisterRelay(s)
 		}
 		s.joined, s.joinRef, s.stampSecret = true, joinRefOf(msg), j.StampSecret
 		s.relayID = portalapi.RelayID(j.StampSecret)
 		if old, ok := c.relays[s.relayID]; ok && old != s.id {
+			// The same relay on a new socket (it restarted or reconnected): the old socket is stale. The
+			// relay id stays online, so this is no relay_left.
+			if os := c.sessions[old]; os != nil {
+				os.joined = false
+			}
 			c.closeSession(old)
 		}
 		c.relaySeq++
@@ -337,14 +379,25 @@ const maxRelaysPerPeer = 2
 
 // onlineRelays returns the first maxRelaysPerPeer joined relays in join order.
 func (c *core) onlineRelays() []*session {
-	var rs []*session
-	for _, id := range c.relays {
-		rs = append(rs, c.sessions[id])
-	}
-	sort.Slice(rs, func(i, j int) bool { return rs[i].relaySeq < rs[j].relaySeq })
+	rs := c.onlineRelaysAll()
 	if len(rs) > maxRelaysPerPeer {
 		rs = rs[:maxRelaysPerPeer]
 	}
+	return rs
+}
+
+// onlineRelaysAll returns every joined relay in join order.
+func (c *core) onlineRelaysAll() []*session {
+	var rs []*session
+	for rid, id := range c.relays {
+		s := c.sessions[id]
+		if s == nil || !s.joined || s.relayID != rid { // leave keeps this from happening (issue 16)
+			c.log.Error("portal bug: online relay without its joined session; ignoring it", "relay", rid, "session", id)
+			continue
+		}
+		rs = append(rs, s)
+	}
+	sort.Slice(rs, func(i, j int) bool { return rs[i].relaySeq < rs[j].relaySeq })
 	return rs
 }
 
@@ -370,6 +423,13 @@ func (c *core) relayViews(peer *session, rs []*session) []portalapi.Relay {
 		}
 	}
 	return out
+}
+
+// relaysByID returns every online relay's session, sorted by relay id.
+func (c *core) relaysByID() []*session {
+	rs := c.onlineRelaysAll()
+	sort.Slice(rs, func(i, j int) bool { return rs[i].relayID < rs[j].relayID })
+	return rs
 }
 
 func relayIDs(rs []*session) []string {
@@ -473,11 +533,10 @@ func (c *core) mutate(change func() error) error {
 	}
 	after := c.visibility()
 	for _, cid := range sortedKeys(after) {
-		sid, online := c.clients[cid]
-		if !online || !c.sessions[sid].joined {
+		s := c.onlineSession(c.clients, cid)
+		if s == nil {
 			continue
 		}
-		s := c.sessions[sid]
 		for _, rid := range sortedKeys(before[cid]) {
 			if _, ok := after[cid][rid]; !ok {
 				c.push(s, portalapi.EventResourceDeleted, rid)
@@ -631,7 +690,7 @@ func (c *core) gatewayMessage(s *session, msg phoenix.Message) {
 			c.flows[p.key] = map[string]bool{}
 		}
 		c.flows[p.key][p.resourceID] = true
-		if cs := c.sessions[p.clientSess]; cs != nil && c.clients[cs.peerID] == cs.id && cs.joined {
+		if cs := c.activeClient(p.clientSess); cs != nil {
 			c.push(cs, portalapi.EventFlowCreated, p.created)
 		}
 		c.emit(Event{Kind: EventFlowAuthorized, ID: p.key.client, Peer: p.key.gateway, Resource: p.resourceID})
@@ -847,9 +906,8 @@ func (c *core) state() State {
 	for _, id := range sortedKeys(c.m.gateways) {
 		st.Gateways = append(st.Gateways, peer(c.m.gateways[id], c.gateways))
 	}
-	for _, id := range sortedKeys(c.relays) {
-		s := c.sessions[c.relays[id]]
-		rs := RelayState{ID: id, Name: s.name}
+	for _, s := range c.relaysByID() {
+		rs := RelayState{ID: s.relayID, Name: s.name}
 		if s.addr4.IsValid() {
 			rs.Addr4 = s.addr4.String()
 		}

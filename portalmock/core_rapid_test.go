@@ -23,7 +23,10 @@ import (
 //   - every joined client and gateway knows exactly the first two online relays (init + relays_presence),
 //     with credentials derived from its current key;
 //   - authorize_flow / flow_created carry the credentials and PSK derived from both current keys;
-//   - ICE candidates reach a peer only from a peer it was authorized with.
+//   - ICE candidates reach a peer only from a peer it was authorized with;
+//   - joins, leaves (phx_leave), closes and replacements, in any order, leave exactly the sessions the model
+//     says joined, with one *_left event per session that stopped being joined, and the core's registries
+//     point only at live joined sessions (issue 16).
 type coreMachine struct {
 	c        *core
 	nextID   uint64
@@ -36,7 +39,53 @@ type coreMachine struct {
 	views    map[uint64][]portalapi.Relay // what each session was told about relays
 	authz    map[string]map[string]bool   // gateway id → client ids it was asked to authorize
 	refs     []string
-	sender   uint64 // the session whose frame is being handled (0: none)
+	sender   uint64            // the session whose frame is being handled (0: none)
+	joined   map[uint64]bool   // sessions the model says are joined
+	wantLeft map[EventKind]int // *_left events the model expects so far
+	gotLeft  map[EventKind]int // *_left events the core emitted so far
+}
+
+var leftKind = map[tokenKind]EventKind{kindClient: EventClientLeft, kindGateway: EventGatewayLeft, kindRelay: EventRelayLeft}
+
+// unjoin records that a session stopped being joined; a relay counts a relay_left only if it held its id.
+func (m *coreMachine) unjoin(s *session) {
+	if !m.joined[s.id] {
+		return
+	}
+	delete(m.joined, s.id)
+	if s.kind == kindRelay {
+		if m.relaySes[s.relayID] != s.id {
+			return
+		}
+		m.relays = slices.DeleteFunc(m.relays, func(r string) bool { return r == s.relayID })
+		delete(m.relaySes, s.relayID)
+	}
+	m.wantLeft[leftKind[s.kind]]++
+}
+
+// joinPeer records a client or gateway session joining: another joined session of the same device is
+// replaced.
+func (m *coreMachine) joinPeer(s *session) {
+	for id := range m.joined {
+		if o := m.live[id]; id != s.id && o.kind == s.kind && o.peerID == s.peerID {
+			m.unjoin(o)
+		}
+	}
+	m.joined[s.id] = true
+}
+
+// joinRelay records a relay session joining with a secret: its own earlier registration ends, another
+// session holding the same relay id is replaced (unjoined, without relay_left).
+func (m *coreMachine) joinRelay(s *session, secret string) {
+	m.unjoin(s)
+	rid := portalapi.RelayID(secret)
+	if old, ok := m.relaySes[rid]; ok {
+		delete(m.joined, old)
+	}
+	m.relays = append(slices.DeleteFunc(m.relays, func(r string) bool { return r == rid }), rid)
+	m.secrets[rid] = secret
+	m.relaySes[rid] = s.id
+	m.joined[s.id] = true
 }
 
 var (
@@ -77,6 +126,7 @@ func (m *coreMachine) connect(t *rapid.T, kind tokenKind, id string, fresh bool)
 	s := &session{id: m.nextID, kind: kind, peerID: id, publicKey: m.key(id, fresh), version: phoenix.V1}
 	m.live[s.id] = s
 	m.c.connect(s)
+	m.joinPeer(s)
 	m.frame(t, s, kind.String(), phoenix.EventJoin, nil)
 }
 
@@ -93,20 +143,38 @@ func (m *coreMachine) pick(t *rapid.T, kind tokenKind) *session {
 	return rapid.SampledFrom(ss).Draw(t, "session")
 }
 
+// pickLive returns any live session of kind, joined or not.
+func (m *coreMachine) pickLive(t *rapid.T, kind tokenKind) *session {
+	var ss []*session
+	for _, id := range sortedKeys(m.live) {
+		if s := m.live[id]; s.kind == kind {
+			ss = append(ss, s)
+		}
+	}
+	if len(ss) == 0 {
+		t.Skip("no session")
+	}
+	return rapid.SampledFrom(ss).Draw(t, "session")
+}
+
 func (m *coreMachine) disconnect(t *rapid.T, id uint64) {
 	s := m.live[id]
+	m.unjoin(s)
 	delete(m.live, id)
 	delete(m.views, id)
-	if s.kind == kindRelay && s.joined && m.relaySes[s.relayID] == id {
-		m.relays = slices.DeleteFunc(m.relays, func(r string) bool { return r == s.relayID })
-		delete(m.relaySes, s.relayID)
-	}
 	m.c.disconnect(id)
 	m.drain(t)
 }
 
 // drain checks and consumes the core's output.
 func (m *coreMachine) drain(t *rapid.T) {
+	for _, e := range m.c.events {
+		switch e.Kind {
+		case EventClientLeft, EventGatewayLeft, EventRelayLeft:
+			m.gotLeft[e.Kind]++
+		}
+	}
+	m.c.events = m.c.events[:0]
 	for len(m.c.out) > 0 {
 		out := m.c.out
 		m.c.out = nil
@@ -123,7 +191,6 @@ func (m *coreMachine) drain(t *rapid.T) {
 			}
 		}
 	}
-	m.c.events = m.c.events[:0]
 }
 
 func (m *coreMachine) check(t *rapid.T, s *session, data []byte) {
@@ -194,8 +261,39 @@ func (m *coreMachine) check(t *rapid.T, s *session, data []byte) {
 	}
 }
 
-// Check is the invariant: every joined client and gateway knows the first two online relays.
+// Check is the invariant: the core's joined sessions and registries are the model's, each session that
+// stopped being joined was announced once, and every joined client and gateway knows the first two online
+// relays.
 func (m *coreMachine) Check(t *rapid.T) {
+	for _, id := range sortedKeys(m.live) {
+		if s := m.live[id]; s.joined != m.joined[id] {
+			t.Fatalf("session %d (%s %s) joined=%v, model says %v", id, s.kind, s.peerID, s.joined, m.joined[id])
+		}
+	}
+	for k, n := range m.wantLeft {
+		if m.gotLeft[k] != n {
+			t.Fatalf("%d %s events, want %d", m.gotLeft[k], k, n)
+		}
+	}
+	for k, n := range m.gotLeft {
+		if m.wantLeft[k] != n {
+			t.Fatalf("%d %s events, want %d", n, k, m.wantLeft[k])
+		}
+	}
+	for _, reg := range []struct {
+		kind   tokenKind
+		active map[string]uint64
+	}{{kindClient, m.c.clients}, {kindGateway, m.c.gateways}, {kindRelay, m.c.relays}} {
+		for key, sid := range reg.active {
+			s := m.c.sessions[sid]
+			if s == nil || !s.joined || s.kind != reg.kind || (s.kind == kindRelay && s.relayID != key) || (s.kind != kindRelay && s.peerID != key) {
+				t.Fatalf("%s registry: %s → session %d (%+v), not a joined session of that id", reg.kind, key, sid, s)
+			}
+		}
+	}
+	if got := sortedKeys(m.c.relays); !slices.Equal(got, slices.Sorted(slices.Values(m.relays))) {
+		t.Fatalf("online relays %v, model %v", got, m.relays)
+	}
 	want := m.relays
 	if len(want) > maxRelaysPerPeer {
 		want = want[:maxRelaysPerPeer]
@@ -236,6 +334,7 @@ func TestCoreStateMachine(t *testing.T) {
 			c:    newCore(mdl, func() time.Time { return time.Unix(1700000000, 0) }, log),
 			live: map[uint64]*session{}, keys: map[string]string{}, secrets: map[string]string{},
 			relaySes: map[string]uint64{}, views: map[uint64][]portalapi.Relay{}, authz: map[string]map[string]bool{},
+			joined: map[uint64]bool{}, wantLeft: map[EventKind]int{}, gotLeft: map[EventKind]int{},
 		}
 		t.Repeat(map[string]func(*rapid.T){
 			"connect client": func(t *rapid.T) {
@@ -261,11 +360,28 @@ func TestCoreStateMachine(t *testing.T) {
 				}
 				m.live[s.id] = s
 				m.c.connect(s)
-				rid := portalapi.RelayID(secret)
-				m.relays = append(slices.DeleteFunc(m.relays, func(r string) bool { return r == rid }), rid)
-				m.secrets[rid] = secret
-				m.relaySes[rid] = s.id
+				m.joinRelay(s, secret)
 				m.frame(t, s, portalapi.TopicRelay, phoenix.EventJoin, portalapi.RelayJoin{StampSecret: secret})
+			},
+			"relay rejoin": func(t *rapid.T) { // phx_join again on a live relay socket, joined or not
+				s := m.pickLive(t, kindRelay)
+				secret := rapid.SampledFrom(machineSecrets).Draw(t, "secret")
+				m.joinRelay(s, secret)
+				m.frame(t, s, portalapi.TopicRelay, phoenix.EventJoin, portalapi.RelayJoin{StampSecret: secret})
+			},
+			"rejoin": func(t *rapid.T) { // phx_join again on a live client or gateway socket, joined or not
+				s := m.pickLive(t, rapid.SampledFrom([]tokenKind{kindClient, kindGateway}).Draw(t, "kind"))
+				if !m.joined[s.id] {
+					m.joinPeer(s)
+				}
+				m.keys[s.peerID] = s.publicKey // the device's current key is its joined session's
+				m.frame(t, s, s.kind.String(), phoenix.EventJoin, nil)
+			},
+			"leave": func(t *rapid.T) { // phx_leave from any live socket, joined or not
+				s := m.pickLive(t, rapid.SampledFrom([]tokenKind{kindClient, kindGateway, kindRelay}).Draw(t, "kind"))
+				m.unjoin(s)
+				delete(m.views, s.id)
+				m.frame(t, s, s.kind.String(), phoenix.EventLeave, nil)
 			},
 			"create flow": func(t *rapid.T) {
 				s := m.pick(t, kindClient)

@@ -22,6 +22,8 @@ func FuzzFrame(f *testing.F) {
 		`{"topic":"phoenix","event":"heartbeat","payload":{},"ref":6}`,
 		`["1","2","client","create_flow",{"resource_id":5}]`,
 		`["1","2","client","phx_leave",null]`,
+		`{"topic":"relay","event":"phx_leave","payload":{},"ref":7}`,
+		`{"topic":"gateway","event":"phx_leave","payload":{},"ref":8}`,
 		`{"topic":"client","event":"phx_join","payload":null,"ref":0}`,
 		`{{`, `null`, `[]`, `{"topic":7}`,
 	} {

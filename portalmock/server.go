@@ -4,8 +4,16 @@
 // deterministic ICE credentials and PSKs, relays ICE signalling between the two sides of a flow, and applies
 // resource and policy changes made through an admin HTTP API.
 //
-// The state machine (core) does no I/O; Server drives it from WebSocket connections. A Server holds no
-// package-level state and owns every goroutine it starts until Close.
+// A peer leaves presence when it sends phx_leave on its topic or its socket closes, whichever comes first,
+// exactly once: a relay is then dropped from every client's and gateway's relays_presence and from later
+// inits, a gateway's pending authorizations fail (flow_creation_failed "offline"), a client's are dropped.
+// A peer may join its topic again on the same socket; a relay that joins again with the same stamp secret
+// is the same relay (same id and credentials).
+//
+// The state machine (core) does no I/O; Server drives it from WebSocket connections under one lock, which
+// is released however the core returns. A panic while the core handles one connection's input (a bug) is
+// recovered: that connection is closed with an ERROR log and the server goes on serving the others. A
+// Server holds no package-level state and owns every goroutine it starts until Close.
 package portalmock
 
 import (
@@ -18,6 +26,8 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime/debug"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -147,9 +157,7 @@ func (s *Server) Start(ln net.Listener) error {
 	if err := s.startHTTP(ln, s.Handler()); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.url = "ws://" + ln.Addr().String()
-	s.mu.Unlock()
+	s.locked(func() { s.url = "ws://" + ln.Addr().String() })
 	s.log.Info("portal listening", "addr", ln.Addr().String())
 	return nil
 }
@@ -159,9 +167,7 @@ func (s *Server) StartAdmin(ln net.Listener) error {
 	if err := s.startHTTP(ln, s.AdminHandler()); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	s.adminURL = "http://" + ln.Addr().String()
-	s.mu.Unlock()
+	s.locked(func() { s.adminURL = "http://" + ln.Addr().String() })
 	s.log.Info("portal admin API listening", "addr", ln.Addr().String())
 	return nil
 }
@@ -197,14 +203,16 @@ func (s *Server) startHTTP(ln net.Listener, h http.Handler) error {
 		BaseContext:       func(net.Listener) context.Context { return s.ctx },
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
 	}
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	closed := false
+	s.locked(func() {
+		if closed = s.closed; !closed {
+			s.servers = append(s.servers, srv)
+			s.wg.Add(1)
+		}
+	})
+	if closed {
 		return ErrClosed
 	}
-	s.servers = append(s.servers, srv)
-	s.wg.Add(1)
-	s.mu.Unlock()
 	go func() {
 		defer s.wg.Done()
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -216,14 +224,12 @@ func (s *Server) startHTTP(ln net.Listener, h http.Handler) error {
 
 // Close stops the listeners, closes every socket and waits for all goroutines.
 func (s *Server) Close() error {
-	s.mu.Lock()
-	if s.closed {
-		s.mu.Unlock()
+	var servers []*http.Server
+	already := false
+	s.locked(func() { already, s.closed, servers = s.closed, true, s.servers })
+	if already {
 		return nil
 	}
-	s.closed = true
-	servers := s.servers
-	s.mu.Unlock()
 	s.cancel()
 	var errs []error
 	for _, srv := range servers {
@@ -251,14 +257,77 @@ func bearerToken(r *http.Request) string {
 	return r.URL.Query().Get("token")
 }
 
+// authenticate looks the token up: who it stands for, and whether it may connect to kind's endpoint now.
+func (s *Server) authenticate(kind tokenKind, tok string) (identity, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	id, ok := s.core.m.tokens[tokenKey(tok)]
+	if tok == "" || !ok || id.kind != kind {
+		return identity{}, false
+	}
+	if d := s.core.m.clients[id.id]; id.kind == kindClient && (d == nil || !d.expiresAt.After(s.cfg.Now())) {
+		return identity{}, false
+	}
+	return id, true
+}
+
+// admit numbers a new session and counts it in s.wg; false once the server is closing.
+func (s *Server) admit(sess *session) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.nextID++
+	sess.id = s.nextID
+	s.wg.Add(1)
+	return true
+}
+
+// panicError is a panic recovered while the core handled one connection's input.
+type panicError struct {
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("portal bug: panic: %v", e.value) }
+
+// locked runs fn with the server lock held (released however fn ends).
+func (s *Server) locked(fn func()) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fn()
+}
+
+// apply runs fn on the core with the server lock held, then hands the core's output to the sockets. The
+// lock is released however fn ends. A panic in fn is recovered and returned as a *panicError (what the
+// core produced before it is still delivered), so that the caller closes the one connection whose input
+// caused it and the server goes on serving the others.
+func (s *Server) apply(fn func(*core)) (err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer func() {
+		if v := recover(); v != nil {
+			err = &panicError{value: v, stack: debug.Stack()}
+		}
+		s.flush()
+	}()
+	fn(s.core)
+	return nil
+}
+
+// logPanic logs a recovered panic at ERROR: it is a bug that needs a human.
+func (s *Server) logPanic(msg string, err error, attrs ...any) {
+	var pe *panicError
+	if errors.As(err, &pe) {
+		s.log.Error(msg, append(attrs, "panic", fmt.Sprint(pe.value), "stack", string(pe.stack))...)
+	}
+}
+
 func (s *Server) handleWS(kind tokenKind) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		tok := bearerToken(r)
-		s.mu.Lock()
-		id, ok := s.core.m.tokens[tokenKey(tok)]
-		expired := ok && id.kind == kindClient && !s.core.m.clients[id.id].expiresAt.After(s.cfg.Now())
-		s.mu.Unlock()
-		if tok == "" || !ok || id.kind != kind || expired {
+		id, ok := s.authenticate(kind, bearerToken(r))
+		if !ok {
 			s.log.Info("refused connection: unknown or expired token", "path", r.URL.Path, "remote", r.RemoteAddr)
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
@@ -269,16 +338,10 @@ func (s *Server) handleWS(kind tokenKind) http.HandlerFunc {
 			http.Error(w, err.Error(), http.StatusBadRequest)
 			return
 		}
-		s.mu.Lock()
-		if s.closed {
-			s.mu.Unlock()
+		if !s.admit(sess) {
 			http.Error(w, "shutting down", http.StatusServiceUnavailable)
 			return
 		}
-		s.nextID++
-		sess.id = s.nextID
-		s.wg.Add(1)
-		s.mu.Unlock()
 		defer s.wg.Done()
 
 		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
@@ -296,24 +359,24 @@ func (s *Server) handleWS(kind tokenKind) http.HandlerFunc {
 		defer s.sessions.Add(context.Background(), -1, attrs)
 		s.log.Info("connected", "kind", kind, "id", id.id, "name", sess.name, "session", sess.id, "vsn", sess.version)
 
-		s.mu.Lock()
-		s.conns[sess.id] = c
-		s.core.connect(sess)
-		s.flush()
-		s.wg.Add(1)
-		s.mu.Unlock()
-		go func() {
-			defer s.wg.Done()
-			s.writeLoop(ctx, ws, c)
-		}()
-
-		err = s.readLoop(ctx, ws, sess.id)
+		var writer sync.WaitGroup
+		defer writer.Wait()
+		defer cancel()
+		err = s.apply(func(core *core) {
+			s.conns[sess.id] = c
+			core.connect(sess)
+		})
+		if err == nil {
+			writer.Go(func() { s.writeLoop(ctx, ws, c) })
+			err = s.readLoop(ctx, ws, sess.id)
+		}
 		cancel()
-		s.mu.Lock()
-		delete(s.conns, sess.id)
-		s.core.disconnect(sess.id)
-		s.flush()
-		s.mu.Unlock()
+		s.logPanic("portal bug: handling a connection panicked; closing it", err, "kind", kind, "id", id.id, "session", sess.id)
+		derr := s.apply(func(core *core) {
+			delete(s.conns, sess.id)
+			core.disconnect(sess.id)
+		})
+		s.logPanic("portal bug: forgetting a connection panicked", derr, "kind", kind, "id", id.id, "session", sess.id)
 		s.log.Info("disconnected", "kind", kind, "id", id.id, "session", sess.id, "reason", err)
 	}
 }
@@ -374,10 +437,9 @@ func (s *Server) readLoop(ctx context.Context, ws *websocket.Conn, id uint64) er
 		if err != nil {
 			return fmt.Errorf("read: %w", err)
 		}
-		s.mu.Lock()
-		s.core.frame(id, data)
-		s.flush()
-		s.mu.Unlock()
+		if err := s.apply(func(c *core) { c.frame(id, data) }); err != nil {
+			return err
+		}
 	}
 }
 
@@ -456,17 +518,22 @@ func (s *Server) WaitFor(ctx context.Context, match func(Event) bool) (Event, er
 // WaitFrom is WaitFor for events numbered from (see EventCount) onwards.
 func (s *Server) WaitFrom(ctx context.Context, from int, match func(Event) bool) (Event, error) {
 	for {
-		s.mu.Lock()
-		end := s.histBase + len(s.history)
-		for i := max(from, s.histBase); i < end; i++ {
-			if e := s.history[i-s.histBase]; match(e) {
-				s.mu.Unlock()
+		var (
+			evs   []Event
+			ch    <-chan struct{}
+			first int
+		)
+		s.locked(func() {
+			first = min(max(from, s.histBase), s.histBase+len(s.history))
+			evs = slices.Clone(s.history[first-s.histBase:])
+			ch = s.notify
+		})
+		for _, e := range evs { // match runs without the lock
+			if match(e) {
 				return e, nil
 			}
 		}
-		from = end
-		ch := s.notify
-		s.mu.Unlock()
+		from = first + len(evs)
 		select {
 		case <-ch:
 		case <-ctx.Done():
@@ -480,43 +547,50 @@ func Is(kind EventKind, id string) func(Event) bool {
 	return func(e Event) bool { return e.Kind == kind && (id == "" || e.ID == id) }
 }
 
-// State returns a snapshot of online peers, relays and flows.
+// State returns a snapshot of online peers, relays and flows. Should taking it fail (a bug, logged at
+// ERROR), the snapshot is empty.
 func (s *Server) State() State {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.core.state()
+	st, err := s.state()
+	if err != nil {
+		return State{Clients: []PeerState{}, Gateways: []PeerState{}, Relays: []RelayState{}, Flows: []FlowState{}}
+	}
+	return st
+}
+
+func (s *Server) state() (st State, err error) {
+	err = s.apply(func(c *core) { st = c.state() })
+	s.logPanic("portal bug: taking the state snapshot panicked", err)
+	return st, err
+}
+
+// admin applies an admin change to the core and pushes its consequences; a panic is logged and returned.
+func (s *Server) admin(change func(*core) error) error {
+	var cerr error
+	if err := s.apply(func(c *core) { cerr = change(c) }); err != nil {
+		s.logPanic("portal bug: an admin change panicked", err)
+		return err
+	}
+	return cerr
 }
 
 // PutResource creates or replaces a resource and pushes the change to affected clients and gateways.
 func (s *Server) PutResource(r ResourceConfig) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.flush()
-	return s.core.putResource(r)
+	return s.admin(func(c *core) error { return c.putResource(r) })
 }
 
 // DeleteResource removes a resource (and its policies) and revokes access to it.
 func (s *Server) DeleteResource(id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.flush()
-	return s.core.deleteResource(id)
+	return s.admin(func(c *core) error { return c.deleteResource(id) })
 }
 
 // PutPolicy creates or replaces a policy and pushes the change.
 func (s *Server) PutPolicy(p PolicyConfig) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.flush()
-	return s.core.putPolicy(p)
+	return s.admin(func(c *core) error { return c.putPolicy(p) })
 }
 
 // DeletePolicy removes a policy and revokes the access it gave.
 func (s *Server) DeletePolicy(id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	defer s.flush()
-	return s.core.deletePolicy(id)
+	return s.admin(func(c *core) error { return c.deletePolicy(id) })
 }
 
 // Resources lists the resources, sorted by id.

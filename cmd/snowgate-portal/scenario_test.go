@@ -113,9 +113,15 @@ type wsPeer struct {
 
 func wsDial(t *testing.T, s *portalmock.Server, path, token string, q url.Values) *wsPeer {
 	t.Helper()
+	return wsDialURL(t, s.URL(), path, token, q)
+}
+
+// wsDialURL dials the portal at base ("ws://host:port").
+func wsDialURL(t *testing.T, base, path, token string, q url.Values) *wsPeer {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 	defer cancel()
-	ws, _, err := websocket.Dial(ctx, s.URL()+path+"?"+q.Encode(), &websocket.DialOptions{
+	ws, _, err := websocket.Dial(ctx, base+path+"?"+q.Encode(), &websocket.DialOptions{
 		HTTPHeader: http.Header{"X-Authorization": {"Bearer " + token}},
 	})
 	if err != nil {
