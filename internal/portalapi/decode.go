@@ -51,6 +51,8 @@ func clientEgress(event string) decoder {
 		return into[BroadcastGatewayIceCandidates]
 	case EventBroadcastInvalidatedIceCandidates:
 		return into[BroadcastInvalidatedGatewayIceCandidates]
+	case EventReportConnections:
+		return decodeReportConnections
 	}
 	return nil
 }
@@ -89,6 +91,8 @@ func gatewayEgress(event string) decoder {
 		return into[BroadcastClientIceCandidates]
 	case EventBroadcastInvalidatedIceCandidates:
 		return into[BroadcastInvalidatedClientIceCandidates]
+	case EventReportConnections:
+		return decodeReportConnections
 	}
 	return nil
 }

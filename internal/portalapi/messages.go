@@ -5,6 +5,11 @@
 // Field names follow Firezone's connlib messages (reference/firezone.md §2). Decoding ignores unknown fields;
 // unknown events and resources of unknown types decode to [Unknown] (callers log it at debug), never to an
 // error.
+//
+// Two parts are snowgate's own, not Firezone's: the clients' and gateways' report_connections push
+// ([ReportConnections]: the path each connection takes, for the dev stack's live page), and validation of
+// some payloads at decode time ([ReportConnections.Validate]). The old, non-idempotent gateway exchange
+// (request_connection → connection_ready, allow_access) is kept for gateways of that era.
 package portalapi
 
 import "net/netip"
@@ -331,10 +336,11 @@ type Peer struct {
 	IPv6                netip.Addr `json:"ipv6"`
 }
 
-// ClientPayload is the client's offer in the old protocol.
+// ClientPayload is the client's offer in the old protocol. Domain is sent as null when absent, as the
+// portal did.
 type ClientPayload struct {
 	IceParameters IceCredentials  `json:"ice_parameters"`
-	Domain        *ResolveRequest `json:"domain,omitempty"`
+	Domain        *ResolveRequest `json:"domain"`
 }
 
 // RequestClient is the client of an old-protocol request_connection.

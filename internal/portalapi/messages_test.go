@@ -78,6 +78,23 @@ func TestDecodeTable(t *testing.T) {
 			BroadcastInvalidatedClientIceCandidates{ClientIDs: []string{"c"}, Candidates: []string{}}, false},
 		{"reject access", DecodeGatewayIngress, EventRejectAccess, `{"client_id":"c","resource_id":"r"}`, RejectAccess{ClientID: "c", ResourceID: "r"}, false},
 		{"relay init", DecodeRelayIngress, EventInit, `{}`, RelayInit{}, false},
+		{"report connections", DecodeClientEgress, EventReportConnections,
+			`{"connections":[{"peer_id":"g","path":"relay","relay_id":"r","local":"198.18.0.1:52625","remote":"198.18.0.2:49152","rtt_ms":12.5,"rx_bytes":10,"tx_bytes":20,"idle":false},{"peer_id":"g2","path":"none","relay_id":"","local":"","remote":"","rtt_ms":0,"rx_bytes":0,"tx_bytes":0,"idle":true}]}`,
+			ReportConnections{Connections: []ConnectionReport{
+				{PeerID: "g", Path: PathRelay, RelayID: "r", Local: netip.MustParseAddrPort("198.18.0.1:52625"), Remote: netip.MustParseAddrPort("198.18.0.2:49152"), RTTMillis: 12.5, RxBytes: 10, TxBytes: 20},
+				{PeerID: "g2", Path: PathNone, Idle: true},
+			}}, false},
+		{"gateway report connections", DecodeGatewayEgress, EventReportConnections, `{"connections":[{"peer_id":"c","path":"host","local":"[2001:db8::1]:52625","remote":"[2001:db8::2]:52625"}]}`,
+			ReportConnections{Connections: []ConnectionReport{{PeerID: "c", Path: PathHost, Local: netip.MustParseAddrPort("[2001:db8::1]:52625"), Remote: netip.MustParseAddrPort("[2001:db8::2]:52625")}}}, false},
+		{"empty report", DecodeGatewayEgress, EventReportConnections, `{"connections":[]}`, ReportConnections{Connections: []ConnectionReport{}}, false},
+		{"report unknown path", DecodeClientEgress, EventReportConnections, `{"connections":[{"peer_id":"g","path":"carrier_pigeon"}]}`, nil, true},
+		{"report relay without id", DecodeClientEgress, EventReportConnections, `{"connections":[{"peer_id":"g","path":"relay"}]}`, nil, true},
+		{"report relay id off relay", DecodeClientEgress, EventReportConnections, `{"connections":[{"peer_id":"g","path":"srflx","relay_id":"r"}]}`, nil, true},
+		{"report no peer", DecodeGatewayEgress, EventReportConnections, `{"connections":[{"path":"host"}]}`, nil, true},
+		{"report negative rtt", DecodeGatewayEgress, EventReportConnections, `{"connections":[{"peer_id":"c","path":"host","rtt_ms":-1}]}`, nil, true},
+		{"report bad address", DecodeGatewayEgress, EventReportConnections, `{"connections":[{"peer_id":"c","path":"host","local":"nope"}]}`, nil, true},
+		{"connection ready", DecodeGatewayEgress, EventConnectionReady, `{"ref":"x","gateway_payload":{"connection_accepted":{"ice_parameters":{"username":"u","password":"p"}}}}`,
+			ConnectionReady{Ref: "x", GatewayPayload: GatewayResponse{ConnectionAccepted: &ConnectionAccepted{IceParameters: IceCredentials{"u", "p"}}}}, false},
 		{"malformed", DecodeClientEgress, EventCreateFlow, `{"resource_id":5}`, nil, true},
 		{"not json", DecodeGatewayEgress, EventFlowAuthorized, `{`, nil, true},
 	}
@@ -93,7 +110,7 @@ func TestDecodeTable(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if diff := cmp.Diff(tt.want, m); diff != "" {
+			if diff := cmp.Diff(tt.want, m, cmp.Comparer(func(a, b netip.AddrPort) bool { return a == b })); diff != "" {
 				t.Errorf("(-want +got):\n%s", diff)
 			}
 			if m.Event() != tt.event {
@@ -127,6 +144,35 @@ func TestAuthorizeFlowRoundTrip(t *testing.T) {
 	}
 	if diff := cmp.Diff(Message(in), m, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })); diff != "" {
 		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+}
+
+// The wire shapes of the report (snowgate's own) and of the old protocol's request_connection are fixed.
+func TestWireShapes(t *testing.T) {
+	for _, tc := range []struct {
+		msg  any
+		want string
+	}{
+		{ReportConnections{Connections: []ConnectionReport{{PeerID: "g", Path: PathRelay, RelayID: "r",
+			Local: netip.MustParseAddrPort("198.18.0.1:52625"), Remote: netip.MustParseAddrPort("198.18.0.2:3478"), RTTMillis: 12.5, RxBytes: 1, TxBytes: 2}}},
+			`{"connections":[{"peer_id":"g","path":"relay","relay_id":"r","local":"198.18.0.1:52625","remote":"198.18.0.2:3478","rtt_ms":12.5,"rx_bytes":1,"tx_bytes":2,"idle":false}]}`},
+		{ReportConnections{Connections: []ConnectionReport{{PeerID: "g", Path: PathNone}}},
+			`{"connections":[{"peer_id":"g","path":"none","relay_id":"","local":"","remote":"","rtt_ms":0,"rx_bytes":0,"tx_bytes":0,"idle":false}]}`},
+		{RequestConnection{Resource: Resource{Type: ResourceCIDR, ID: "r", Address: "198.51.100.0/24"}, Ref: "x", ExpiresAt: 1,
+			Client: RequestClient{ID: "c", Payload: ClientPayload{IceParameters: IceCredentials{"u", "p"}},
+				Peer: Peer{PublicKey: "pk", PresharedKey: "psk", IPv4: netip.MustParseAddr("100.64.0.1"), IPv6: netip.MustParseAddr("fd00:2021:1111::1")}}},
+			`{"resource":{"type":"cidr","id":"r","address":"198.51.100.0/24"},"client":{"id":"c","payload":{"ice_parameters":{"username":"u","password":"p"},"domain":null},"peer":{"public_key":"pk","preshared_key":"psk","ipv4":"100.64.0.1","ipv6":"fd00:2021:1111::1"}},"ref":"x","expires_at":1}`},
+		{AllowAccess{ClientID: "c", Resource: Resource{Type: ResourceCIDR, ID: "r", Address: "198.51.100.0/24"}, ExpiresAt: 1, Ref: "x",
+			ClientIPv4: netip.MustParseAddr("100.64.0.1"), ClientIPv6: netip.MustParseAddr("fd00:2021:1111::1")},
+			`{"client_id":"c","resource":{"type":"cidr","id":"r","address":"198.51.100.0/24"},"expires_at":1,"ref":"x","client_ipv4":"100.64.0.1","client_ipv6":"fd00:2021:1111::1"}`},
+	} {
+		b, err := json.Marshal(tc.msg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(b) != tc.want {
+			t.Errorf("%T:\n got %s\nwant %s", tc.msg, b, tc.want)
+		}
 	}
 }
 
@@ -174,6 +220,8 @@ func FuzzDecode(f *testing.F) {
 	f.Add(EventCreateFlow, []byte(`{"resource_id":"r","connected_gateway_ids":[]}`))
 	f.Add(EventAuthorizeFlow, []byte(`{"ref":"x","resource":{"type":"cidr"}}`))
 	f.Add(EventResourceDeleted, []byte(`"x"`))
+	f.Add(EventReportConnections, []byte(`{"connections":[{"peer_id":"g","path":"relay","relay_id":"r","local":"198.18.0.1:1","rtt_ms":1.5}]}`))
+	f.Add(EventConnectionReady, []byte(`{"ref":"x","gateway_payload":{"connection_accepted":{"ice_parameters":{"username":"u","password":"p"}}}}`))
 	f.Add("nope", []byte(`null`))
 	f.Fuzz(func(t *testing.T, event string, payload []byte) {
 		for _, d := range []func(string, json.RawMessage) (Message, error){
