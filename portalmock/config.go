@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"time"
 
 	"gopkg.in/yaml.v3"
@@ -81,6 +82,10 @@ type ClientConfig struct {
 	ExpiresAt string `yaml:"expires_at"`
 	// PSKBase is the base64 per-device secret mixed into PSKs; empty means sha256("snowgate-psk-base|<id>").
 	PSKBase string `yaml:"psk_base"`
+	// LegacyGatewayProtocol makes the portal speak the old, non-idempotent exchange to gateways for this
+	// client's flows: request_connection → connection_ready for a client/gateway pair without a
+	// connection, allow_access once it has one. The client itself still speaks create_flow / flow_created.
+	LegacyGatewayProtocol bool `yaml:"legacy_gateway_protocol"`
 }
 
 // GatewayConfig is a gateway token and the gateway it stands for.
@@ -176,6 +181,8 @@ type device struct {
 	ipv6      netip.Addr
 	expiresAt time.Time
 	pskBase   []byte
+	// legacyGateway: flows of this client use the old gateway protocol (clients only).
+	legacyGateway bool
 }
 
 type account struct {
@@ -279,6 +286,9 @@ func buildModel(f *File) (*model, error) {
 			if err != nil {
 				return nil, cfgErr("account %s: upstream_dns %q: %v", a.ID, u, err)
 			}
+			if err := checkUpstream(ap.Addr()); err != nil {
+				return nil, cfgErr("account %s: upstream_dns %s: %v", a.ID, ap.Addr(), err)
+			}
 			acc.upstream = append(acc.upstream, ap)
 		}
 		for _, s := range a.Sites {
@@ -292,7 +302,7 @@ func buildModel(f *File) (*model, error) {
 			if c.ID == "" || m.clients[c.ID] != nil || m.gateways[c.ID] != nil {
 				return nil, cfgErr("client id %q empty or duplicate", c.ID)
 			}
-			d := &device{account: a.ID, id: c.ID, name: c.Name, expiresAt: portalapi.GatewayRelayExpiry}
+			d := &device{account: a.ID, id: c.ID, name: c.Name, expiresAt: portalapi.GatewayRelayExpiry, legacyGateway: c.LegacyGatewayProtocol}
 			if c.ExpiresAt != "" {
 				t, err := time.Parse(time.RFC3339, c.ExpiresAt)
 				if err != nil {
@@ -419,6 +429,37 @@ func parseUpstream(s string) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("neither ip nor ip:port")
 	}
 	return netip.AddrPortFrom(a, 53), nil
+}
+
+// reservedRanges are the address ranges the tunnel uses itself (reference/firezone.md §4): an upstream DNS
+// server there would be the client's own tunnel, proxy or sentinel address (Firezone's portal refuses them,
+// seed #7060).
+var reservedRanges = []struct {
+	name   string
+	prefix netip.Prefix
+}{
+	{"tunnel", tunnelPool4},
+	{"tunnel", tunnelPool6},
+	{"DNS proxy", netip.MustParsePrefix("100.96.0.0/11")},
+	{"DNS proxy", netip.MustParsePrefix("fd00:2021:1111:8000::/107")},
+	{"DNS sentinel", netip.MustParsePrefix("100.100.111.0/24")},
+	{"DNS sentinel", netip.MustParsePrefix("fd00:2021:1111:8000:100:100:111:0/120")},
+}
+
+// checkUpstream refuses an upstream DNS server in a reserved range or unspecified (0.0.0.0, ::); loopback
+// is allowed (a dev stack's resolver).
+func checkUpstream(a netip.Addr) error {
+	a = a.Unmap()
+	if a.IsUnspecified() {
+		return fmt.Errorf("the unspecified address is not a DNS server")
+	}
+	// Sentinels lie inside the proxy ranges: check the narrower range first for the clearer message.
+	for _, r := range slices.Backward(reservedRanges) {
+		if r.prefix.Contains(a) {
+			return fmt.Errorf("in the reserved %s range %s", r.name, r.prefix)
+		}
+	}
+	return nil
 }
 
 // checkResource validates a resource against the model (account and sites exist, address valid).

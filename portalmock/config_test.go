@@ -3,6 +3,7 @@ package portalmock
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -119,5 +120,75 @@ accounts:
 	}
 	if got := m.clients["c1"].ipv6; got != netip.MustParseAddr("fd00:2021:1111::2") {
 		t.Errorf("c1 ipv6 = %v", got)
+	}
+}
+
+// Upstream DNS servers in the tunnel's own ranges, or unspecified, are refused with an error naming the
+// account and the address; loopback and addresses next to the ranges are fine.
+func TestUpstreamDNSReservedRanges(t *testing.T) {
+	const tmpl = `
+accounts:
+  - id: acct-1
+    upstream_dns: ["%s"]
+    sites: [{id: s, name: S}]
+`
+	for _, tc := range []struct {
+		upstream string
+		bad      string // "" = accepted; else a word the error must contain
+	}{
+		{"100.64.0.1", "tunnel"},
+		{"100.95.255.255", "tunnel"},
+		{"[fd00:2021:1111::5]:53", "tunnel"},
+		{"100.96.0.1", "DNS proxy"},
+		{"100.127.255.254:5353", "DNS proxy"},
+		{"fd00:2021:1111:8000::1", "DNS proxy"},
+		{"100.100.111.1", "DNS sentinel"},
+		{"fd00:2021:1111:8000:100:100:111:1", "DNS sentinel"},
+		{"::ffff:100.100.111.2", "DNS sentinel"},
+		{"0.0.0.0", "unspecified"},
+		{"[::]:53", "unspecified"},
+		{"127.0.0.1", ""},
+		{"[::1]:5353", ""},
+		{"100.63.255.255", ""},
+		{"100.128.0.0", ""},
+		{"fd00:2021:1112::1", ""},
+		{"192.0.2.53", ""},
+	} {
+		_, err := ParseFile(fmt.Appendf(nil, tmpl, tc.upstream))
+		if tc.bad == "" {
+			if err != nil {
+				t.Errorf("%s refused: %v", tc.upstream, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "acct-1") || !strings.Contains(err.Error(), tc.bad) {
+			t.Errorf("%s: err = %v, want ErrConfig naming acct-1 and %q", tc.upstream, err, tc.bad)
+			continue
+		}
+		addr := strings.Trim(strings.TrimSuffix(strings.TrimSuffix(tc.upstream, ":53"), ":5353"), "[]")
+		if a, perr := netip.ParseAddr(addr); perr == nil && !strings.Contains(err.Error(), a.String()) {
+			t.Errorf("%s: error %q does not name the address", tc.upstream, err)
+		}
+	}
+}
+
+func TestLegacyGatewayProtocolConfig(t *testing.T) {
+	f, err := ParseFile([]byte(`
+accounts:
+  - id: a
+    sites: [{id: s, name: S}]
+    clients:
+      - {id: c1, token: t1, legacy_gateway_protocol: true}
+      - {id: c2, token: t2}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := buildModel(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !m.clients["c1"].legacyGateway || m.clients["c2"].legacyGateway {
+		t.Errorf("legacy flags: c1 %v c2 %v", m.clients["c1"].legacyGateway, m.clients["c2"].legacyGateway)
 	}
 }

@@ -31,6 +31,9 @@ const (
 	EventFlowFailed     EventKind = "flow_failed"     // flow_creation_failed sent; Detail = reason
 	EventAccessRejected EventKind = "access_rejected" // reject_access sent; ID client, Peer gateway
 	EventBadInput       EventKind = "bad_input"       // an error reply was sent; Detail = reason
+	// EventConnectionsReported: a client or gateway sent report_connections; ID is the reporter, Detail the
+	// number of connections.
+	EventConnectionsReported EventKind = "connections_reported"
 )
 
 // Event is one thing that happened in the portal.
@@ -80,12 +83,29 @@ type outMsg struct {
 
 type flowKey struct{ client, gateway string }
 
+// pendingAuth is a flow waiting for the gateway's answer: flow_authorized to authorize_flow, or (legacy)
+// connection_ready to request_connection.
 type pendingAuth struct {
 	seq        uint64
 	clientSess uint64
 	key        flowKey
 	resourceID string
 	created    portalapi.FlowCreated
+	legacy     bool   // sent as request_connection; answered by connection_ready
+	clientKey  string // the client's public key when it was sent (legacy)
+}
+
+// legacyConn is a connection a gateway accepted with connection_ready (old protocol): later flows of the
+// same pair, while neither key changed, are sent as allow_access and reuse its ICE credentials.
+type legacyConn struct {
+	clientKey, gatewayKey string
+	gatewayCreds          portalapi.IceCredentials
+}
+
+// peerKey names a client or gateway (their ids are disjoint, but the kind makes it explicit).
+type peerKey struct {
+	kind tokenKind
+	id   string
 }
 
 // core is the portal's state machine: every input (a connection, a frame, a disconnection, an admin change)
@@ -101,7 +121,9 @@ type core struct {
 	relays   map[string]uint64 // joined relays by relay id
 	relaySeq uint64
 	flows    map[flowKey]map[string]bool // authorized resource ids per client/gateway pair
-	pending  map[string]*pendingAuth     // authorize_flow refs awaiting flow_authorized
+	pending  map[string]*pendingAuth     // authorize_flow / request_connection refs awaiting the answer
+	legacy   map[flowKey]legacyConn      // old-protocol connections accepted by gateways
+	reports  map[peerKey][]portalapi.ConnectionReport
 	refSeq   uint64
 	rr       map[string]uint64 // round-robin counter per site
 	out      []outMsg
@@ -116,6 +138,7 @@ func newCore(m *model, now func() time.Time, log *slog.Logger) *core {
 		m: m, now: now, log: log,
 		sessions: map[uint64]*session{}, clients: map[string]uint64{}, gateways: map[string]uint64{},
 		relays: map[string]uint64{}, flows: map[flowKey]map[string]bool{}, pending: map[string]*pendingAuth{},
+		legacy: map[flowKey]legacyConn{}, reports: map[peerKey][]portalapi.ConnectionReport{},
 		rr: map[string]uint64{}, frameHook: testFrameHook(),
 	}
 }
@@ -184,6 +207,7 @@ func (c *core) leave(s *session) {
 			return
 		}
 		delete(c.clients, s.peerID)
+		delete(c.reports, peerKey{kindClient, s.peerID})
 		for ref, p := range c.pending {
 			if p.clientSess == s.id {
 				delete(c.pending, ref)
@@ -195,6 +219,7 @@ func (c *core) leave(s *session) {
 			return
 		}
 		delete(c.gateways, s.peerID)
+		delete(c.reports, peerKey{kindGateway, s.peerID})
 		for _, ref := range sortedKeys(c.pending) {
 			if p := c.pending[ref]; p.key.gateway == s.peerID {
 				delete(c.pending, ref)
@@ -666,6 +691,8 @@ func (c *core) clientMessage(s *session, msg phoenix.Message) {
 				c.push(gs, portalapi.EventInvalidateIceCandidates, portalapi.InvalidatedClientIceCandidates{ClientID: s.peerID, Candidates: orEmpty(m.Candidates)})
 			}
 		}
+	case portalapi.ReportConnections:
+		c.reportConnections(s, msg, m)
 	case portalapi.Unknown:
 		c.log.Debug("ignoring client message", "client", s.peerID, "event", m.Name, "reason", m.Reason)
 	}
@@ -681,19 +708,12 @@ func (c *core) gatewayMessage(s *session, msg phoenix.Message) {
 	switch m := m.(type) {
 	case portalapi.FlowAuthorized:
 		p := c.pending[m.Ref]
-		if p == nil || p.key.gateway != s.peerID {
+		if p == nil || p.key.gateway != s.peerID || p.legacy {
 			c.replyError(s, msg, reasonNotFound)
 			return
 		}
 		delete(c.pending, m.Ref)
-		if c.flows[p.key] == nil {
-			c.flows[p.key] = map[string]bool{}
-		}
-		c.flows[p.key][p.resourceID] = true
-		if cs := c.activeClient(p.clientSess); cs != nil {
-			c.push(cs, portalapi.EventFlowCreated, p.created)
-		}
-		c.emit(Event{Kind: EventFlowAuthorized, ID: p.key.client, Peer: p.key.gateway, Resource: p.resourceID})
+		c.completeFlow(p)
 	case portalapi.BroadcastClientIceCandidates:
 		if !c.checkPeers(s, msg, m.ClientIDs) {
 			return
@@ -713,10 +733,69 @@ func (c *core) gatewayMessage(s *session, msg phoenix.Message) {
 			}
 		}
 	case portalapi.ConnectionReady:
-		c.log.Debug("ignoring old-protocol connection_ready", "gateway", s.peerID)
+		c.connectionReady(s, msg, m)
+	case portalapi.ReportConnections:
+		c.reportConnections(s, msg, m)
 	case portalapi.Unknown:
 		c.log.Debug("ignoring gateway message", "gateway", s.peerID, "event", m.Name, "reason", m.Reason)
 	}
+}
+
+// completeFlow records an answered authorization and sends the client flow_created.
+func (c *core) completeFlow(p *pendingAuth) {
+	if c.flows[p.key] == nil {
+		c.flows[p.key] = map[string]bool{}
+	}
+	c.flows[p.key][p.resourceID] = true
+	if cs := c.activeClient(p.clientSess); cs != nil {
+		c.push(cs, portalapi.EventFlowCreated, p.created)
+	}
+	c.emit(Event{Kind: EventFlowAuthorized, ID: p.key.client, Peer: p.key.gateway, Resource: p.resourceID})
+}
+
+// connectionReady handles the old protocol's answer to request_connection: the gateway accepted the
+// connection with its own ICE credentials, which the client gets in flow_created and later flows of the
+// pair reuse (allow_access).
+func (c *core) connectionReady(s *session, msg phoenix.Message, m portalapi.ConnectionReady) {
+	p := c.pending[m.Ref]
+	if p == nil || p.key.gateway != s.peerID || !p.legacy {
+		c.replyError(s, msg, reasonNotFound)
+		return
+	}
+	acc := m.GatewayPayload.ConnectionAccepted
+	if acc == nil || acc.IceParameters.Username == "" || acc.IceParameters.Password == "" {
+		c.log.Warn("malformed connection_ready", "gateway", s.peerID, "ref", m.Ref)
+		c.replyError(s, msg, reasonMalformed)
+		return
+	}
+	delete(c.pending, m.Ref)
+	c.legacy[p.key] = legacyConn{clientKey: p.clientKey, gatewayKey: s.publicKey, gatewayCreds: acc.IceParameters}
+	p.created.GatewayIceCredentials = acc.IceParameters
+	c.completeFlow(p)
+}
+
+// reportConnections stores a client's or gateway's latest connection report. Every peer_id must be a
+// device of the other kind in the reporter's account, else nothing is stored and the reply says not_found.
+func (c *core) reportConnections(s *session, msg phoenix.Message, m portalapi.ReportConnections) {
+	others, self := c.m.gateways, c.m.clients
+	if s.kind == kindGateway {
+		others, self = c.m.clients, c.m.gateways
+	}
+	for _, conn := range m.Connections {
+		if d := others[conn.PeerID]; d == nil || d.account != self[s.peerID].account {
+			c.replyError(s, msg, reasonNotFound)
+			return
+		}
+	}
+	c.reports[peerKey{s.kind, s.peerID}] = slices.Clone(orEmptyReports(m.Connections))
+	c.emit(Event{Kind: EventConnectionsReported, ID: s.peerID, Detail: strconv.Itoa(len(m.Connections))})
+}
+
+func orEmptyReports(rs []portalapi.ConnectionReport) []portalapi.ConnectionReport {
+	if rs == nil {
+		return []portalapi.ConnectionReport{}
+	}
+	return rs
 }
 
 func orEmpty(s []string) []string {
@@ -786,20 +865,55 @@ func (c *core) createFlow(s *session, cf portalapi.CreateFlow) {
 	c.evictPending(s.peerID)
 	acc := c.m.accounts[r.Account]
 	res := acc.resource(r)
-	c.pending[ref] = &pendingAuth{
+	p := &pendingAuth{
 		seq: c.refSeq, clientSess: s.id, key: flowKey{client: s.peerID, gateway: gs.peerID}, resourceID: r.ID,
+		clientKey: s.publicKey,
 		created: portalapi.FlowCreated{
 			ResourceID: r.ID, GatewayID: gs.peerID, SiteID: gw.site, GatewayPublicKey: gs.publicKey,
 			GatewayIPv4: gw.ipv4, GatewayIPv6: gw.ipv6, PresharedKey: psk,
 			ClientIceCredentials: cCreds, GatewayIceCredentials: gCreds,
 		},
 	}
+	if d.legacyGateway {
+		c.legacyFlow(s, gs, ref, p, res.GatewayView())
+		return
+	}
+	c.pending[ref] = p
 	c.push(gs, portalapi.EventAuthorizeFlow, portalapi.AuthorizeFlow{
 		Ref: ref, Resource: res.GatewayView(),
 		Client:               portalapi.FlowClient{ID: s.peerID, PublicKey: s.publicKey, PresharedKey: psk, IPv4: d.ipv4, IPv6: d.ipv6},
 		ClientIceCredentials: cCreds, GatewayIceCredentials: gCreds, ExpiresAt: d.expiresAt.Unix(),
 	})
 	c.emit(Event{Kind: EventFlowRequested, ID: s.peerID, Peer: gs.peerID, Resource: r.ID})
+}
+
+// legacyFlow speaks the old, non-idempotent exchange to the gateway for a client configured with
+// legacy_gateway_protocol; the client still gets flow_created. Without a connection of the pair (under
+// both current keys) the gateway gets request_connection and the flow waits for connection_ready; with
+// one, the gateway gets allow_access (no answer expected) and the client flow_created at once, with the
+// gateway ICE credentials of that connection.
+func (c *core) legacyFlow(s, gs *session, ref string, p *pendingAuth, res portalapi.Resource) {
+	d := c.m.clients[s.peerID]
+	if lc, ok := c.legacy[p.key]; ok && lc.clientKey == s.publicKey && lc.gatewayKey == gs.publicKey {
+		c.push(gs, portalapi.EventAllowAccess, portalapi.AllowAccess{
+			ClientID: s.peerID, Resource: res, ExpiresAt: d.expiresAt.Unix(), Ref: ref, ClientIPv4: d.ipv4, ClientIPv6: d.ipv6,
+		})
+		c.emit(Event{Kind: EventFlowRequested, ID: s.peerID, Peer: gs.peerID, Resource: p.resourceID, Detail: portalapi.EventAllowAccess})
+		p.created.GatewayIceCredentials = lc.gatewayCreds
+		c.completeFlow(p)
+		return
+	}
+	p.legacy = true
+	c.pending[ref] = p
+	c.push(gs, portalapi.EventRequestConnection, portalapi.RequestConnection{
+		Resource: res, Ref: ref, ExpiresAt: d.expiresAt.Unix(),
+		Client: portalapi.RequestClient{
+			ID:      s.peerID,
+			Payload: portalapi.ClientPayload{IceParameters: p.created.ClientIceCredentials},
+			Peer:    portalapi.Peer{PublicKey: s.publicKey, PresharedKey: p.created.PresharedKey, IPv4: d.ipv4, IPv6: d.ipv6},
+		},
+	})
+	c.emit(Event{Kind: EventFlowRequested, ID: s.peerID, Peer: gs.peerID, Resource: p.resourceID, Detail: portalapi.EventRequestConnection})
 }
 
 // maxPendingPerClient bounds the authorize_flow requests a client may have unanswered (clients re-send
@@ -866,6 +980,8 @@ type PeerState struct {
 	PublicKey string `json:"public_key,omitempty"`
 	IPv4      string `json:"ipv4"`
 	IPv6      string `json:"ipv6"`
+	// Connections is the peer's latest report_connections while it is online (empty otherwise).
+	Connections []portalapi.ConnectionReport `json:"connections"`
 }
 
 // RelayState is an online relay in a [State].
@@ -893,18 +1009,21 @@ type State struct {
 
 func (c *core) state() State {
 	st := State{Clients: []PeerState{}, Gateways: []PeerState{}, Relays: []RelayState{}, Flows: []FlowState{}}
-	peer := func(d *device, active map[string]uint64) PeerState {
-		ps := PeerState{ID: d.id, Name: d.name, IPv4: d.ipv4.String(), IPv6: d.ipv6.String()}
+	peer := func(kind tokenKind, d *device, active map[string]uint64) PeerState {
+		ps := PeerState{ID: d.id, Name: d.name, IPv4: d.ipv4.String(), IPv6: d.ipv6.String(), Connections: []portalapi.ConnectionReport{}}
 		if s := c.onlineSession(active, d.id); s != nil {
 			ps.Online, ps.PublicKey = true, s.publicKey
+		}
+		if r, ok := c.reports[peerKey{kind, d.id}]; ok {
+			ps.Connections = slices.Clone(r)
 		}
 		return ps
 	}
 	for _, id := range sortedKeys(c.m.clients) {
-		st.Clients = append(st.Clients, peer(c.m.clients[id], c.clients))
+		st.Clients = append(st.Clients, peer(kindClient, c.m.clients[id], c.clients))
 	}
 	for _, id := range sortedKeys(c.m.gateways) {
-		st.Gateways = append(st.Gateways, peer(c.m.gateways[id], c.gateways))
+		st.Gateways = append(st.Gateways, peer(kindGateway, c.m.gateways[id], c.gateways))
 	}
 	for _, s := range c.relaysByID() {
 		rs := RelayState{ID: s.relayID, Name: s.name}

@@ -23,6 +23,10 @@ import (
 //   - every joined client and gateway knows exactly the first two online relays (init + relays_presence),
 //     with credentials derived from its current key;
 //   - authorize_flow / flow_created carry the credentials and PSK derived from both current keys;
+//   - a client on the old gateway protocol gets request_connection sent exactly when its pair has no
+//     accepted connection under the current keys, allow_access otherwise, and flow_created carries the
+//     gateway's credentials from connection_ready; only a well-formed connection_ready for a pending ref of
+//     that gateway is accepted;
 //   - ICE candidates reach a peer only from a peer it was authorized with;
 //   - joins, leaves (phx_leave), closes and replacements, in any order, leave exactly the sessions the model
 //     says joined, with one *_left event per session that stopped being joined, and the core's registries
@@ -43,6 +47,28 @@ type coreMachine struct {
 	joined   map[uint64]bool   // sessions the model says are joined
 	wantLeft map[EventKind]int // *_left events the model expects so far
 	gotLeft  map[EventKind]int // *_left events the core emitted so far
+	// the old gateway protocol (clients with legacy_gateway_protocol)
+	legacyClients map[string]bool
+	legacyReqs    map[string]legacyReq   // request_connection refs seen
+	legacyRefs    []string               // the same, in order, for drawing
+	legacyConns   map[flowKey]legacyConn // connections the model saw accepted
+	errReplies    int                    // error replies to the sender so far
+	refTo         map[string]uint64      // gateway session each authorize_flow / request_connection went to
+}
+
+// answerer draws the gateway session that answers ref: mostly the one that got it (if still joined), else
+// any joined gateway.
+func (m *coreMachine) answerer(t *rapid.T, ref string) *session {
+	if s := m.live[m.refTo[ref]]; s != nil && s.joined && rapid.IntRange(0, 3).Draw(t, "wrong gateway") > 0 {
+		return s
+	}
+	return m.pick(t, kindGateway)
+}
+
+// legacyReq is a request_connection as the gateway saw it.
+type legacyReq struct {
+	key                   flowKey
+	clientKey, gatewayKey string
 }
 
 var leftKind = map[tokenKind]EventKind{kindClient: EventClientLeft, kindGateway: EventGatewayLeft, kindRelay: EventRelayLeft}
@@ -203,6 +229,9 @@ func (m *coreMachine) check(t *rapid.T, s *session, data []byte) {
 		if err := json.Unmarshal(msg.Payload, &rp); err != nil || (rp.Status == phoenix.StatusError && s.id != m.sender) {
 			t.Fatalf("reply %s to session %d while handling %d", msg.Payload, s.id, m.sender)
 		}
+		if rp.Status == phoenix.StatusError {
+			m.errReplies++
+		}
 		return
 	}
 	var dec portalapi.Message
@@ -229,7 +258,35 @@ func (m *coreMachine) check(t *rapid.T, s *session, data []byte) {
 			}
 		}
 		m.views[s.id] = v.Connected
+	case portalapi.RequestConnection:
+		k := flowKey{client: v.Client.ID, gateway: s.peerID}
+		cp := portalapi.FlowPeer{ID: v.Client.ID, PublicKey: m.keys[v.Client.ID]}
+		gp := portalapi.FlowPeer{ID: s.peerID, PublicKey: s.publicKey}
+		cc, _ := portalapi.IceCredentialsFor(cp, gp)
+		psk, _ := portalapi.PresharedKey(cp, pskBaseOf(cp.ID), gp, pskBaseOf(gp.ID))
+		if !m.legacyClients[cp.ID] || v.Client.Payload.IceParameters != cc || v.Client.Peer.PresharedKey != psk || v.Client.Peer.PublicKey != cp.PublicKey {
+			t.Fatalf("request_connection for a client not on the old protocol, or credentials not from the current keys: %+v", v)
+		}
+		if lc, ok := m.legacyConns[k]; ok && lc.clientKey == cp.PublicKey && lc.gatewayKey == gp.PublicKey {
+			t.Fatalf("request_connection for a pair that has a connection: %+v", v)
+		}
+		if m.authz[s.peerID] == nil {
+			m.authz[s.peerID] = map[string]bool{}
+		}
+		m.authz[s.peerID][cp.ID] = true
+		m.legacyReqs[v.Ref] = legacyReq{key: k, clientKey: cp.PublicKey, gatewayKey: gp.PublicKey}
+		m.legacyRefs = append(m.legacyRefs, v.Ref)
+		m.refTo[v.Ref] = s.id
+	case portalapi.AllowAccess:
+		k := flowKey{client: v.ClientID, gateway: s.peerID}
+		if lc, ok := m.legacyConns[k]; !m.legacyClients[v.ClientID] || !ok || lc.clientKey != m.keys[v.ClientID] || lc.gatewayKey != s.publicKey {
+			t.Fatalf("allow_access without a connection under the current keys: %+v", v)
+		}
+		m.authz[s.peerID][v.ClientID] = true
 	case portalapi.AuthorizeFlow:
+		if m.legacyClients[v.Client.ID] {
+			t.Fatalf("authorize_flow for a client on the old protocol: %+v", v)
+		}
 		cp := portalapi.FlowPeer{ID: v.Client.ID, PublicKey: m.keys[v.Client.ID]}
 		gp := portalapi.FlowPeer{ID: s.peerID, PublicKey: s.publicKey}
 		cc, gc := portalapi.IceCredentialsFor(cp, gp)
@@ -242,11 +299,19 @@ func (m *coreMachine) check(t *rapid.T, s *session, data []byte) {
 		}
 		m.authz[s.peerID][v.Client.ID] = true
 		m.refs = append(m.refs, v.Ref)
+		m.refTo[v.Ref] = s.id
 	case portalapi.FlowCreated:
 		cp := portalapi.FlowPeer{ID: s.peerID, PublicKey: s.publicKey}
 		gp := portalapi.FlowPeer{ID: v.GatewayID, PublicKey: v.GatewayPublicKey}
 		cc, gc := portalapi.IceCredentialsFor(cp, gp)
 		psk, _ := portalapi.PresharedKey(cp, pskBaseOf(cp.ID), gp, pskBaseOf(gp.ID))
+		if m.legacyClients[cp.ID] { // the gateway's own credentials, from its connection_ready
+			lc, ok := m.legacyConns[flowKey{client: cp.ID, gateway: gp.ID}]
+			if !ok || lc.clientKey != cp.PublicKey || lc.gatewayKey != gp.PublicKey {
+				t.Fatalf("flow_created for an old-protocol client without an accepted connection: %+v", v)
+			}
+			gc = lc.gatewayCreds
+		}
 		if v.ClientIceCredentials != cc || v.GatewayIceCredentials != gc || v.PresharedKey != psk {
 			t.Fatalf("flow_created credentials do not match the keys: %+v", v)
 		}
@@ -323,10 +388,25 @@ func (m *coreMachine) Check(t *rapid.T) {
 	}
 }
 
+func legacyKeySet(m map[flowKey]legacyConn) map[flowKey]map[string]bool {
+	out := map[flowKey]map[string]bool{}
+	for k := range m {
+		out[k] = nil
+	}
+	return out
+}
+
 func TestCoreStateMachine(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	rapid.Check(t, func(t *rapid.T) {
-		mdl, err := buildModel(DefaultFile())
+		f := DefaultFile()
+		legacy := map[string]bool{}
+		for i := range f.Accounts[0].Clients {
+			c := &f.Accounts[0].Clients[i]
+			c.LegacyGatewayProtocol = rapid.Bool().Draw(t, "legacy "+c.Name)
+			legacy[c.ID] = c.LegacyGatewayProtocol
+		}
+		mdl, err := buildModel(f)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -335,6 +415,8 @@ func TestCoreStateMachine(t *testing.T) {
 			live: map[uint64]*session{}, keys: map[string]string{}, secrets: map[string]string{},
 			relaySes: map[string]uint64{}, views: map[uint64][]portalapi.Relay{}, authz: map[string]map[string]bool{},
 			joined: map[uint64]bool{}, wantLeft: map[EventKind]int{}, gotLeft: map[EventKind]int{},
+			legacyClients: legacy, legacyReqs: map[string]legacyReq{}, legacyConns: map[flowKey]legacyConn{},
+			refTo: map[string]uint64{},
 		}
 		t.Repeat(map[string]func(*rapid.T){
 			"connect client": func(t *rapid.T) {
@@ -396,8 +478,54 @@ func TestCoreStateMachine(t *testing.T) {
 				if len(m.refs) == 0 {
 					t.Skip("no refs")
 				}
-				s := m.pick(t, kindGateway)
-				m.frame(t, s, portalapi.TopicGateway, portalapi.EventFlowAuthorized, portalapi.FlowAuthorized{Ref: rapid.SampledFrom(m.refs).Draw(t, "ref")})
+				ref := rapid.SampledFrom(m.refs).Draw(t, "ref")
+				m.frame(t, m.answerer(t, ref), portalapi.TopicGateway, portalapi.EventFlowAuthorized, portalapi.FlowAuthorized{Ref: ref})
+			},
+			"connection ready": func(t *rapid.T) {
+				if len(m.legacyRefs) == 0 {
+					t.Skip("no request_connection")
+				}
+				ref := rapid.SampledFrom(append(slices.Clone(m.legacyRefs), "flow-0")).Draw(t, "ref")
+				s := m.answerer(t, ref)
+				creds := portalapi.IceCredentials{Username: "g" + ref, Password: "gateway-password-" + ref + s.publicKey[:4]}
+				malformed := rapid.IntRange(0, 4).Draw(t, "malformed") == 0
+				ready := portalapi.ConnectionReady{Ref: ref, GatewayPayload: portalapi.GatewayResponse{ConnectionAccepted: &portalapi.ConnectionAccepted{IceParameters: creds}}}
+				if malformed {
+					ready.GatewayPayload.ConnectionAccepted = nil
+				}
+				// Acceptable: a request this gateway (under this key) got, answered well-formed. Whether it is
+				// still pending (not answered, evicted or dropped with its client) the error reply tells; the
+				// connection is recorded before the frame, since flow_created comes out while it is handled.
+				req, ok := m.legacyReqs[ref]
+				acceptable := ok && !malformed && req.key.gateway == s.peerID && req.gatewayKey == s.publicKey
+				old, had := m.legacyConns[req.key]
+				if acceptable {
+					m.legacyConns[req.key] = legacyConn{clientKey: req.clientKey, gatewayKey: req.gatewayKey, gatewayCreds: creds}
+				}
+				errs := m.errReplies
+				m.frame(t, s, portalapi.TopicGateway, portalapi.EventConnectionReady, ready)
+				switch {
+				case m.errReplies > errs && acceptable && had:
+					m.legacyConns[req.key] = old
+				case m.errReplies > errs && acceptable:
+					delete(m.legacyConns, req.key)
+				case m.errReplies == errs && !acceptable:
+					t.Fatalf("connection_ready %+v from %s accepted (request %+v)", ready, s.peerID, req)
+				}
+			},
+			"flow on a legacy connection": func(t *rapid.T) { // create_flow from a client whose pair has a connection
+				var keys []flowKey
+				for _, k := range sortedFlowKeys(legacyKeySet(m.legacyConns)) {
+					if m.c.onlineSession(m.c.clients, k.client) != nil && m.c.onlineSession(m.c.gateways, k.gateway) != nil {
+						keys = append(keys, k)
+					}
+				}
+				if len(keys) == 0 {
+					t.Skip("no legacy connection online")
+				}
+				k := rapid.SampledFrom(keys).Draw(t, "pair")
+				m.frame(t, m.c.onlineSession(m.c.clients, k.client), portalapi.TopicClient, portalapi.EventCreateFlow, portalapi.CreateFlow{
+					ResourceID: rapid.SampledFrom(machineRes).Draw(t, "resource"), ConnectedGatewayIDs: []string{k.gateway}})
 			},
 			"client candidates": func(t *rapid.T) {
 				s := m.pick(t, kindClient)

@@ -10,8 +10,9 @@ import (
 	"github.com/snowgate/snowgate/internal/phoenix"
 )
 
-// FuzzFrame feeds arbitrary frames from a joined client, gateway and relay to the portal core: it must not
-// panic, and every frame it sends back must be a well-formed Phoenix frame.
+// FuzzFrame feeds arbitrary frames from a joined client (on the new or the old gateway protocol), gateway
+// and relay to the portal core: it must not panic, and every frame it sends back must be a well-formed
+// Phoenix frame.
 func FuzzFrame(f *testing.F) {
 	for _, s := range []string{
 		`{"topic":"client","event":"create_flow","payload":{"resource_id":"2e50c000-0000-4000-8000-000000000001","connected_gateway_ids":[]},"ref":1}`,
@@ -24,15 +25,22 @@ func FuzzFrame(f *testing.F) {
 		`["1","2","client","phx_leave",null]`,
 		`{"topic":"relay","event":"phx_leave","payload":{},"ref":7}`,
 		`{"topic":"gateway","event":"phx_leave","payload":{},"ref":8}`,
+		`{"topic":"gateway","event":"connection_ready","payload":{"ref":"flow-1","gateway_payload":{"connection_accepted":{"ice_parameters":{"username":"u","password":"p"}}}},"ref":9}`,
+		`{"topic":"gateway","event":"connection_ready","payload":{"ref":"flow-1","gateway_payload":{}},"ref":10}`,
+		`{"topic":"client","event":"report_connections","payload":{"connections":[{"peer_id":"9a7e0000-0000-4000-8000-000000000001","path":"relay","relay_id":"r","local":"198.18.0.1:1","remote":"198.18.0.2:2","rtt_ms":1.5,"rx_bytes":1,"tx_bytes":2,"idle":false}]},"ref":11}`,
+		`{"topic":"gateway","event":"report_connections","payload":{"connections":[{"peer_id":"c11e0000-0000-4000-8000-000000000001","path":"bogus"}]},"ref":12}`,
 		`{"topic":"client","event":"phx_join","payload":null,"ref":0}`,
 		`{{`, `null`, `[]`, `{"topic":7}`,
 	} {
-		f.Add(false, []byte(s))
-		f.Add(true, []byte(s))
+		f.Add(false, false, []byte(s))
+		f.Add(true, false, []byte(s))
+		f.Add(false, true, []byte(s))
 	}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	f.Fuzz(func(t *testing.T, v2 bool, data []byte) {
-		m, err := buildModel(DefaultFile())
+	f.Fuzz(func(t *testing.T, v2, legacy bool, data []byte) {
+		file := DefaultFile()
+		file.Accounts[0].Clients[0].LegacyGatewayProtocol = legacy
+		m, err := buildModel(file)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,23 @@
 // deterministic ICE credentials and PSKs, relays ICE signalling between the two sides of a flow, and applies
 // resource and policy changes made through an admin HTTP API.
 //
+// Old gateway protocol: for a client configured with legacy_gateway_protocol, the portal speaks the old,
+// non-idempotent exchange to the gateway and translates for the client, which still sends create_flow and
+// gets flow_created. A client/gateway pair without a connection makes the gateway get
+// request_connection{resource, client{id, payload{ice_parameters: the client's derived ICE credentials,
+// domain: null}, peer{public_key, preshared_key, ipv4, ipv6}}, ref, expires_at}; the gateway answers
+// connection_ready{ref, gateway_payload{connection_accepted{ice_parameters}}} with its own ICE credentials,
+// which the client gets in flow_created (with the usual PSK). The pair then has a connection: later flows
+// (while neither key changes) send the gateway allow_access{client_id, resource, expires_at, ref,
+// client_ipv4, client_ipv6}, which has no answer, and the client flow_created at once with the remembered
+// gateway credentials. ICE candidates are relayed as for new flows. A connection_ready with an unknown ref
+// or without ICE parameters gets an error reply; the socket stays.
+//
+// Connection reports: clients and gateways may push report_connections (the whole current set of their
+// connections and the path each takes); the latest report of each online peer is part of the State (admin
+// GET /v1/state) and each one is an EventConnectionsReported. A report naming an unknown peer, or with an
+// unknown path, gets an error reply and is not stored.
+//
 // A peer leaves presence when it sends phx_leave on its topic or its socket closes, whichever comes first,
 // exactly once: a relay is then dropped from every client's and gateway's relays_presence and from later
 // inits, a gateway's pending authorizations fail (flow_creation_failed "offline"), a client's are dropped.
