@@ -10,10 +10,14 @@
 //	--relays       number of relays [RELAYS], default 2
 //	--log-level    level directives [LOG_LEVEL], e.g. "info,relay=debug"
 //	--log-format   human|json [LOG_FORMAT]
+//
+// Exit status: 0 after a clean stop and for -h/--help (usage on stdout); 2 for a bad flag (one line on
+// stderr naming it); 1 for any other error.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -22,6 +26,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -35,10 +40,58 @@ const devRelayToken = "dev-relay-token"
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "snowgate-devstack:", err)
-		os.Exit(1)
+	code := exitCode(run(ctx, os.Args[1:], os.Stderr, nil), os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// helpRequested is run's answer to -h / --help: the usage text, for stdout (exit 0).
+type helpRequested struct{ usage string }
+
+func (h *helpRequested) Error() string { return "help requested" }
+
+// usageError is a bad flag (exit 2).
+type usageError struct{ err error }
+
+func (u *usageError) Error() string { return u.err.Error() }
+func (u *usageError) Unwrap() error { return u.err }
+
+// parseFlags parses args without letting the flag package print: -h / --help become a *helpRequested
+// carrying the usage, a bad flag a *usageError.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		var b strings.Builder
+		fmt.Fprintf(&b, "Usage: %s [flags]\n\nFlags:\n", fs.Name())
+		fs.SetOutput(&b)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		return &helpRequested{usage: b.String()}
+	case err != nil:
+		return &usageError{err: err}
+	}
+	return nil
+}
+
+// exitCode reports run's outcome and returns the exit status: 0 (clean stop, or the usage on stdout for
+// -h), 2 (a bad flag, one line on stderr), 1 (any other error).
+func exitCode(err error, stdout, stderr io.Writer) int {
+	var help *helpRequested
+	var usage *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &help):
+		fmt.Fprint(stdout, help.usage)
+		return 0
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "snowgate-devstack: %v (see -h)\n", usage.err)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "snowgate-devstack:", err)
+		return 1
 	}
 }
 
@@ -66,7 +119,7 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*Stack)) 
 	relays := fs.Int("relays", atoiOr(env("RELAYS", "2"), 2), "number of relays")
 	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level directives")
 	logFormat := fs.String("log-format", env("LOG_FORMAT", "human"), "log format: human or json")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *relays < 0 || *relays > 16 {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,6 +88,35 @@ func TestDevStack(t *testing.T) {
 			return
 		case <-ctx.Done():
 			t.Fatalf("no init: %s", out.String())
+		}
+	}
+}
+
+// -h / --help print the usage on stdout and exit 0; a bad flag exits 2 with one line on stderr naming it.
+func TestCommandLineExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		args       []string
+		code       int
+		stdout     string
+		stderrLine string
+	}{
+		{[]string{"-h"}, 0, "-relays", ""},
+		{[]string{"--help"}, 0, "Usage: snowgate-devstack", ""},
+		{[]string{"--bogus"}, 2, "", "-bogus"},
+		{[]string{"--relays", "many"}, 2, "", "-relays"},
+		{[]string{"--relays", "99"}, 1, "", "want 0..16"},
+	} {
+		var stdout, stderr strings.Builder
+		code := exitCode(run(t.Context(), tc.args, io.Discard, nil), &stdout, &stderr)
+		if code != tc.code {
+			t.Errorf("%q: exit %d, want %d (stderr %q)", tc.args, code, tc.code, stderr.String())
+		}
+		if tc.stdout == "" && stdout.Len() > 0 || !strings.Contains(stdout.String(), tc.stdout) {
+			t.Errorf("%q: stdout %q, want it to contain %q", tc.args, stdout.String(), tc.stdout)
+		}
+		if tc.stderrLine == "" && stderr.Len() > 0 ||
+			tc.stderrLine != "" && (strings.Count(stderr.String(), "\n") != 1 || !strings.Contains(stderr.String(), tc.stderrLine)) {
+			t.Errorf("%q: stderr %q, want one line naming %s", tc.args, stderr.String(), tc.stderrLine)
 		}
 	}
 }

@@ -194,3 +194,41 @@ func TestBinaryRelayLeaveAndRestart(t *testing.T) {
 		t.Errorf("exit after SIGTERM: %v\n%s", err, p.stderr.String())
 	}
 }
+
+// The built binary (with the test hooks; flag handling is the same): -h and --help exit 0 with the usage on
+// stdout, a bad flag exits 2 with one stderr line.
+func TestBinaryHelpAndBadFlag(t *testing.T) {
+	bin := testBinary(t)
+	for _, tc := range []struct {
+		args   []string
+		code   int
+		stdout string
+		stderr string
+	}{
+		{[]string{"-h"}, 0, "Usage: snowgate-portal", ""},
+		{[]string{"--help"}, 0, "-admin-addr", ""},
+		{[]string{"--no-such-flag"}, 2, "", "-no-such-flag"},
+	} {
+		cmd := exec.Command(bin, tc.args...)
+		var stdout, stderr strings.Builder
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		code := 0
+		var ee *exec.ExitError
+		if errors.As(err, &ee) {
+			code = ee.ExitCode()
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if code != tc.code {
+			t.Errorf("%q: exit %d, want %d (stderr %q)", tc.args, code, tc.code, stderr.String())
+		}
+		if tc.stdout != "" && !strings.Contains(stdout.String(), tc.stdout) || tc.stdout == "" && stdout.Len() > 0 {
+			t.Errorf("%q: stdout %q", tc.args, stdout.String())
+		}
+		if tc.stderr == "" && stderr.Len() > 0 ||
+			tc.stderr != "" && (strings.Count(stderr.String(), "\n") != 1 || !strings.Contains(stderr.String(), tc.stderr)) {
+			t.Errorf("%q: stderr %q, want one line naming %s", tc.args, stderr.String(), tc.stderr)
+		}
+	}
+}

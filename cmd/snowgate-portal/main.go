@@ -13,6 +13,9 @@
 //
 // `snowgate-portal healthcheck [--addr METRICS_ADDR]` probes a running portal's /readyz (exit 0 on 200, else 1;
 // 2 s timeout), for container health checks in images without a shell or curl.
+//
+// Exit status: 0 after a clean stop (SIGINT, SIGTERM) and for -h/--help (usage on stdout); 2 for a bad
+// command line (one line on stderr naming the flag); 1 for any other error.
 package main
 
 import (
@@ -25,6 +28,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 	"time"
 
@@ -37,10 +41,60 @@ func main() {
 		os.Exit(healthcheck(os.Args[2:], os.Getenv, os.Stderr))
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, os.Args[1:], os.Stderr, nil); err != nil {
-		fmt.Fprintln(os.Stderr, "snowgate-portal:", err)
-		os.Exit(1)
+	code := exitCode(run(ctx, os.Args[1:], os.Stderr, nil), os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// helpRequested is run's answer to -h / --help: the usage text, for stdout (exit 0).
+type helpRequested struct{ usage string }
+
+func (h *helpRequested) Error() string { return "help requested" }
+
+// usageError is a bad command line (exit 2).
+type usageError struct{ err error }
+
+func (u *usageError) Error() string { return u.err.Error() }
+func (u *usageError) Unwrap() error { return u.err }
+
+// parseFlags parses args without letting the flag package print: -h / --help become a *helpRequested
+// carrying the usage, any other mistake (or a stray argument) a *usageError.
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		var b strings.Builder
+		fmt.Fprintf(&b, "Usage: %s [flags]\n       %s healthcheck [--addr METRICS_ADDR]\n\nFlags:\n", fs.Name(), fs.Name())
+		fs.SetOutput(&b)
+		fs.PrintDefaults()
+		fs.SetOutput(io.Discard)
+		return &helpRequested{usage: b.String()}
+	case err != nil:
+		return &usageError{err: err}
+	case fs.NArg() > 0:
+		return &usageError{err: fmt.Errorf("unexpected argument %q", fs.Arg(0))}
+	}
+	return nil
+}
+
+// exitCode reports run's outcome and returns the process exit status: 0 (clean stop, or the usage on
+// stdout for -h), 2 (a bad command line, one line on stderr), 1 (any other error).
+func exitCode(err error, stdout, stderr io.Writer) int {
+	var help *helpRequested
+	var usage *usageError
+	switch {
+	case err == nil:
+		return 0
+	case errors.As(err, &help):
+		fmt.Fprint(stdout, help.usage)
+		return 0
+	case errors.As(err, &usage):
+		fmt.Fprintf(stderr, "snowgate-portal: %v (see -h)\n", usage.err)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "snowgate-portal:", err)
+		return 1
 	}
 }
 
@@ -70,7 +124,7 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*portalmo
 		statsDefault = d
 	}
 	statsEvery := fs.Duration("stats-interval", statsDefault, "interval of the INFO stats line [STATS_INTERVAL]")
-	if err := fs.Parse(args); err != nil {
+	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 

@@ -107,3 +107,40 @@ func TestStatsLine(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// -h / --help print the usage on stdout and exit 0; a bad command line exits 2 with one line on stderr
+// naming the flag (run's outcome through exitCode, as main does).
+func TestCommandLineExitCodes(t *testing.T) {
+	for _, tc := range []struct {
+		args       []string
+		code       int
+		stdout     string // substring ("" = must be empty)
+		stderrLine string // substring of the single stderr line ("" = must be empty)
+	}{
+		{[]string{"-h"}, 0, "-listen", ""},
+		{[]string{"--help"}, 0, "healthcheck", ""},
+		{[]string{"-help"}, 0, "-stats-interval", ""},
+		{[]string{"--listen", "127.0.0.1:0", "-h"}, 0, "Usage: snowgate-portal", ""},
+		{[]string{"--bogus"}, 2, "", "-bogus"},
+		{[]string{"--stats-interval", "soon"}, 2, "", "-stats-interval"},
+		{[]string{"--listen"}, 2, "", "-listen"},
+		{[]string{"stray"}, 2, "", `"stray"`},
+		{[]string{"--config", "/nonexistent.yaml", "--listen", "127.0.0.1:0", "--admin-addr", ""}, 1, "", "nonexistent"},
+	} {
+		var stdout, stderr strings.Builder
+		code := exitCode(run(t.Context(), tc.args, io.Discard, nil), &stdout, &stderr)
+		if code != tc.code {
+			t.Errorf("%q: exit %d, want %d (stderr %q)", tc.args, code, tc.code, stderr.String())
+		}
+		if tc.stdout == "" && stdout.Len() > 0 || !strings.Contains(stdout.String(), tc.stdout) {
+			t.Errorf("%q: stdout %q, want it to contain %q", tc.args, stdout.String(), tc.stdout)
+		}
+		lines := strings.Split(strings.TrimSuffix(stderr.String(), "\n"), "\n")
+		switch {
+		case tc.stderrLine == "" && stderr.Len() > 0:
+			t.Errorf("%q: stderr %q, want none", tc.args, stderr.String())
+		case tc.stderrLine != "" && (len(lines) != 1 || !strings.Contains(lines[0], tc.stderrLine)):
+			t.Errorf("%q: stderr %q, want one line naming %s", tc.args, stderr.String(), tc.stderrLine)
+		}
+	}
+}
