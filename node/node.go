@@ -16,6 +16,7 @@ import (
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/stdnet"
 	"github.com/snowgate/snowgate/internal/telemetry"
+	"github.com/snowgate/snowgate/internal/telemetry/wglog"
 	"github.com/snowgate/snowgate/node/idle"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
@@ -228,7 +229,7 @@ func New(cfg Config) (*Node, error) {
 	n.io.Store(set)
 
 	n.bind = newBind(n)
-	n.dev = device.NewDevice(cfg.TUN, n.bind, telemetry.WireGuardLogger(log))
+	n.dev = device.NewDevice(cfg.TUN, n.bind, wglog.New(log))
 	if err := n.dev.IpcSet("private_key=" + priv.hex() + "\n"); err != nil {
 		n.dev.Close()
 		n.cancel()

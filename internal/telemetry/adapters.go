@@ -6,7 +6,6 @@ import (
 	"log/slog"
 
 	"github.com/pion/logging"
-	"golang.zx2c4.com/wireguard/device"
 )
 
 // PionLoggerFactory adapts l for pion (ice, turn, stun, dtls). Each pion scope logs as component
@@ -40,22 +39,22 @@ func (p *pionLogger) on(level slog.Level) bool { return p.l.Enabled(context.Back
 
 func (p *pionLogger) Trace(msg string) {
 	if p.on(LevelTrace) {
-		logAt(p.l, callerPC(0), LevelTrace, msg)
+		LogAt(p.l, CallerPC(0), LevelTrace, msg)
 	}
 }
 func (p *pionLogger) Tracef(format string, args ...any) {
 	if p.on(LevelTrace) {
-		logAt(p.l, callerPC(0), LevelTrace, fmt.Sprintf(format, args...))
+		LogAt(p.l, CallerPC(0), LevelTrace, fmt.Sprintf(format, args...))
 	}
 }
 func (p *pionLogger) Debug(msg string) {
 	if p.on(LevelTrace) {
-		logAt(p.l, callerPC(0), LevelTrace, msg)
+		LogAt(p.l, CallerPC(0), LevelTrace, msg)
 	}
 }
 func (p *pionLogger) Debugf(format string, args ...any) {
 	if p.on(LevelTrace) {
-		logAt(p.l, callerPC(0), LevelTrace, fmt.Sprintf(format, args...))
+		LogAt(p.l, CallerPC(0), LevelTrace, fmt.Sprintf(format, args...))
 	}
 }
 func (p *pionLogger) Info(msg string)                   { p.debug(msg) }
@@ -68,35 +67,12 @@ func (p *pionLogger) Errorf(format string, args ...any) { p.debugf(format, args.
 // debug and debugf log at DEBUG with the PC of their caller's caller (pion's call site).
 func (p *pionLogger) debug(msg string) {
 	if p.on(slog.LevelDebug) {
-		logAt(p.l, callerPC(1), slog.LevelDebug, msg)
+		LogAt(p.l, CallerPC(1), slog.LevelDebug, msg)
 	}
 }
 
 func (p *pionLogger) debugf(format string, args ...any) {
 	if p.on(slog.LevelDebug) {
-		logAt(p.l, callerPC(1), slog.LevelDebug, fmt.Sprintf(format, args...))
-	}
-}
-
-// WireGuardLogger adapts l for wireguard-go as component "wireguard". Verbosef → DEBUG. Errorf → WARN:
-// wireguard-go reports per-peer and per-packet failures there (failed handshake sends, bad packets), which
-// telemetry should count but which need no human; failures of the device itself (bind, TUN) surface as errors
-// returned to our code, which logs them at ERROR with context.
-func WireGuardLogger(l *slog.Logger) *device.Logger {
-	if l == nil {
-		l = slog.New(slog.DiscardHandler)
-	}
-	l = Component(l, "wireguard")
-	return &device.Logger{
-		Verbosef: func(format string, args ...any) {
-			if l.Enabled(context.Background(), slog.LevelDebug) {
-				logAt(l, callerPC(0), slog.LevelDebug, fmt.Sprintf(format, args...))
-			}
-		},
-		Errorf: func(format string, args ...any) {
-			if l.Enabled(context.Background(), slog.LevelWarn) {
-				logAt(l, callerPC(0), slog.LevelWarn, fmt.Sprintf(format, args...))
-			}
-		},
+		LogAt(p.l, CallerPC(1), slog.LevelDebug, fmt.Sprintf(format, args...))
 	}
 }

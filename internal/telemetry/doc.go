@@ -13,7 +13,8 @@
 // (LevelTrace, below DEBUG), DEBUG, INFO, WARN, ERROR. Options.LogLevel takes directives such as
 // "info,node=debug,client/dns=trace": the longest directive naming the component or one of its ancestors
 // wins (see ParseDirectives); Component gives a package its own logger. Records keep the caller's PC, also
-// when they come through the pion and wireguard-go adapters. Log errors with Err, which writes the error and
+// when they come through the pion adapter or wireguard-go's (package wglog, kept apart so that
+// binaries without WireGuard do not link it; LogAt and CallerPC serve such adapters). Log errors with Err, which writes the error and
 // its wrap chain.
 //
 // Secrets: the handler replaces the value of any attribute whose key names a secret (token, password,

@@ -374,9 +374,9 @@ func Component(l *slog.Logger, name string) *slog.Logger {
 	return l.With(slog.String(KeyComponent, name))
 }
 
-// logAt logs a record at level with the given call site PC through l's handler; used by the adapters so the
-// record carries the caller's position instead of the adapter's.
-func logAt(l *slog.Logger, pc uintptr, level slog.Level, msg string) {
+// LogAt logs msg at level through l's handler with the call site pc (see CallerPC), so that a record written
+// by a log adapter (pion, wireguard-go) carries its caller's position instead of the adapter's.
+func LogAt(l *slog.Logger, pc uintptr, level slog.Level, msg string) {
 	ctx := context.Background()
 	h := l.Handler()
 	if !h.Enabled(ctx, level) {
@@ -386,11 +386,11 @@ func logAt(l *slog.Logger, pc uintptr, level slog.Level, msg string) {
 	_ = h.Handle(ctx, r)
 }
 
-// callerPC returns the PC of the caller skip frames above the function calling callerPC
-// (skip=0: the caller of the function that calls callerPC).
-func callerPC(skip int) uintptr {
+// CallerPC returns the PC of the caller skip frames above the function calling CallerPC
+// (skip=0: the caller of the function that calls CallerPC), for LogAt.
+func CallerPC(skip int) uintptr {
 	var pcs [1]uintptr
-	// runtime.Callers, callerPC, the function calling callerPC, then its caller.
+	// runtime.Callers, CallerPC, the function calling CallerPC, then its caller.
 	if runtime.Callers(3+skip, pcs[:]) == 0 {
 		return 0
 	}

@@ -182,7 +182,6 @@ func here(t *testing.T, delta int) string {
 func TestCallSite(t *testing.T) {
 	l, buf := newTestLogger(t, Options{LogFormat: "json", LogLevel: "trace"})
 	pion := PionLoggerFactory(l).NewLogger("ice")
-	wg := WireGuardLogger(l)
 	cases := []struct {
 		name string
 		log  func() string // logs and returns the expected source
@@ -193,8 +192,6 @@ func TestCallSite(t *testing.T) {
 		{"pion Trace", func() string { w := here(t, 0); pion.Trace("x"); return w }},
 		{"pion Errorf", func() string { w := here(t, 0); pion.Errorf("x %d", 1); return w }},
 		{"pion Info", func() string { w := here(t, 0); pion.Info("x"); return w }},
-		{"wireguard Verbosef", func() string { w := here(t, 0); wg.Verbosef("x %d", 1); return w }},
-		{"wireguard Errorf", func() string { w := here(t, 0); wg.Errorf("x %d", 1); return w }},
 	}
 	for _, tc := range cases {
 		buf.Reset()
@@ -213,11 +210,8 @@ func TestAdapterLevels(t *testing.T) {
 	p.Info("c")
 	p.Warnf("d%s", "!")
 	p.Error("e")
-	wg := WireGuardLogger(l)
-	wg.Verbosef("peer(%s) - sending handshake", "AbCd…")
-	wg.Errorf("failed to send: %v", errors.New("no route"))
 	want := []string{"TRACE pion/turn: a", "TRACE pion/turn: b1", "DEBUG pion/turn: c", "DEBUG pion/turn: d!",
-		"DEBUG pion/turn: e", "DEBUG wireguard: peer(AbCd…) - sending handshake", "WARN wireguard: failed to send: no route"}
+		"DEBUG pion/turn: e"}
 	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
 	if len(lines) != len(want) {
 		t.Fatalf("got %d lines:\n%s", len(lines), buf)
@@ -233,12 +227,10 @@ func TestAdapterLevels(t *testing.T) {
 	p2.Debug("ping")
 	p2.Tracef("pong %d", 1)
 	p2.Info("state change")
-	WireGuardLogger(l2).Verbosef("keepalive")
 	if buf2.Len() != 0 {
-		t.Errorf("chatty pion/wireguard logs at info: %q", buf2)
+		t.Errorf("chatty pion logs at info: %q", buf2)
 	}
 	PionLoggerFactory(nil).NewLogger("x").Error("discarded")
-	WireGuardLogger(nil).Errorf("discarded")
 }
 
 func TestStatsLoop(t *testing.T) {

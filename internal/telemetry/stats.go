@@ -20,7 +20,7 @@ func StatsLoop(ctx context.Context, l *slog.Logger, interval time.Duration, stat
 	if interval <= 0 {
 		interval = DefaultStatsInterval
 	}
-	pc := callerPC(0)
+	pc := CallerPC(0)
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
 	for {
