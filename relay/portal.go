@@ -61,7 +61,7 @@ func (s *Server) runPortal(ctx context.Context) {
 	}
 	u, err := portalURL(s.cfg.Portal, ip4, ip6, int(s.Addr().Port()))
 	if err != nil {
-		log.Error("portal registration disabled", "error", err.Error())
+		log.Error("portal registration disabled", telemetry.Err(err))
 		return
 	}
 	client := phoenix.NewClient(phoenix.ClientConfig{
@@ -75,7 +75,7 @@ func (s *Server) runPortal(ctx context.Context) {
 	connCtx, cancelConn := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelConn()
 	if err := client.Connect(connCtx, ""); err != nil {
-		log.Error("portal client refused to connect", "error", err.Error())
+		log.Error("portal client refused to connect", telemetry.Err(err))
 		return
 	}
 	events := client.Events()
@@ -104,11 +104,13 @@ func (s *Server) handlePortalEvent(ev phoenix.Event, log *slog.Logger) {
 		}
 	case phoenix.EventDisconnected:
 		if s.portalUp.Swap(false) {
-			log.Warn("portal connection lost; relaying continues, reconnecting", "error", errString(ev.Err))
+			log.Warn("portal connection lost; relaying continues, reconnecting", telemetry.Err(ev.Err))
 		}
 	case phoenix.EventFatal:
 		s.portalUp.Store(false)
-		log.Error("portal refused the relay; relaying continues unregistered", "error", errString(ev.Err))
+		// ERROR: an operator must fix the token. A 401 (phoenix.ErrUnauthorized) or an expired token says it is
+		// expected now and then, so error telemetry counts it as a warning rather than an exception.
+		log.Error("portal refused the relay; relaying continues unregistered", telemetry.Err(ev.Err))
 	case phoenix.EventReplied:
 		if ev.Status != "ok" {
 			log.Warn("portal replied with an error", "topic", ev.Topic, "status", ev.Status)
@@ -138,11 +140,4 @@ func (s *Server) leavePortal(client *phoenix.Client, log *slog.Logger) {
 			}
 		}
 	}
-}
-
-func errString(err error) string {
-	if err == nil {
-		return ""
-	}
-	return err.Error()
 }

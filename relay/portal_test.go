@@ -3,9 +3,11 @@ package relay
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -13,6 +15,8 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/snowgate/snowgate/internal/phoenix"
+	"github.com/snowgate/snowgate/internal/telemetry"
+	"github.com/snowgate/snowgate/internal/telemetry/teltest"
 )
 
 func TestPortalURL(t *testing.T) {
@@ -156,4 +160,73 @@ func TestPortalRegistration(t *testing.T) {
 	if _, leave := portal.snapshot(); leave != 1 {
 		t.Fatalf("phx_leave count %d", leave)
 	}
+}
+
+// TestPortal401ExportedAsWarning: a portal answering the relay's WebSocket upgrade with 401 (a bad or revoked
+// token) stops the registration, relaying goes on, and error telemetry (the real OTLP exporter, to a loopback
+// collector) gets the refusal as warnings with the error chain, not as an ERROR exception: 401s happen now
+// and then and are to be counted, not paged on. Before, the relay logged the error as a string at ERROR,
+// which went out as an exception without type or chain. No Options.WarningErrors are set: the error itself
+// says it is a warning.
+func TestPortal401ExportedAsWarning(t *testing.T) {
+	var upgrades sync.WaitGroup
+	upgrades.Add(1)
+	var once sync.Once
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer once.Do(upgrades.Done)
+		http.Error(w, "invalid token", http.StatusUnauthorized)
+	}))
+	defer hs.Close()
+	tel, out, col := teltest.SetupExport(t, telemetry.Options{Component: "relay", LogLevel: "info"})
+	cfg := loopbackConfig()
+	cfg.Logger = tel.Logger
+	cfg.Portal = &PortalConfig{APIURL: hs.URL, Token: "relay-token-401", Name: "relay-1"}
+	s := startRelay(t, cfg)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	upgrades.Wait()
+	waitFor(t, 5*time.Second, "the relay to report the refusal", func() bool {
+		return strings.Contains(out.String(), "portal refused the relay")
+	})
+	if s.Ready() {
+		t.Error("ready after the portal refused the relay")
+	}
+	user, pass := firezoneCreds(s, "salt", time.Hour)
+	if _, err := newRawClient(t, s.Addr(), user, pass).allocate(); err != nil {
+		t.Errorf("allocate after the portal refused the relay: %v", err)
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+	teltest.Flush(t, tel)
+
+	var refusals int
+	for _, r := range col.Records() {
+		if r.Severity == "ERROR" {
+			t.Errorf("exported at ERROR: %q %v", r.Body, r.Attrs)
+		}
+		if _, ok := r.Attrs["exception.type"]; ok {
+			t.Errorf("exported as an exception: %q %v", r.Body, r.Attrs)
+		}
+		chain, _ := r.Attrs["error.chain"].([]string)
+		if r.Severity != "WARN" || !slices.Contains(chain, phoenix.ErrUnauthorized.Error()) {
+			continue
+		}
+		refusals++
+		if !strings.Contains(strings.Join(chain, " "), "401") {
+			t.Errorf("%q: error.chain %q does not name the HTTP status", r.Body, chain)
+		}
+	}
+	if refusals < 2 { // the phoenix client's "stopped" and the relay's own report
+		t.Errorf("%d warnings with ErrUnauthorized in their error chain, want 2; records: %+v", refusals, col.Records())
+	}
+	teltest.AssertNoSecrets(t, out.String(), "relay-token-401")
+	teltest.AssertNoSecrets(t, fmt.Sprint(col.Records()), "relay-token-401")
 }

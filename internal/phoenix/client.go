@@ -15,6 +15,8 @@ import (
 	"github.com/coder/websocket"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
 // DialFunc opens a WebSocket; it has the shape of websocket.Dial with the handshake headers passed in.
@@ -151,7 +153,7 @@ func (c *Client) Events() <-chan Event { return c.events }
 func (c *Client) Join(topic string, payload any) {
 	raw, err := marshalPayload(payload)
 	if err != nil {
-		c.log.Error("phoenix join payload does not marshal, topic not joined", "topic", topic, "error", err.Error())
+		c.log.Error("phoenix join payload does not marshal, topic not joined", "topic", topic, telemetry.Err(err))
 		return
 	}
 	c.mu.Lock()
@@ -409,7 +411,7 @@ func (c *Client) runConn(ctx context.Context, gen uint64, u string) {
 	}
 	if err != nil {
 		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
-			err = fmt.Errorf("%w: %s", ErrUnauthorized, redactURL(u))
+			err = fmt.Errorf("phoenix: dial %s: %w: %w", redactURL(u), ErrUnauthorized, err)
 		} else {
 			err = fmt.Errorf("phoenix: dial %s: %w", redactURL(u), err)
 		}

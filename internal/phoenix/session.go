@@ -7,15 +7,19 @@ import (
 	"log/slog"
 	"strconv"
 	"time"
+
+	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
 // Errors of the client. ErrUnauthorized and ErrTokenExpired are terminal: the client stops reconnecting and
-// reports them as EventFatal.
+// reports them as EventFatal. Both are expected now and then (a revoked or expired token) rather than bugs:
+// they implement telemetry's TelemetryWarning, so error telemetry counts them as warnings, not exceptions,
+// even when an application logs them at ERROR.
 var (
 	// ErrUnauthorized is the portal answering the WebSocket upgrade with HTTP 401.
-	ErrUnauthorized = errors.New("phoenix: unauthorized (HTTP 401 on upgrade)")
+	ErrUnauthorized error = &expectedError{"phoenix: unauthorized (HTTP 401 on upgrade)"}
 	// ErrTokenExpired is the portal pushing "disconnect" with reason "token_expired".
-	ErrTokenExpired = errors.New("phoenix: token expired")
+	ErrTokenExpired error = &expectedError{"phoenix: token expired"}
 	// ErrClosed is returned by methods of a closed client.
 	ErrClosed = errors.New("phoenix: client closed")
 	// ErrHeartbeatTimeout is the cause of a reconnect after too many unanswered heartbeats.
@@ -29,6 +33,15 @@ var (
 	// ErrReconnect is the cause of a disconnect asked for by Connect or Reconnect.
 	ErrReconnect = errors.New("phoenix: reconnect requested")
 )
+
+// expectedError is a sentinel for a condition that is expected now and then: error telemetry reports it as a
+// warning (it implements internal/telemetry's TelemetryWarning without importing it).
+type expectedError struct{ msg string }
+
+func (e *expectedError) Error() string { return e.msg }
+
+// TelemetryWarning marks the error as a warning for error telemetry.
+func (e *expectedError) TelemetryWarning() bool { return true }
 
 // EventDisconnectPush is the event the portal pushes to end a session; its payload carries a "reason".
 const EventDisconnectPush = "disconnect"
@@ -362,7 +375,7 @@ func (s *session) HandleDialFailed(err error, now time.Time) {
 	}
 	s.dropSocket(err)
 	s.scheduleRedial(now)
-	s.log.Warn("phoenix dial failed", "error", err.Error(), "retry_in", s.dialAt.Sub(now).String())
+	s.log.Warn("phoenix dial failed", telemetry.Err(err), "retry_in", s.dialAt.Sub(now).String())
 }
 
 // HandleClosed reports that the current socket was lost (read or write error).
@@ -377,7 +390,7 @@ func (s *session) HandleClosed(err error, now time.Time) {
 func (s *session) lose(err error, now time.Time) {
 	s.dropSocket(err)
 	s.scheduleRedial(now)
-	s.log.Info("phoenix connection lost, reconnecting", "error", err.Error(), "retry_in", s.dialAt.Sub(now).String())
+	s.log.Info("phoenix connection lost, reconnecting", telemetry.Err(err), "retry_in", s.dialAt.Sub(now).String())
 }
 
 func (s *session) scheduleRedial(now time.Time) {
@@ -408,7 +421,8 @@ func (s *session) fatal(err error) {
 	s.fatalErr = err
 	s.queue = nil
 	s.events = append(s.events, Event{Kind: EventFatal, Err: err})
-	s.log.Error("phoenix client stopped", "error", err.Error())
+	// WARN, not ERROR: the application gets the error (EventFatal) and reports it as its situation demands.
+	s.log.Warn("phoenix client stopped", telemetry.Err(err))
 }
 
 // HandleTimeout fires the timers that are due at now.
@@ -421,7 +435,7 @@ func (s *session) HandleFrame(data []byte, now time.Time) {
 	}
 	m, err := Decode(s.cfg.Version, data)
 	if err != nil {
-		s.log.Debug("phoenix ignoring malformed frame", "error", err.Error())
+		s.log.Debug("phoenix ignoring malformed frame", telemetry.Err(err))
 		return
 	}
 	s.handleMessage(m, now)
@@ -468,7 +482,7 @@ func (s *session) handleMessage(m Message, now time.Time) {
 func (s *session) handleReply(t *topicState, m Message, now time.Time) {
 	var p ReplyPayload
 	if err := json.Unmarshal(m.Payload, &p); err != nil {
-		s.log.Debug("phoenix ignoring malformed reply", "topic", m.Topic, "error", err.Error())
+		s.log.Debug("phoenix ignoring malformed reply", "topic", m.Topic, telemetry.Err(err))
 		return
 	}
 	if t != nil && t.phase == tJoining && m.Ref.Value == t.joinRef.Value {
@@ -566,7 +580,7 @@ func (s *session) v2JoinRef(r Ref) Ref {
 func (s *session) send(m Message) {
 	b, err := Encode(s.cfg.Version, m)
 	if err != nil {
-		s.log.Warn("phoenix cannot encode frame", "topic", m.Topic, "event", m.Event, "error", err.Error())
+		s.log.Warn("phoenix cannot encode frame", "topic", m.Topic, "event", m.Event, telemetry.Err(err))
 		return
 	}
 	s.transmits = append(s.transmits, b)

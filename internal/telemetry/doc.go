@@ -32,7 +32,8 @@
 //   - ERROR whose error is marked as a warning (an error in its chain implements TelemetryWarning, e.g. via
 //     AsWarning, or matches one of Options.WarningErrors such as the portal's 401 ErrUnauthorized): a
 //     message with severity WARN instead of an exception;
-//   - WARN: a message (severity WARN);
+//   - WARN: a message (severity WARN); warnings (this one and the one above) carry error.chain, the chain of
+//     their first error attribute, also when it was logged as a plain "error" attribute instead of with Err;
 //   - INFO: not exported; the last 50 are kept in a ring and attached to the next exported event as the
 //     "breadcrumbs" attribute (then cleared);
 //   - the TargetTelemetry component at LevelTrace: sampled at TelemetrySampleRate (1 %) and exported as a

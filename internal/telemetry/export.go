@@ -56,12 +56,12 @@ func (e *exporter) handle(ctx context.Context, component string, r slog.Record, 
 		}
 	case r.Level >= slog.LevelError:
 		if err != nil && isWarning(err, e.warnErrs) {
-			e.emit(ctx, component, r, msg, fs, otellog.SeverityWarn, nil)
+			e.emit(ctx, component, r, msg, fs, otellog.SeverityWarn, chainAttr(fs, err))
 			return
 		}
 		e.emit(ctx, component, r, msg, fs, otellog.SeverityError, exceptionAttrs(msg, err))
 	case r.Level >= slog.LevelWarn:
-		e.emit(ctx, component, r, msg, fs, otellog.SeverityWarn, nil)
+		e.emit(ctx, component, r, msg, fs, otellog.SeverityWarn, chainAttr(fs, err))
 	case r.Level >= slog.LevelInfo:
 		line := string(appendHuman(nil, component, r.Time, r.Level, msg, fs))
 		line = line[:len(line)-1]
@@ -74,6 +74,24 @@ func (e *exporter) handle(ctx context.Context, component string, r slog.Record, 
 		}
 		e.mu.Unlock()
 	}
+}
+
+// chainAttr gives a warning the error.chain of its error value when the record does not carry one already
+// (an error logged as a plain attribute rather than with Err), so that warnings keep the chain too.
+func chainAttr(fs []field, err error) []attribute.KeyValue {
+	if err == nil {
+		return nil
+	}
+	for _, f := range fs {
+		if f.key == KeyErrorChain {
+			return nil
+		}
+	}
+	chain := errorChain(err)
+	for i := range chain {
+		chain[i] = scrubText(chain[i])
+	}
+	return []attribute.KeyValue{attribute.StringSlice(KeyErrorChain, chain)}
 }
 
 // exceptionAttrs describes err (or, without an error, the message) with the exception semantic conventions.

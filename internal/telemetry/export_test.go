@@ -152,6 +152,40 @@ func TestWarnExportedAsMessage(t *testing.T) {
 	}
 }
 
+// TestWarningCarriesErrorChain: a warning (a WARN record, or an ERROR whose error is marked as a warning) is
+// exported with the chain of its error value, also when the error was logged as a plain "error" attribute
+// rather than with Err, and without the chain being repeated when Err already wrote it.
+func TestWarningCarriesErrorChain(t *testing.T) {
+	tel, exp, _ := setupExport(t, Options{Component: "client"}, 1)
+	inner := errors.New("no route")
+	tel.Logger.Warn("dial failed", "error", fmt.Errorf("dial: %w", inner))
+	tel.Logger.Error("token refused", "error", AsWarning(fmt.Errorf("connect: %w", inner)))
+	tel.Logger.Warn("with Err", Err(fmt.Errorf("dial: %w", inner)))
+	rs := exp.all()
+	if len(rs) != 3 {
+		t.Fatalf("exported %d records, want 3", len(rs))
+	}
+	want := [][]string{{"dial: no route", "no route"}, {"connect: no route", "no route"}, {"dial: no route", "no route"}}
+	for i, r := range rs {
+		if r.Severity() != otellog.SeverityWarn {
+			t.Errorf("record %d: severity %v, want WARN", i, r.Severity())
+		}
+		n := 0
+		r.WalkAttributes(func(kv attribute.KeyValue) bool {
+			if kv.Key == KeyErrorChain {
+				n++
+				if got := kv.Value.AsStringSlice(); !slices.Equal(got, want[i]) {
+					t.Errorf("record %d: error.chain %q, want %q", i, got, want[i])
+				}
+			}
+			return true
+		})
+		if n != 1 {
+			t.Errorf("record %d: %d error.chain attributes, want 1", i, n)
+		}
+	}
+}
+
 func TestBreadcrumbRingIsBounded(t *testing.T) {
 	tel, exp, _ := setupExport(t, Options{}, 1)
 	for i := range 3 * breadcrumbCap {

@@ -4,6 +4,7 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -53,5 +54,22 @@ func TestSetupLogsAtTraceWithoutSecrets(t *testing.T) {
 	l.Debug("x")
 	if !strings.Contains(buf.String(), "DEBUG test: x") {
 		t.Errorf("NewLogger output %q", buf.String())
+	}
+}
+
+// TestCollectorReceivesExport: a record logged through SetupExport reaches the Collector over OTLP/HTTP with
+// its severity, body and attributes.
+func TestCollectorReceivesExport(t *testing.T) {
+	tel, _, c := SetupExport(t, telemetry.Options{Component: "relay"})
+	tel.Logger.Warn("portal lost", "attempt", 3, telemetry.Err(fmt.Errorf("dial: %w", errors.New("refused"))))
+	Flush(t, tel)
+	rs := c.Records()
+	if len(rs) != 1 {
+		t.Fatalf("collector got %d records: %+v", len(rs), rs)
+	}
+	r := rs[0]
+	if r.Severity != "WARN" || r.Body != "portal lost" || r.Attrs["attempt"] != int64(3) ||
+		fmt.Sprint(r.Attrs["error.chain"]) != "[dial: refused refused]" {
+		t.Errorf("record %+v", r)
 	}
 }
