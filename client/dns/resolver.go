@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/snowgate/snowgate/internal/dnspattern"
+	"github.com/snowgate/snowgate/internal/fifo"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
@@ -191,9 +192,9 @@ type Resolver struct {
 	tcpConns map[uint64]netip.Addr
 	tcpCount map[netip.Addr]int
 
-	forwards []Forward
-	replies  []Reply
-	events   []NameAssigned
+	forwards fifo.Queue[Forward]
+	replies  fifo.Queue[Reply]
+	events   fifo.Queue[NameAssigned]
 
 	nameBuf []byte
 
@@ -411,7 +412,7 @@ func (r *Resolver) lookup(name []byte) (*assignment, error) {
 		if e.stack != IPv4Only {
 			ev.IPs = append(ev.IPs, a.v6[:]...)
 		}
-		r.events = append(r.events, ev)
+		r.events.Push(ev)
 		r.log.Debug("name now maps to proxy IPs", "name", a.name, "resource", e.id, "ips", ev.IPs)
 	}
 	return a, nil
@@ -590,7 +591,7 @@ func (r *Resolver) forward(src Source, msg []byte, q question, upstream netip.Ad
 			break
 		}
 	}
-	r.forwards = append(r.forwards, Forward{
+	r.forwards.Push(Forward{
 		ID: f.id, Upstream: upstream, Transport: src.Transport, Query: f.query,
 		ThroughTunnel: through, Deadline: f.deadline, Source: src,
 	})
@@ -609,7 +610,7 @@ func (r *Resolver) remove(f *inflight) {
 
 func (r *Resolver) servfail(f *inflight) {
 	r.count(outServFail)
-	r.replies = append(r.replies, Reply{To: f.src, Payload: buildError(nil, f.query, &f.q, rcodeServFail)})
+	r.replies.Push(Reply{To: f.src, Payload: buildError(nil, f.query, &f.q, rcodeServFail)})
 }
 
 // HandleUpstreamResponse delivers the upstream's answer to forward id. Answers for unknown (finished, timed out
@@ -635,7 +636,7 @@ func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Ti
 			r.servfail(f)
 			return
 		}
-		r.replies = append(r.replies, Reply{To: f.src, Payload: slices.Clone(resp)})
+		r.replies.Push(Reply{To: f.src, Payload: slices.Clone(resp)})
 		return
 	}
 	limit := f.q.udpLimit()
@@ -648,7 +649,7 @@ func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Ti
 	if len(resp) > limit {
 		r.count(outTruncated)
 	}
-	r.replies = append(r.replies, Reply{To: f.src, Payload: out})
+	r.replies.Push(Reply{To: f.src, Payload: out})
 }
 
 // HandleUpstreamPacket delivers a raw answer that arrived from upstream (e.g. through the tunnel) without a
@@ -724,41 +725,17 @@ func (r *Resolver) HandleTimeout(now time.Time) {
 
 // PollForward returns the next query to send upstream.
 func (r *Resolver) PollForward() (Forward, bool) {
-	if len(r.forwards) == 0 {
-		return Forward{}, false
-	}
-	f := r.forwards[0]
-	r.forwards = r.forwards[1:]
-	if len(r.forwards) == 0 {
-		r.forwards = nil
-	}
-	return f, true
+	return r.forwards.Pop()
 }
 
 // PollReply returns the next asynchronous reply (answers to forwarded queries, SERVFAILs).
 func (r *Resolver) PollReply() (Reply, bool) {
-	if len(r.replies) == 0 {
-		return Reply{}, false
-	}
-	rep := r.replies[0]
-	r.replies = r.replies[1:]
-	if len(r.replies) == 0 {
-		r.replies = nil
-	}
-	return rep, true
+	return r.replies.Pop()
 }
 
 // PollEvent returns the next "name now maps to IPs" event.
 func (r *Resolver) PollEvent() (NameAssigned, bool) {
-	if len(r.events) == 0 {
-		return NameAssigned{}, false
-	}
-	e := r.events[0]
-	r.events = r.events[1:]
-	if len(r.events) == 0 {
-		r.events = nil
-	}
-	return e, true
+	return r.events.Pop()
 }
 
 // HandleTCPAccept registers a new DNS-over-TCP connection (handle) to sentinel server. It returns
@@ -791,7 +768,7 @@ func (r *Resolver) HandleTCPClose(handle uint64) TCPCloseResult {
 	}
 	ofConn := func(src Source) bool { return src.Transport == TCP && src.Handle == handle }
 	var queued map[ForwardID]bool // rarely any: drivers poll right after HandleQuery
-	r.forwards = slices.DeleteFunc(r.forwards, func(f Forward) bool {
+	r.forwards.DeleteFunc(func(f Forward) bool {
 		if ofConn(f.Source) {
 			if queued == nil {
 				queued = map[ForwardID]bool{}
@@ -801,9 +778,6 @@ func (r *Resolver) HandleTCPClose(handle uint64) TCPCloseResult {
 		}
 		return false
 	})
-	if len(r.forwards) == 0 {
-		r.forwards = nil
-	}
 	for _, f := range r.inflight {
 		if !ofConn(f.src) {
 			continue
@@ -841,7 +815,7 @@ func (r *Resolver) Roam(now time.Time) RoamResult {
 		r.remove(f)
 		r.servfail(f)
 	}
-	r.forwards = nil // all of them were in flight, and are answered now
+	r.forwards.Clear() // all of them were in flight, and are answered now
 	r.log.Debug("roamed: upstream exchanges abandoned", "cancelled", len(res.Cancelled), "tcp_conns", len(r.tcpConns))
 	return res
 }

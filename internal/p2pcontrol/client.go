@@ -9,6 +9,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/snowgate/snowgate/internal/fifo"
 )
 
 // Defaults of ClientConfig.
@@ -171,8 +173,8 @@ type Client struct {
 	log       *slog.Logger
 	lastID    AssignmentID
 	entries   map[clientKey]*assignment
-	transmits []Transmit
-	events    []ClientEvent
+	transmits fifo.Queue[Transmit]
+	events    fifo.Queue[ClientEvent]
 	stats     ClientStats
 }
 
@@ -252,7 +254,7 @@ func (c *Client) Assign(peer netip.Addr, resource, domain string, proxyIPs []net
 
 // send queues e's packet and schedules the next send (or giving up).
 func (c *Client) send(peer netip.Addr, e *assignment, now time.Time) {
-	c.transmits = append(c.transmits, Transmit{Peer: peer, Packet: e.packet})
+	c.transmits.Push(Transmit{Peer: peer, Packet: e.packet})
 	c.stats.Sends++
 	if e.sends > 0 {
 		c.stats.Retransmits++
@@ -273,7 +275,7 @@ func (c *Client) finish(key clientKey, e *assignment, kind ClientEventKind) {
 	case EventRejected, EventGaveUp:
 		e.state = StateFailed
 	}
-	c.events = append(c.events, ClientEvent{
+	c.events.Push(ClientEvent{
 		Kind: kind, Peer: key.peer, ID: e.id,
 		Resource: e.msg.Resource, Domain: e.msg.Domain, ProxyIPs: slices.Clone(e.msg.ProxyIPs),
 	})
@@ -304,7 +306,7 @@ func (c *Client) HandlePacket(pkt []byte, now time.Time) error {
 		c.HandleDomainStatus(p.Src, m, now)
 	case Goodbye:
 		c.RemovePeer(p.Src)
-		c.events = append(c.events, ClientEvent{Kind: EventPeerGoodbye, Peer: p.Src})
+		c.events.Push(ClientEvent{Kind: EventPeerGoodbye, Peer: p.Src})
 	default:
 		return fmt.Errorf("p2p control client: %w: %s from %s", ErrUnexpectedEvent, p.Msg.Kind(), p.Src)
 	}
@@ -365,23 +367,10 @@ func (c *Client) HandleTimeout(now time.Time) {
 }
 
 // PollTransmit returns the next packet to send into the tunnel.
-func (c *Client) PollTransmit() (Transmit, bool) { return popFront(&c.transmits) }
+func (c *Client) PollTransmit() (Transmit, bool) { return c.transmits.Pop() }
 
 // PollEvent returns the next event.
-func (c *Client) PollEvent() (ClientEvent, bool) { return popFront(&c.events) }
-
-// popFront takes the first element of a queue of outputs (zeroing its slot
-// so the backing array does not keep packets alive).
-func popFront[T any](q *[]T) (T, bool) {
-	var zero T
-	if len(*q) == 0 {
-		return zero, false
-	}
-	v := (*q)[0]
-	(*q)[0] = zero
-	*q = (*q)[1:]
-	return v, true
-}
+func (c *Client) PollEvent() (ClientEvent, bool) { return c.events.Pop() }
 
 // RemovePeer drops all state for a gateway (its connection is gone): pending assignments end with
 // EventAborted and queued transmits to it are discarded.
@@ -399,7 +388,7 @@ func (c *Client) RemovePeer(peer netip.Addr) {
 		}
 		delete(c.entries, k)
 	}
-	c.transmits = slices.DeleteFunc(c.transmits, func(t Transmit) bool { return t.Peer == peer })
+	c.transmits.DeleteFunc(func(t Transmit) bool { return t.Peer == peer })
 }
 
 // Forget drops the state for a peer's domain (e.g. its proxy IPs were released), so the next Assign for it
@@ -421,7 +410,7 @@ func (c *Client) SayGoodbye(peer netip.Addr) error {
 		return fmt.Errorf("goodbye to %s: %w", peer, err)
 	}
 	c.RemovePeer(peer)
-	c.transmits = append(c.transmits, Transmit{Peer: peer, Packet: pkt})
+	c.transmits.Push(Transmit{Peer: peer, Packet: pkt})
 	return nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/snowgate/snowgate/internal/fifo"
 )
 
 // DefaultMaxDomainsPerPeer is the default of GatewayConfig.MaxDomainsPerPeer.
@@ -82,8 +84,8 @@ type Gateway struct {
 	cfg       GatewayConfig
 	log       *slog.Logger
 	peers     map[netip.Addr]map[string]*gwEntry
-	transmits []Transmit
-	events    []GatewayEvent
+	transmits fifo.Queue[Transmit]
+	events    fifo.Queue[GatewayEvent]
 }
 
 type gwEntry struct {
@@ -126,7 +128,7 @@ func (g *Gateway) HandlePacket(pkt []byte, now time.Time) error {
 		return g.HandleAssignedIPs(p.Src, m, now)
 	case Goodbye:
 		g.RemovePeer(p.Src)
-		g.events = append(g.events, GatewayEvent{Kind: EventClientGoodbye, Peer: p.Src})
+		g.events.Push(GatewayEvent{Kind: EventClientGoodbye, Peer: p.Src})
 		return nil
 	default:
 		return fmt.Errorf("p2p control gateway: %w: %s from %s", ErrUnexpectedEvent, p.Msg.Kind(), p.Src)
@@ -170,7 +172,7 @@ func (g *Gateway) HandleAssignedIPs(peer netip.Addr, m AssignedIPs, _ time.Time)
 	domains[key] = &gwEntry{msg: AssignedIPs{
 		Resource: m.Resource, Domain: m.Domain, ProxyIPs: slices.Clone(m.ProxyIPs), Seq: m.Seq,
 	}}
-	g.events = append(g.events, GatewayEvent{Kind: EventSetupNAT, Peer: peer, Assignment: AssignedIPs{
+	g.events.Push(GatewayEvent{Kind: EventSetupNAT, Peer: peer, Assignment: AssignedIPs{
 		Resource: m.Resource, Domain: m.Domain, ProxyIPs: slices.Clone(m.ProxyIPs), Seq: m.Seq,
 	}})
 	return nil
@@ -185,7 +187,7 @@ func (g *Gateway) answer(peer netip.Addr, e *gwEntry, seq uint64) {
 		g.log.Warn("p2p control: cannot encode DomainStatus", "peer", peer, "error", err)
 		return
 	}
-	g.transmits = append(g.transmits, Transmit{Peer: peer, Packet: pkt})
+	g.transmits.Push(Transmit{Peer: peer, Packet: pkt})
 }
 
 // IsCurrent reports whether a is still the current assignment for its client and domain (same resource and
@@ -225,7 +227,7 @@ func (g *Gateway) Forget(peer netip.Addr, domain string) {
 // RemovePeer drops all state for a client and discards transmits queued to it.
 func (g *Gateway) RemovePeer(peer netip.Addr) {
 	delete(g.peers, peer)
-	g.transmits = slices.DeleteFunc(g.transmits, func(t Transmit) bool { return t.Peer == peer })
+	g.transmits.DeleteFunc(func(t Transmit) bool { return t.Peer == peer })
 }
 
 // SayGoodbye queues a Goodbye to a client and drops all state for it.
@@ -235,12 +237,12 @@ func (g *Gateway) SayGoodbye(peer netip.Addr) error {
 		return fmt.Errorf("goodbye to %s: %w", peer, err)
 	}
 	g.RemovePeer(peer)
-	g.transmits = append(g.transmits, Transmit{Peer: peer, Packet: pkt})
+	g.transmits.Push(Transmit{Peer: peer, Packet: pkt})
 	return nil
 }
 
 // PollTransmit returns the next packet to send into the tunnel.
-func (g *Gateway) PollTransmit() (Transmit, bool) { return popFront(&g.transmits) }
+func (g *Gateway) PollTransmit() (Transmit, bool) { return g.transmits.Pop() }
 
 // PollEvent returns the next event for the gateway loop.
-func (g *Gateway) PollEvent() (GatewayEvent, bool) { return popFront(&g.events) }
+func (g *Gateway) PollEvent() (GatewayEvent, bool) { return g.events.Pop() }

@@ -160,7 +160,7 @@ func TestPropertyClientRetransmit(t *testing.T) {
 					if c.Resource != res || !slices.Equal(c.ProxyIPs, ips) {
 						t.Fatalf("Assign returned ID %d of different content", id)
 					}
-					if len(s.c.transmits) != 0 {
+					if s.c.transmits.Len() != 0 {
 						t.Fatal("an idempotent Assign queued a send")
 					}
 				}

@@ -16,6 +16,7 @@ import (
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
 
+	"github.com/snowgate/snowgate/internal/fifo"
 	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
@@ -243,7 +244,7 @@ func (c *Client) loop() {
 		conn    *websocket.Conn
 		cancel  context.CancelFunc = func() {}
 		wg      sync.WaitGroup
-		backlog []Event
+		backlog fifo.Queue[Event] // events not yet taken by the user
 	)
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
@@ -287,7 +288,7 @@ func (c *Client) loop() {
 			if ev.Kind == EventDisconnected {
 				c.reconnects.Add(context.Background(), 1)
 			}
-			backlog = append(backlog, ev)
+			backlog.Push(ev)
 		}
 		deadline, hasDeadline := c.s.PollTimeout()
 		connectDone := c.connectDone
@@ -304,11 +305,11 @@ func (c *Client) loop() {
 
 		var out chan<- Event
 		var head Event
-		if len(backlog) > 0 {
-			out, head = c.events, backlog[0]
+		if ev, ok := backlog.Peek(); ok {
+			out, head = c.events, ev
 		}
 		in := c.inbox
-		if len(backlog) >= maxEventBacklog {
+		if backlog.Len() >= maxEventBacklog {
 			in = nil
 		}
 		var timeout <-chan time.Time
@@ -338,8 +339,7 @@ func (c *Client) loop() {
 			}
 			c.mu.Unlock()
 		case out <- head:
-			backlog[0] = Event{}
-			backlog = backlog[1:]
+			backlog.Pop()
 		case ev := <-in:
 			if ev.gen != gen {
 				continue

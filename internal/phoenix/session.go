@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/snowgate/snowgate/internal/fifo"
 	"github.com/snowgate/snowgate/internal/telemetry"
 )
 
@@ -221,9 +222,9 @@ type session struct {
 	hbNext   time.Time
 	hbMissed int
 
-	cmds      []command
-	transmits [][]byte
-	events    []Event
+	cmds      fifo.Queue[command]
+	transmits fifo.Queue[[]byte]
+	events    fifo.Queue[Event]
 }
 
 func newSession(cfg sessionConfig) *session {
@@ -317,7 +318,7 @@ func (s *session) Connect(publicKey string, now time.Time) error {
 	s.dropSocket(ErrReconnect)
 	s.publicKey = publicKey
 	s.state = stDialing
-	s.cmds = append(s.cmds, command{kind: cmdDial, publicKey: publicKey})
+	s.cmds.Push(command{kind: cmdDial, publicKey: publicKey})
 	return nil
 }
 
@@ -403,12 +404,12 @@ func (s *session) scheduleRedial(now time.Time) {
 func (s *session) dropSocket(cause error) {
 	switch s.state {
 	case stConnected:
-		s.events = append(s.events, Event{Kind: EventDisconnected, Err: cause})
+		s.events.Push(Event{Kind: EventDisconnected, Err: cause})
 		fallthrough
 	case stDialing:
-		s.cmds = append(s.cmds, command{kind: cmdDrop})
+		s.cmds.Push(command{kind: cmdDrop})
 	}
-	s.transmits = nil
+	s.transmits.Clear()
 	s.hbMissed = 0
 	for _, t := range s.topics {
 		t.phase = tUnjoined
@@ -420,7 +421,7 @@ func (s *session) fatal(err error) {
 	s.state = stFatal
 	s.fatalErr = err
 	s.queue = nil
-	s.events = append(s.events, Event{Kind: EventFatal, Err: err})
+	s.events.Push(Event{Kind: EventFatal, Err: err})
 	// WARN, not ERROR: the application gets the error (EventFatal) and reports it as its situation demands.
 	s.log.Warn("phoenix client stopped", telemetry.Err(err))
 }
@@ -475,7 +476,7 @@ func (s *session) handleMessage(m Message, now time.Time) {
 		s.log.Info("phoenix channel closed by the server, rejoining", "topic", m.Topic, "event", m.Event,
 			"retry_in", t.rejoinAt.Sub(now).String())
 	default:
-		s.events = append(s.events, Event{Kind: EventMessage, Topic: m.Topic, Event: m.Event, Payload: m.Payload, Ref: m.Ref})
+		s.events.Push(Event{Kind: EventMessage, Topic: m.Topic, Event: m.Event, Payload: m.Payload, Ref: m.Ref})
 	}
 }
 
@@ -490,14 +491,14 @@ func (s *session) handleReply(t *topicState, m Message, now time.Time) {
 			t.phase, t.attempts = tJoined, 0
 			s.attempts = 0
 			s.log.Debug("phoenix joined", "topic", t.name)
-			s.events = append(s.events, Event{Kind: EventJoined, Topic: t.name, Event: EventReply, Payload: p.Response, Ref: m.Ref, Status: p.Status})
+			s.events.Push(Event{Kind: EventJoined, Topic: t.name, Event: EventReply, Payload: p.Response, Ref: m.Ref, Status: p.Status})
 			return
 		}
 		t.phase = tUnjoined
 		t.rejoinAt = now.Add(s.cfg.Backoff.Delay(t.attempts, s.cfg.Rand()))
 		t.attempts++
 		s.log.Warn("phoenix join refused", "topic", t.name, "response", string(p.Response))
-		s.events = append(s.events, Event{Kind: EventReplied, Topic: t.name, Event: EventReply, Payload: p.Response, Ref: m.Ref, Status: p.Status,
+		s.events.Push(Event{Kind: EventReplied, Topic: t.name, Event: EventReply, Payload: p.Response, Ref: m.Ref, Status: p.Status,
 			Err: fmt.Errorf("%w: topic %q: %s", ErrJoinRefused, t.name, p.Response)})
 		return
 	}
@@ -510,7 +511,7 @@ func (s *session) handleReply(t *topicState, m Message, now time.Time) {
 			t.phase, t.rejoinAt = tUnjoined, now
 		}
 	}
-	s.events = append(s.events, Event{Kind: EventReplied, Topic: m.Topic, Event: EventReply, Payload: p.Response, Ref: m.Ref, Status: p.Status})
+	s.events.Push(Event{Kind: EventReplied, Topic: m.Topic, Event: EventReply, Payload: p.Response, Ref: m.Ref, Status: p.Status})
 }
 
 // pump runs everything that is due at now: dialing, joins, join timeouts, heartbeats, queued pushes.
@@ -519,7 +520,7 @@ func (s *session) pump(now time.Time) {
 	case stWaiting:
 		if !now.Before(s.dialAt) {
 			s.state = stDialing
-			s.cmds = append(s.cmds, command{kind: cmdDial, publicKey: s.publicKey})
+			s.cmds.Push(command{kind: cmdDial, publicKey: s.publicKey})
 		}
 		return
 	case stConnected:
@@ -583,7 +584,7 @@ func (s *session) send(m Message) {
 		s.log.Warn("phoenix cannot encode frame", "topic", m.Topic, "event", m.Event, telemetry.Err(err))
 		return
 	}
-	s.transmits = append(s.transmits, b)
+	s.transmits.Push(b)
 }
 
 // PollTimeout returns when HandleTimeout must next be called; false when no timer runs.
@@ -613,30 +614,15 @@ func (s *session) PollTimeout() (time.Time, bool) {
 
 // PollCommand returns the next instruction for the driver.
 func (s *session) PollCommand() (command, bool) {
-	if len(s.cmds) == 0 {
-		return command{}, false
-	}
-	c := s.cmds[0]
-	s.cmds = s.cmds[1:]
-	return c, true
+	return s.cmds.Pop()
 }
 
 // PollTransmit returns the next encoded frame to write on the current socket.
 func (s *session) PollTransmit() ([]byte, bool) {
-	if len(s.transmits) == 0 {
-		return nil, false
-	}
-	b := s.transmits[0]
-	s.transmits = s.transmits[1:]
-	return b, true
+	return s.transmits.Pop()
 }
 
 // PollEvent returns the next event for the user.
 func (s *session) PollEvent() (Event, bool) {
-	if len(s.events) == 0 {
-		return Event{}, false
-	}
-	e := s.events[0]
-	s.events = s.events[1:]
-	return e, true
+	return s.events.Pop()
 }
