@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/snowgate/snowgate/gateway/nat"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 // The gateway loop registers a client when its connection comes up,
@@ -26,12 +27,12 @@ func Example() {
 	}, now)
 	fmt.Println("unreachable:", setup.Unreachable())
 
-	pkt := udpPkt(netip.AddrPortFrom(client.V4, 40000), netip.AddrPortFrom(proxy, 53), []byte("q"))
+	pkt := ipt.UDP(netip.AddrPortFrom(client.V4, 40000), netip.AddrPortFrom(proxy, 53), []byte("q"))
 	v, _ := tb.TranslateOutgoing(pkt, now)
 	_, dst, _, _ := flowID(pkt)
 	fmt.Println(v, "to", dst)
 
-	reply := udpPkt(netip.MustParseAddrPort("198.51.100.10:53"), netip.AddrPortFrom(client.V4, 40000), []byte("a"))
+	reply := ipt.UDP(netip.MustParseAddrPort("198.51.100.10:53"), netip.AddrPortFrom(client.V4, 40000), []byte("a"))
 	v, _ = tb.TranslateIncoming(reply, now.Add(time.Millisecond))
 	src, _, _, _ := flowID(reply)
 	fmt.Println(v, "from", src)

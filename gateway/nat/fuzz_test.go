@@ -7,6 +7,7 @@ import (
 
 	"github.com/snowgate/snowgate/gateway/nat"
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 // fuzzTable returns a table with one client, two domains sharing a real IP
@@ -43,8 +44,8 @@ func FuzzTranslate(f *testing.F) {
 		if p[0]>>4 == 6 {
 			router = router6
 		}
-		f.Add(unreachPkt(router, clientOf(router), p), true, uint8(0))
-		f.Add(unreachPkt(router, clientOf(router), p[:ipHeaderLen(p)+8]), true, uint8(200))
+		f.Add(ipt.Unreachable(router, clientOf(router), p), true, uint8(0))
+		f.Add(ipt.Unreachable(router, clientOf(router), p[:ipHeaderLen(p)+8]), true, uint8(200))
 	}
 	f.Add([]byte{}, false, uint8(0))
 	f.Add([]byte{0x45}, true, uint8(0))

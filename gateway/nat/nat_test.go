@@ -10,6 +10,7 @@ import (
 
 	"github.com/snowgate/snowgate/gateway/nat"
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 var (
@@ -43,21 +44,21 @@ type kind struct {
 var kinds = []kind{
 	{"udp",
 		func(s, d netip.Addr, id uint16) []byte {
-			return udpPkt(netip.AddrPortFrom(s, id), netip.AddrPortFrom(d, 53), []byte("query"))
+			return ipt.UDP(netip.AddrPortFrom(s, id), netip.AddrPortFrom(d, 53), []byte("query"))
 		},
 		func(s, d netip.Addr, id uint16) []byte {
-			return udpPkt(netip.AddrPortFrom(s, 53), netip.AddrPortFrom(d, id), []byte("answer"))
+			return ipt.UDP(netip.AddrPortFrom(s, 53), netip.AddrPortFrom(d, id), []byte("answer"))
 		}},
 	{"tcp",
 		func(s, d netip.Addr, id uint16) []byte {
-			return tcpPkt(netip.AddrPortFrom(s, id), netip.AddrPortFrom(d, 443), header.TCPFlagAck, []byte("GET"))
+			return ipt.TCP(netip.AddrPortFrom(s, id), netip.AddrPortFrom(d, 443), 1000, 2000, ipt.ACK, []byte("GET"))
 		},
 		func(s, d netip.Addr, id uint16) []byte {
-			return tcpPkt(netip.AddrPortFrom(s, 443), netip.AddrPortFrom(d, id), header.TCPFlagAck, []byte("200"))
+			return ipt.TCP(netip.AddrPortFrom(s, 443), netip.AddrPortFrom(d, id), 1000, 2000, ipt.ACK, []byte("200"))
 		}},
 	{"echo",
-		func(s, d netip.Addr, id uint16) []byte { return echoPkt(s, d, id, 7, false) },
-		func(s, d netip.Addr, id uint16) []byte { return echoPkt(s, d, id, 7, true) }},
+		func(s, d netip.Addr, id uint16) []byte { return ipt.Echo(s, d, id, 7, []byte("ping")) },
+		func(s, d netip.Addr, id uint16) []byte { return ipt.EchoReply(s, d, id, 7, []byte("ping")) }},
 }
 
 func newTable(t testing.TB, cfg nat.Config) *nat.Table {
@@ -108,7 +109,7 @@ func TestRoundTrip(t *testing.T) {
 				pkt := k.out(cl, proxy, 40000)
 				v, err := tb.TranslateOutgoing(pkt, t0)
 				mustVerdict(t, "outgoing", v, err, nat.Translated, nil)
-				if err := verify(pkt); err != nil {
+				if err := ipt.Verify(pkt); err != nil {
 					t.Fatalf("outgoing checksums: %v", err)
 				}
 				src, dst, sport, _ := flowID(pkt)
@@ -118,7 +119,7 @@ func TestRoundTrip(t *testing.T) {
 				rep := k.reply(real, cl, 40000)
 				v, err = tb.TranslateIncoming(rep, t0.Add(time.Second))
 				mustVerdict(t, "incoming", v, err, nat.Translated, nil)
-				if err := verify(rep); err != nil {
+				if err := ipt.Verify(rep); err != nil {
 					t.Fatalf("incoming checksums: %v", err)
 				}
 				src, dst, _, dport := flowID(rep)
@@ -143,7 +144,7 @@ func TestSharedRealIPRewritesPort(t *testing.T) {
 			for _, p := range [][]byte{p1, p2} {
 				v, err := tb.TranslateOutgoing(p, t0)
 				mustVerdict(t, "outgoing", v, err, nat.Translated, nil)
-				if err := verify(p); err != nil {
+				if err := ipt.Verify(p); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -159,7 +160,7 @@ func TestSharedRealIPRewritesPort(t *testing.T) {
 				rep := k.reply(r4a, cV4, c.port)
 				v, err := tb.TranslateIncoming(rep, t0)
 				mustVerdict(t, "incoming", v, err, nat.Translated, nil)
-				if err := verify(rep); err != nil {
+				if err := ipt.Verify(rep); err != nil {
 					t.Fatal(err)
 				}
 				src, _, _, dport := flowID(rep)
@@ -199,10 +200,10 @@ func TestICMPErrorTranslated(t *testing.T) {
 				_, _, outPort, _ := flowID(pkt)
 				for _, quoteLen := range []int{len(pkt), ipHeaderLen(pkt) + 8} {
 					q := append([]byte(nil), pkt[:quoteLen]...)
-					icmpErr := unreachPkt(fam.router, fam.cl, q)
+					icmpErr := ipt.Unreachable(fam.router, fam.cl, q)
 					v, err := tb.TranslateIncoming(icmpErr, t0)
 					mustVerdict(t, "icmp error", v, err, nat.Translated, nil)
-					if err := verify(icmpErr); err != nil {
+					if err := ipt.Verify(icmpErr); err != nil {
 						t.Fatalf("quote %d bytes: %v", quoteLen, err)
 					}
 					outer, err := ippacket.Parse(icmpErr)
@@ -229,7 +230,7 @@ func TestICMPErrorTranslated(t *testing.T) {
 				}
 				// An error about a flow the NAT never saw is not NAT traffic.
 				stranger := k.out(fam.cl, fam.real, 9999)
-				v, err := tb.TranslateIncoming(unreachPkt(fam.router, fam.cl, stranger), t0)
+				v, err := tb.TranslateIncoming(ipt.Unreachable(fam.router, fam.cl, stranger), t0)
 				mustVerdict(t, "unrelated icmp error", v, err, nat.NotNAT, nil)
 			})
 		}
@@ -250,8 +251,8 @@ func TestVerdicts(t *testing.T) {
 	if got := setup.Unreachable(); len(got) != 2 || got[0] != pA6a || got[1] != pA6b {
 		t.Fatalf("Unreachable() = %v, want the IPv6 proxy IPs", got)
 	}
-	gre := ipWrap(cV4, pA4a, 47, make([]byte, 8))
-	frag := udpPkt(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(pA4a, 2), nil)
+	gre := ipt.IP(cV4, pA4a, 47, make([]byte, 8))
+	frag := ipt.UDP(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(pA4a, 2), nil)
 	header.IPv4(frag).SetFlagsFragmentOffset(0, 64)
 	header.IPv4(frag).SetChecksum(0)
 	header.IPv4(frag).SetChecksum(^header.IPv4(frag).CalculateChecksum())
@@ -262,19 +263,19 @@ func TestVerdicts(t *testing.T) {
 		want    nat.Verdict
 		wantErr error
 	}{
-		{"v4 to mapped proxy", udpPkt(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(pA4b, 53), nil), false, nat.Translated, nil},
-		{"v6 proxy without AAAA", udpPkt(netip.AddrPortFrom(cV6, 1), netip.AddrPortFrom(pA6a, 53), nil), false, nat.Unreachable, nat.ErrNoRealIP},
-		{"unassigned proxy", udpPkt(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(pB4a, 53), nil), false, nat.Unreachable, nat.ErrNoTranslation},
-		{"not a proxy IP", udpPkt(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(r4b, 53), nil), false, nat.NotNAT, nil},
-		{"spoofed source", udpPkt(netip.MustParseAddrPort("100.64.0.99:1"), netip.AddrPortFrom(pA4a, 53), nil), false, nat.Drop, nat.ErrUnknownClient},
+		{"v4 to mapped proxy", ipt.UDP(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(pA4b, 53), nil), false, nat.Translated, nil},
+		{"v6 proxy without AAAA", ipt.UDP(netip.AddrPortFrom(cV6, 1), netip.AddrPortFrom(pA6a, 53), nil), false, nat.Unreachable, nat.ErrNoRealIP},
+		{"unassigned proxy", ipt.UDP(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(pB4a, 53), nil), false, nat.Unreachable, nat.ErrNoTranslation},
+		{"not a proxy IP", ipt.UDP(netip.AddrPortFrom(cV4, 1), netip.AddrPortFrom(r4b, 53), nil), false, nat.NotNAT, nil},
+		{"spoofed source", ipt.UDP(netip.MustParseAddrPort("100.64.0.99:1"), netip.AddrPortFrom(pA4a, 53), nil), false, nat.Drop, nat.ErrUnknownClient},
 		{"other protocol", gre, false, nat.Drop, nat.ErrUnsupportedProtocol},
-		{"echo reply to proxy", echoPkt(cV4, pA4a, 1, 1, true), false, nat.Drop, nat.ErrUnsupportedProtocol},
+		{"echo reply to proxy", ipt.EchoReply(cV4, pA4a, 1, 1, []byte("ping")), false, nat.Drop, nat.ErrUnsupportedProtocol},
 		{"non-first fragment", frag, false, nat.Drop, nat.ErrUnsupportedProtocol},
 		{"garbage out", []byte{0x45, 1, 2}, false, nat.Drop, nat.ErrMalformed},
 		{"garbage in", []byte{0x60}, true, nat.Drop, nat.ErrMalformed},
-		{"reply without session", udpPkt(netip.AddrPortFrom(r4a, 53), netip.AddrPortFrom(cV4, 1234), nil), true, nat.NotNAT, nil},
-		{"to unknown client", udpPkt(netip.AddrPortFrom(r4a, 53), netip.MustParseAddrPort("100.64.0.99:1"), nil), true, nat.NotNAT, nil},
-		{"echo request to client", echoPkt(r4a, cV4, 1, 1, false), true, nat.NotNAT, nil},
+		{"reply without session", ipt.UDP(netip.AddrPortFrom(r4a, 53), netip.AddrPortFrom(cV4, 1234), nil), true, nat.NotNAT, nil},
+		{"to unknown client", ipt.UDP(netip.AddrPortFrom(r4a, 53), netip.MustParseAddrPort("100.64.0.99:1"), nil), true, nat.NotNAT, nil},
+		{"echo request to client", ipt.Echo(r4a, cV4, 1, 1, []byte("ping")), true, nat.NotNAT, nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -339,11 +340,11 @@ func TestConfigureErrors(t *testing.T) {
 
 func sendUDP(t *testing.T, tb *nat.Table, proxy netip.Addr, port uint16, now time.Time) (nat.Verdict, error) {
 	t.Helper()
-	return tb.TranslateOutgoing(udpPkt(netip.AddrPortFrom(clientOf(proxy), port), netip.AddrPortFrom(proxy, 53), nil), now)
+	return tb.TranslateOutgoing(ipt.UDP(netip.AddrPortFrom(clientOf(proxy), port), netip.AddrPortFrom(proxy, 53), nil), now)
 }
 
 func replyUDP(tb *nat.Table, real netip.Addr, port uint16, now time.Time) ([]byte, nat.Verdict, error) {
-	p := udpPkt(netip.AddrPortFrom(real, 53), netip.AddrPortFrom(clientOf(real), port), nil)
+	p := ipt.UDP(netip.AddrPortFrom(real, 53), netip.AddrPortFrom(clientOf(real), port), nil)
 	v, err := tb.TranslateIncoming(p, now)
 	return p, v, err
 }
@@ -396,26 +397,26 @@ func TestExpiry(t *testing.T) {
 	t.Run("tcp ttl, fin, rst", func(t *testing.T) {
 		tb := newTable(t, nat.Config{})
 		configure(t, tb, "a.example", []netip.Addr{pA4a}, []netip.Addr{r4a}, t0)
-		out := func(port uint16, flags header.TCPFlags, now time.Time) {
-			p := tcpPkt(netip.AddrPortFrom(cV4, port), netip.AddrPortFrom(pA4a, 443), flags, nil)
+		out := func(port uint16, flags ipt.TCPFlags, now time.Time) {
+			p := ipt.TCP(netip.AddrPortFrom(cV4, port), netip.AddrPortFrom(pA4a, 443), 1000, 2000, flags, nil)
 			if v, err := tb.TranslateOutgoing(p, now); v != nat.Translated {
 				t.Fatal(v, err)
 			}
 		}
-		in := func(port uint16, flags header.TCPFlags, now time.Time) nat.Verdict {
-			p := tcpPkt(netip.AddrPortFrom(r4a, 443), netip.AddrPortFrom(cV4, port), flags, nil)
+		in := func(port uint16, flags ipt.TCPFlags, now time.Time) nat.Verdict {
+			p := ipt.TCP(netip.AddrPortFrom(r4a, 443), netip.AddrPortFrom(cV4, port), 1000, 2000, flags, nil)
 			v, _ := tb.TranslateIncoming(p, now)
 			return v
 		}
-		out(1, header.TCPFlagSyn, t0)
-		in(1, header.TCPFlagSyn|header.TCPFlagAck, t0)
-		out(2, header.TCPFlagSyn, t0)
-		in(2, header.TCPFlagSyn|header.TCPFlagAck, t0)
-		out(3, header.TCPFlagSyn, t0)
-		in(3, header.TCPFlagSyn|header.TCPFlagAck, t0)
-		out(2, header.TCPFlagFin|header.TCPFlagAck, t0.Add(time.Second))
-		in(2, header.TCPFlagFin|header.TCPFlagAck, t0.Add(2*time.Second))
-		in(3, header.TCPFlagRst, t0.Add(3*time.Second))
+		out(1, ipt.SYN, t0)
+		in(1, ipt.SYN|ipt.ACK, t0)
+		out(2, ipt.SYN, t0)
+		in(2, ipt.SYN|ipt.ACK, t0)
+		out(3, ipt.SYN, t0)
+		in(3, ipt.SYN|ipt.ACK, t0)
+		out(2, ipt.FIN|ipt.ACK, t0.Add(time.Second))
+		in(2, ipt.FIN|ipt.ACK, t0.Add(2*time.Second))
+		in(3, ipt.RST, t0.Add(3*time.Second))
 		if at, _ := tb.PollTimeout(); !at.Equal(t0.Add(3 * time.Second)) {
 			t.Fatalf("PollTimeout after RST = %v", at)
 		}
@@ -425,12 +426,12 @@ func TestExpiry(t *testing.T) {
 		}
 		// A RST right after a scan is collected one scan interval later; the
 		// flow is dead for lookups at once.
-		out(4, header.TCPFlagSyn, t0.Add(3*time.Second))
-		out(4, header.TCPFlagRst, t0.Add(3*time.Second+100*time.Millisecond))
+		out(4, ipt.SYN, t0.Add(3*time.Second))
+		out(4, ipt.RST, t0.Add(3*time.Second+100*time.Millisecond))
 		if at, _ := tb.PollTimeout(); !at.Equal(t0.Add(4 * time.Second)) {
 			t.Fatalf("PollTimeout after second RST = %v", at)
 		}
-		if v := in(4, header.TCPFlagAck, t0.Add(3*time.Second+200*time.Millisecond)); v == nat.Translated {
+		if v := in(4, ipt.ACK, t0.Add(3*time.Second+200*time.Millisecond)); v == nat.Translated {
 			t.Fatal("reply after RST translated")
 		}
 		tb.HandleTimeout(t0.Add(4 * time.Second))
@@ -438,7 +439,7 @@ func TestExpiry(t *testing.T) {
 		if s := tb.Stats(); s.Sessions != 1 {
 			t.Fatalf("after FIN linger: %+v", s)
 		}
-		if v := in(1, header.TCPFlagAck, t0.Add(nat.TCPTTL-time.Second)); v != nat.Translated {
+		if v := in(1, ipt.ACK, t0.Add(nat.TCPTTL-time.Second)); v != nat.Translated {
 			t.Fatalf("TCP flow dead before %v: %v", nat.TCPTTL, v)
 		}
 		tb.HandleTimeout(t0.Add(2 * nat.TCPTTL))
@@ -474,7 +475,7 @@ func TestTableFull(t *testing.T) {
 func TestReconfigure(t *testing.T) {
 	tb := newTable(t, nat.Config{})
 	configure(t, tb, "a.example", []netip.Addr{pA4a}, []netip.Addr{r4a}, t0)
-	pkt := udpPkt(netip.AddrPortFrom(cV4, 1000), netip.AddrPortFrom(pA4a, 53), nil)
+	pkt := ipt.UDP(netip.AddrPortFrom(cV4, 1000), netip.AddrPortFrom(pA4a, 53), nil)
 	tb.TranslateOutgoing(pkt, t0)
 	// Re-resolution gives another real IP: the old flow keeps its real IP,
 	// a new flow takes the new one.
@@ -483,7 +484,7 @@ func TestReconfigure(t *testing.T) {
 		port uint16
 		real netip.Addr
 	}{{1000, r4a}, {1001, r4b}} {
-		p := udpPkt(netip.AddrPortFrom(cV4, c.port), netip.AddrPortFrom(pA4a, 53), nil)
+		p := ipt.UDP(netip.AddrPortFrom(cV4, c.port), netip.AddrPortFrom(pA4a, 53), nil)
 		if v, err := tb.TranslateOutgoing(p, t0); v != nat.Translated {
 			t.Fatal(v, err)
 		}
@@ -529,8 +530,8 @@ func TestReconfigure(t *testing.T) {
 func TestZeroAllocsExistingFlow(t *testing.T) {
 	tb := newTable(t, nat.Config{})
 	configure(t, tb, "a.example", []netip.Addr{pA4a}, []netip.Addr{r4a}, t0)
-	outT := udpPkt(netip.AddrPortFrom(cV4, 1000), netip.AddrPortFrom(pA4a, 53), make([]byte, 100))
-	inT := udpPkt(netip.AddrPortFrom(r4a, 53), netip.AddrPortFrom(cV4, 1000), make([]byte, 100))
+	outT := ipt.UDP(netip.AddrPortFrom(cV4, 1000), netip.AddrPortFrom(pA4a, 53), make([]byte, 100))
+	inT := ipt.UDP(netip.AddrPortFrom(r4a, 53), netip.AddrPortFrom(cV4, 1000), make([]byte, 100))
 	buf := make([]byte, len(outT))
 	copy(buf, outT)
 	tb.TranslateOutgoing(buf, t0)
@@ -560,7 +561,7 @@ func TestBuildUnreachable(t *testing.T) {
 				t.Fatal(err)
 			}
 			reply := buf[:n]
-			if err := verify(reply); err != nil {
+			if err := ipt.Verify(reply); err != nil {
 				t.Fatalf("%s to %v: %v", k.name, proxy, err)
 			}
 			p, err := ippacket.Parse(reply)

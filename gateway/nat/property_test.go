@@ -12,6 +12,7 @@ import (
 
 	"github.com/snowgate/snowgate/gateway/nat"
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 // mkey is a model flow key: (kind index, port, address).
@@ -183,7 +184,7 @@ func (m *natModel) send(t *rapid.T) {
 	if v != nat.Translated {
 		t.Fatalf("send %v: %v %v", in, v, err)
 	}
-	if err := verify(pkt); err != nil {
+	if err := ipt.Verify(pkt); err != nil {
 		t.Fatalf("outgoing checksums: %v", err)
 	}
 	src, dst, sport, _ := flowID(pkt)
@@ -232,7 +233,7 @@ func (m *natModel) reply(t *rapid.T) {
 		if cl.Is6() {
 			router = router6
 		}
-		pkt = unreachPkt(router, cl, q)
+		pkt = ipt.Unreachable(router, cl, q)
 	} else {
 		pkt = kinds[h.outside.kind].reply(h.outside.addr, cl, h.outside.port)
 	}
@@ -247,7 +248,7 @@ func (m *natModel) reply(t *rapid.T) {
 	if v != nat.Translated {
 		t.Fatalf("reply for live flow %v→%v: %v %v", f.inside, f.outside, v, err)
 	}
-	if err := verify(pkt); err != nil {
+	if err := ipt.Verify(pkt); err != nil {
 		t.Fatalf("incoming checksums: %v", err)
 	}
 	p, _ := ippacket.Parse(pkt)

@@ -4,6 +4,7 @@ import (
 	"testing"
 
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 func BenchmarkParse(b *testing.B) {
@@ -11,9 +12,9 @@ func BenchmarkParse(b *testing.B) {
 		name string
 		pkt  []byte
 	}{
-		{"udp4", gUDP(ap(v4a, 5353), ap(v4c, 53), make([]byte, 1200), false)},
-		{"tcp6", gTCP(ap(v6a, 40000), ap(v6c, 443), 1, make([]byte, 1200))},
-		{"icmp4-error", gUnreach(v4b, v4a, gUDP(ap(v4a, 5353), ap(v4c, 53), make([]byte, 100), false))},
+		{"udp4", ipt.UDP(ap(v4a, 5353), ap(v4c, 53), make([]byte, 1200))},
+		{"tcp6", ipt.TCP(ap(v6a, 40000), ap(v6c, 443), 1, 0, ipt.ACK|ipt.PSH, make([]byte, 1200))},
+		{"icmp4-error", ipt.Unreachable(v4b, v4a, ipt.UDP(ap(v4a, 5353), ap(v4c, 53), make([]byte, 100)))},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			b.ReportAllocs()
@@ -44,9 +45,9 @@ func BenchmarkRewrite(b *testing.B) {
 		from, to string
 		quoted   bool
 	}{
-		{"udp4", gUDP(ap(v4a, 5353), ap(v4c, 53), make([]byte, 1200), false), "100.96.0.3", "198.51.100.7", false},
-		{"tcp6", gTCP(ap(v6a, 40000), ap(v6c, 443), 1, make([]byte, 1200)), "fd00:2021:1111:8000::3", "2001:db8::7", false},
-		{"icmp4-error", gUnreach(v4b, v4a, gUDP(ap(v4a, 5353), ap(v4b, 53), make([]byte, 100), false)), "198.51.100.7", "100.96.0.3", true},
+		{"udp4", ipt.UDP(ap(v4a, 5353), ap(v4c, 53), make([]byte, 1200)), "100.96.0.3", "198.51.100.7", false},
+		{"tcp6", ipt.TCP(ap(v6a, 40000), ap(v6c, 443), 1, 0, ipt.ACK|ipt.PSH, make([]byte, 1200)), "fd00:2021:1111:8000::3", "2001:db8::7", false},
+		{"icmp4-error", ipt.Unreachable(v4b, v4a, ipt.UDP(ap(v4a, 5353), ap(v4b, 53), make([]byte, 100))), "198.51.100.7", "100.96.0.3", true},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			from, to := mustAddr(c.from), mustAddr(c.to)

@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 func TestBuildUDP(t *testing.T) {
@@ -27,7 +28,7 @@ func TestBuildUDP(t *testing.T) {
 				t.Fatal(err)
 			}
 			b := buf[:n]
-			if err := verify(b); err != nil {
+			if err := ipt.Verify(b, ipt.AllowZeroUDPChecksum); err != nil {
 				t.Fatal(err)
 			}
 			p := mustParse(t, b)
@@ -38,7 +39,7 @@ func TestBuildUDP(t *testing.T) {
 			}
 			// Same bytes as gVisor's encoding, but for the fields gVisor's
 			// helper sets differently (IPv4 ID, flags).
-			want := gUDP(c.src, c.dst, c.payload, false)
+			want := ipt.UDP(c.src, c.dst, c.payload)
 			if c.src.Addr().Is4() {
 				b = append([]byte(nil), b...)
 				copy(b[4:8], want[4:8])
@@ -62,16 +63,16 @@ func TestBuildUDP(t *testing.T) {
 }
 
 func TestBuildICMPProhibited(t *testing.T) {
-	big6 := gUDP(ap(v6a, 1), ap(v6c, 2), make([]byte, 1232), false) // 1280 bytes
+	big6 := ipt.UDP(ap(v6a, 1), ap(v6c, 2), make([]byte, 1232)) // 1280 bytes
 	for _, c := range []struct {
 		name      string
 		in        []byte
 		typ, code uint8
 		quote     int
 	}{
-		{"tcp4", gTCP(ap(v4a, 40000), ap(v4c, 22), 1, nil), 3, 13, 40},
-		{"udp4 big", gUDP(ap(v4a, 1), ap(v4c, 2), make([]byte, 1000), false), 3, 13, 548},
-		{"echo6", gEcho(v6a, v6c, 9, 9, []byte("x")), 1, 1, 49},
+		{"tcp4", ipt.TCP(ap(v4a, 40000), ap(v4c, 22), 1, 0, ipt.ACK|ipt.PSH, nil), 3, 13, 40},
+		{"udp4 big", ipt.UDP(ap(v4a, 1), ap(v4c, 2), make([]byte, 1000)), 3, 13, 548},
+		{"echo6", ipt.Echo(v6a, v6c, 9, 9, []byte("x")), 1, 1, 49},
 		{"udp6 mtu", big6, 1, 1, 1232},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -82,7 +83,7 @@ func TestBuildICMPProhibited(t *testing.T) {
 				t.Fatal(err)
 			}
 			r := buf[:n]
-			if err := verify(r); err != nil {
+			if err := ipt.Verify(r, ipt.AllowZeroUDPChecksum); err != nil {
 				t.Fatal(err)
 			}
 			rp := mustParse(t, r)
@@ -106,7 +107,7 @@ func TestBuildICMPProhibited(t *testing.T) {
 			}
 		})
 	}
-	e := mustParse(t, gUnreach(v4b, v4a, gUDP(ap(v4a, 1), ap(v4b, 2), nil, false)))
+	e := mustParse(t, ipt.Unreachable(v4b, v4a, ipt.UDP(ap(v4a, 1), ap(v4b, 2), nil)))
 	if _, err := ippacket.BuildICMPProhibited(make([]byte, 1500), e); !errors.Is(err, ippacket.ErrUnsupported) {
 		t.Errorf("reply to an ICMP error: %v", err)
 	}
@@ -114,11 +115,11 @@ func TestBuildICMPProhibited(t *testing.T) {
 	if _, err := ippacket.BuildICMPProhibited(make([]byte, 1500), q); !errors.Is(err, ippacket.ErrUnsupported) {
 		t.Errorf("reply to a quoted packet: %v", err)
 	}
-	lf := mustParse(t, with(gUDP(ap(v4a, 1), ap(v4b, 2), nil, false), func(b []byte) []byte { b[7] = 1; return fixSum4(b) }))
+	lf := mustParse(t, with(ipt.UDP(ap(v4a, 1), ap(v4b, 2), nil), func(b []byte) []byte { b[7] = 1; return fixSum4(b) }))
 	if _, err := ippacket.BuildICMPProhibited(make([]byte, 1500), lf); !errors.Is(err, ippacket.ErrFragment) {
 		t.Errorf("reply to a later fragment: %v", err)
 	}
-	if _, err := ippacket.BuildICMPProhibited(make([]byte, 50), mustParse(t, gTCP(ap(v4a, 1), ap(v4b, 2), 0, nil))); !errors.Is(err, ippacket.ErrBufferTooSmall) {
+	if _, err := ippacket.BuildICMPProhibited(make([]byte, 50), mustParse(t, ipt.TCP(ap(v4a, 1), ap(v4b, 2), 0, 0, ipt.ACK|ipt.PSH, nil))); !errors.Is(err, ippacket.ErrBufferTooSmall) {
 		t.Errorf("small buffer: %v", err)
 	}
 	if _, err := ippacket.BuildICMPProhibited(make([]byte, 1500), ippacket.Packet{}); !errors.Is(err, ippacket.ErrUnsupported) {

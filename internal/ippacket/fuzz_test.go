@@ -7,30 +7,31 @@ import (
 	"testing"
 
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 // fuzzSeeds returns valid packets of every kind the package handles.
 func fuzzSeeds() [][]byte {
-	udp4 := gUDP(ap(v4a, 5353), ap(v4c, 53), []byte("query"), false)
-	udp6 := gUDP(ap(v6a, 5353), ap(v6c, 53), []byte("query"), false)
-	tcp4 := gTCP(ap(v4a, 40000), ap(v4c, 443), 7, []byte("hello"))
-	tcp6 := gTCP(ap(v6a, 40000), ap(v6c, 443), 7, []byte("hello"))
+	udp4 := ipt.UDP(ap(v4a, 5353), ap(v4c, 53), []byte("query"))
+	udp6 := ipt.UDP(ap(v6a, 5353), ap(v6c, 53), []byte("query"))
+	tcp4 := ipt.TCP(ap(v4a, 40000), ap(v4c, 443), 7, 0, ipt.ACK|ipt.PSH, []byte("hello"))
+	tcp6 := ipt.TCP(ap(v6a, 40000), ap(v6c, 443), 7, 0, ipt.ACK|ipt.PSH, []byte("hello"))
 	return [][]byte{
 		udp4, udp6, tcp4, tcp6,
-		gUDP(ap(v4a, 1), ap(v4b, 2), nil, true),
+		ipt.UDPZeroChecksum(ap(v4a, 1), ap(v4b, 2), nil),
 		v4opts(udp4),
-		gEcho(v4a, v4b, 1, 2, []byte("ping")),
-		gEcho(v6a, v6b, 1, 2, []byte("ping")),
-		gUnreach(v4b, v4a, udp4),
-		gUnreach(v4b, v4a, tcp4[:28]),
-		gUnreach(v6b, v6a, tcp6[:48]),
-		gUnreach(v6b, v6a, udp6),
-		gICMP(v4b, v4a, 11, 0, 0, gEcho(v4a, v4b, 1, 2, nil)),
+		ipt.Echo(v4a, v4b, 1, 2, []byte("ping")),
+		ipt.Echo(v6a, v6b, 1, 2, []byte("ping")),
+		ipt.Unreachable(v4b, v4a, udp4),
+		ipt.Unreachable(v4b, v4a, tcp4[:28]),
+		ipt.Unreachable(v6b, v6a, tcp6[:48]),
+		ipt.Unreachable(v6b, v6a, udp6),
+		ipt.ICMP(v4b, v4a, 11, 0, 0, ipt.Echo(v4a, v4b, 1, 2, nil)),
 		v6ext(udp6, []uint8{0, 60, 44}, [][]byte{optsHdr(), optsHdr(), fragHdr(0, true)}),
 		v6ext(udp6, []uint8{44}, [][]byte{fragHdr(8, false)}),
 		v6ext(udp6, []uint8{43}, [][]byte{routingHdr(1)}),
 		with(udp4, func(b []byte) []byte { b[6] = 0x20; return fixSum4(b) }),
-		ipWrap(v6a, v6b, ippacket.ProtoP2PControl, []byte{2, 0, 0, 0, 0, 0, 0, 0}),
+		ipt.IP(v6a, v6b, ippacket.ProtoP2PControl, []byte{2, 0, 0, 0, 0, 0, 0, 0}),
 		{0x45}, {0x60}, {},
 	}
 }
@@ -71,7 +72,7 @@ func FuzzParse(f *testing.F) {
 			if err != nil {
 				t.Fatalf("built reply does not parse: %v", err)
 			}
-			if !sumsValid(r) {
+			if !ipt.SumsValid(r) {
 				t.Fatalf("reply checksums invalid")
 			}
 			exercise(r, 0)
@@ -98,7 +99,7 @@ func FuzzRewrite(f *testing.F) {
 				return
 			}
 		}
-		valid := sumsValid(outer)
+		valid := ipt.SumsValid(outer)
 		var a netip.Addr
 		if p.Version() == 4 {
 			var a4 [4]byte
@@ -139,11 +140,11 @@ func FuzzRewrite(f *testing.F) {
 		if got, err := p.EchoID(); eerr == nil && (err != nil || got != id) {
 			t.Fatalf("EchoID %d %v after setting %d", got, err, id)
 		}
-		if valid && !sumsValid(outer) {
+		if valid && !ipt.SumsValid(outer) {
 			t.Fatalf("checksums valid before rewrite, invalid after")
 		}
 		apply(oldSrc, oldDst, oldSP, oldDP, oldID)
-		if valid && !sumsValid(outer) {
+		if valid && !ipt.SumsValid(outer) {
 			t.Fatalf("checksums valid before rewrite, invalid after rewriting back")
 		}
 		if !bytes.Equal(b, orig) && !onlyZeroSums(b, orig) {

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 var (
@@ -106,13 +107,13 @@ type want struct {
 }
 
 func TestParse(t *testing.T) {
-	udp4 := gUDP(ap(v4a, 5353), ap(v4b, 53), []byte("query"), false)
-	udp6 := gUDP(ap(v6a, 5353), ap(v6b, 53), []byte("query"), false)
-	tcp4 := gTCP(ap(v4a, 40000), ap(v4b, 443), 7, []byte("hello"))
-	tcp6 := gTCP(ap(v6a, 40000), ap(v6b, 443), 7, nil)
-	echo4 := gEcho(v4a, v4b, 0xBEEF, 1, []byte("ping"))
-	echo6 := gEcho(v6a, v6b, 0xBEEF, 1, []byte("ping"))
-	p2p := ipWrap(v6a, v6b, ippacket.ProtoP2PControl, []byte{1, 0, 0, 0, 0, 0, 0, 0, '{', '}'})
+	udp4 := ipt.UDP(ap(v4a, 5353), ap(v4b, 53), []byte("query"))
+	udp6 := ipt.UDP(ap(v6a, 5353), ap(v6b, 53), []byte("query"))
+	tcp4 := ipt.TCP(ap(v4a, 40000), ap(v4b, 443), 7, 0, ipt.ACK|ipt.PSH, []byte("hello"))
+	tcp6 := ipt.TCP(ap(v6a, 40000), ap(v6b, 443), 7, 0, ipt.ACK|ipt.PSH, nil)
+	echo4 := ipt.Echo(v4a, v4b, 0xBEEF, 1, []byte("ping"))
+	echo6 := ipt.Echo(v6a, v6b, 0xBEEF, 1, []byte("ping"))
+	p2p := ipt.IP(v6a, v6b, ippacket.ProtoP2PControl, []byte{1, 0, 0, 0, 0, 0, 0, 0, '{', '}'})
 
 	ok := func(w want) want { return w }
 	cases := []struct {
@@ -128,18 +129,18 @@ func TestParse(t *testing.T) {
 		{"tcp6", tcp6, want{version: 6, proto: ippacket.ProtoTCP, hdrLen: 40, src: v6a, dst: v6b, sport: 40000, dport: 443, icmpType: -1, echoID: -1, length: len(tcp6)}},
 		{"echo4", echo4, want{version: 4, proto: ippacket.ProtoICMP, hdrLen: 20, src: v4a, dst: v4b, portsErr: ippacket.ErrUnsupported, icmpType: 8, echoID: 0xBEEF, length: len(echo4)}},
 		{"echo6", echo6, want{version: 6, proto: ippacket.ProtoICMPv6, hdrLen: 40, src: v6a, dst: v6b, portsErr: ippacket.ErrUnsupported, icmpType: 128, echoID: 0xBEEF, length: len(echo6)}},
-		{"unreachable4", gUnreach(v4b, v4a, udp4[:28]), want{version: 4, proto: ippacket.ProtoICMP, hdrLen: 20, src: v4b, dst: v4a, portsErr: ippacket.ErrUnsupported, icmpType: 3, echoID: -1, isErr: true, length: 56}},
-		{"unreachable6", gUnreach(v6b, v6a, udp6), want{version: 6, proto: ippacket.ProtoICMPv6, hdrLen: 40, src: v6b, dst: v6a, portsErr: ippacket.ErrUnsupported, icmpType: 1, echoID: -1, isErr: true, length: 48 + len(udp6)}},
+		{"unreachable4", ipt.Unreachable(v4b, v4a, udp4[:28]), want{version: 4, proto: ippacket.ProtoICMP, hdrLen: 20, src: v4b, dst: v4a, portsErr: ippacket.ErrUnsupported, icmpType: 3, echoID: -1, isErr: true, length: 56}},
+		{"unreachable6", ipt.Unreachable(v6b, v6a, udp6), want{version: 6, proto: ippacket.ProtoICMPv6, hdrLen: 40, src: v6b, dst: v6a, portsErr: ippacket.ErrUnsupported, icmpType: 1, echoID: -1, isErr: true, length: 48 + len(udp6)}},
 		{"p2p control", p2p, want{version: 6, proto: ippacket.ProtoP2PControl, hdrLen: 40, src: v6a, dst: v6b, portsErr: ippacket.ErrUnsupported, icmpType: -1, echoID: -1, length: len(p2p)}},
-		{"icmp protocol over IPv6", ipWrap(v6a, v6b, ippacket.ProtoICMP, make([]byte, 8)), want{version: 6, proto: ippacket.ProtoICMP, hdrLen: 40, src: v6a, dst: v6b, portsErr: ippacket.ErrUnsupported, icmpType: -1, echoID: -1, length: 48}},
+		{"icmp protocol over IPv6", ipt.IP(v6a, v6b, ippacket.ProtoICMP, make([]byte, 8)), want{version: 6, proto: ippacket.ProtoICMP, hdrLen: 40, src: v6a, dst: v6b, portsErr: ippacket.ErrUnsupported, icmpType: -1, echoID: -1, length: 48}},
 		{"udp4 more fragments", with(udp4, func(b []byte) []byte { b[6] = 0x20; return fixSum4(b) }), want{version: 4, proto: ippacket.ProtoUDP, hdrLen: 20, src: v4a, dst: v4b, frag: true, sport: 5353, dport: 53, icmpType: -1, echoID: -1, length: len(udp4)}},
 		{"udp4 later fragment", with(udp4, func(b []byte) []byte { b[7] = 3; return fixSum4(b) }), want{version: 4, proto: ippacket.ProtoUDP, hdrLen: 20, src: v4a, dst: v4b, frag: true, fragOff: 24, portsErr: ippacket.ErrFragment, icmpType: -1, echoID: -1, length: len(udp4)}},
 		{"udp6 hbh+dst+frag", v6ext(udp6, []uint8{0, 60, 44}, [][]byte{optsHdr(), optsHdr(), fragHdr(0, true)}), want{version: 6, proto: ippacket.ProtoUDP, hdrLen: 64, src: v6a, dst: v6b, frag: true, sport: 5353, dport: 53, icmpType: -1, echoID: -1, length: len(udp6) + 24}},
 		{"udp6 routing", v6ext(udp6, []uint8{43}, [][]byte{routingHdr(1)}), want{version: 6, proto: ippacket.ProtoUDP, hdrLen: 64, src: v6a, dst: v6b, sport: 5353, dport: 53, icmpType: -1, echoID: -1, length: len(udp6) + 24}},
 		{"udp6 later fragment", v6ext(udp6, []uint8{44}, [][]byte{fragHdr(1232, false)}), want{version: 6, proto: ippacket.ProtoUDP, hdrLen: 48, src: v6a, dst: v6b, frag: true, fragOff: 1232, portsErr: ippacket.ErrFragment, icmpType: -1, echoID: -1, length: len(udp6) + 8}},
-		{"ipv6 no next header", ipWrap(v6a, v6b, 59, nil), want{version: 6, proto: 59, hdrLen: 40, src: v6a, dst: v6b, portsErr: ippacket.ErrUnsupported, icmpType: -1, echoID: -1, length: 40}},
-		{"tcp4 short header", ipWrap(v4a, v4b, ippacket.ProtoTCP, make([]byte, 12)), want{version: 4, proto: ippacket.ProtoTCP, hdrLen: 20, src: v4a, dst: v4b, portsErr: ippacket.ErrTruncated, icmpType: -1, echoID: -1, length: 32}},
-		{"echo4 short", ipWrap(v4a, v4b, ippacket.ProtoICMP, []byte{8, 0, 0, 0}), want{version: 4, proto: ippacket.ProtoICMP, hdrLen: 20, src: v4a, dst: v4b, portsErr: ippacket.ErrUnsupported, icmpType: -1, echoID: -1, length: 24}},
+		{"ipv6 no next header", ipt.IP(v6a, v6b, 59, nil), want{version: 6, proto: 59, hdrLen: 40, src: v6a, dst: v6b, portsErr: ippacket.ErrUnsupported, icmpType: -1, echoID: -1, length: 40}},
+		{"tcp4 short header", ipt.IP(v4a, v4b, ippacket.ProtoTCP, make([]byte, 12)), want{version: 4, proto: ippacket.ProtoTCP, hdrLen: 20, src: v4a, dst: v4b, portsErr: ippacket.ErrTruncated, icmpType: -1, echoID: -1, length: 32}},
+		{"echo4 short", ipt.IP(v4a, v4b, ippacket.ProtoICMP, []byte{8, 0, 0, 0}), want{version: 4, proto: ippacket.ProtoICMP, hdrLen: 20, src: v4a, dst: v4b, portsErr: ippacket.ErrUnsupported, icmpType: -1, echoID: -1, length: 24}},
 
 		{"empty", nil, want{err: ippacket.ErrTruncated}},
 		{"version 5", []byte{0x50, 0, 0, 0}, want{err: ippacket.ErrUnsupported}},
@@ -206,7 +207,7 @@ func TestParse(t *testing.T) {
 }
 
 func TestUDPPayload(t *testing.T) {
-	b := gUDP(ap(v4a, 1), ap(v4b, 53), []byte("dns!"), false)
+	b := ipt.UDP(ap(v4a, 1), ap(v4b, 53), []byte("dns!"))
 	p, err := ippacket.Parse(b)
 	if err != nil {
 		t.Fatal(err)
@@ -225,7 +226,7 @@ func TestUDPPayload(t *testing.T) {
 	if _, err := p.UDPPayload(); !errors.Is(err, ippacket.ErrMalformed) {
 		t.Errorf("UDP length 7: %v", err)
 	}
-	p, _ = ippacket.Parse(gTCP(ap(v4a, 1), ap(v4b, 2), 0, nil))
+	p, _ = ippacket.Parse(ipt.TCP(ap(v4a, 1), ap(v4b, 2), 0, 0, ipt.ACK|ipt.PSH, nil))
 	if _, err := p.UDPPayload(); !errors.Is(err, ippacket.ErrUnsupported) {
 		t.Errorf("TCP: %v", err)
 	}
@@ -236,9 +237,9 @@ func TestUDPPayload(t *testing.T) {
 }
 
 func TestQuoted(t *testing.T) {
-	udp4 := gUDP(ap(v4a, 5353), ap(v4c, 53), []byte("query"), false)
-	tcp6 := gTCP(ap(v6a, 40000), ap(v6c, 443), 7, []byte("hello"))
-	echo4 := gEcho(v4a, v4c, 77, 1, nil)
+	udp4 := ipt.UDP(ap(v4a, 5353), ap(v4c, 53), []byte("query"))
+	tcp6 := ipt.TCP(ap(v6a, 40000), ap(v6c, 443), 7, 0, ipt.ACK|ipt.PSH, []byte("hello"))
+	echo4 := ipt.Echo(v4a, v4c, 77, 1, nil)
 	cases := []struct {
 		name          string
 		outer         []byte
@@ -250,14 +251,14 @@ func TestQuoted(t *testing.T) {
 		err           error
 		quotedHdrOnly bool
 	}{
-		{name: "udp4 full", outer: gUnreach(v4b, v4a, udp4), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, sport: 5353, dport: 53, echoID: -1},
-		{name: "udp4 28 bytes", outer: gUnreach(v4b, v4a, udp4[:28]), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, sport: 5353, dport: 53, echoID: -1},
-		{name: "udp4 ports only", outer: gUnreach(v4b, v4a, udp4[:24]), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, sport: 5353, dport: 53, echoID: -1},
-		{name: "udp4 ports cut", outer: gUnreach(v4b, v4a, udp4[:23]), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, portsErr: ippacket.ErrTruncated, echoID: -1},
-		{name: "tcp6 48 bytes", outer: gUnreach(v6b, v6a, tcp6[:48]), proto: ippacket.ProtoTCP, src: v6a, dst: v6c, sport: 40000, dport: 443, echoID: -1},
-		{name: "time exceeded echo4", outer: gICMP(v4b, v4a, 11, 0, 0, echo4[:28]), proto: ippacket.ProtoICMP, src: v4a, dst: v4c, portsErr: ippacket.ErrUnsupported, echoID: 77},
-		{name: "ipv4 header cut", outer: gUnreach(v4b, v4a, udp4[:19]), err: ippacket.ErrTruncated},
-		{name: "v6 in v4", outer: gUnreach(v4b, v4a, tcp6[:48]), err: ippacket.ErrUnsupported},
+		{name: "udp4 full", outer: ipt.Unreachable(v4b, v4a, udp4), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, sport: 5353, dport: 53, echoID: -1},
+		{name: "udp4 28 bytes", outer: ipt.Unreachable(v4b, v4a, udp4[:28]), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, sport: 5353, dport: 53, echoID: -1},
+		{name: "udp4 ports only", outer: ipt.Unreachable(v4b, v4a, udp4[:24]), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, sport: 5353, dport: 53, echoID: -1},
+		{name: "udp4 ports cut", outer: ipt.Unreachable(v4b, v4a, udp4[:23]), proto: ippacket.ProtoUDP, src: v4a, dst: v4c, portsErr: ippacket.ErrTruncated, echoID: -1},
+		{name: "tcp6 48 bytes", outer: ipt.Unreachable(v6b, v6a, tcp6[:48]), proto: ippacket.ProtoTCP, src: v6a, dst: v6c, sport: 40000, dport: 443, echoID: -1},
+		{name: "time exceeded echo4", outer: ipt.ICMP(v4b, v4a, 11, 0, 0, echo4[:28]), proto: ippacket.ProtoICMP, src: v4a, dst: v4c, portsErr: ippacket.ErrUnsupported, echoID: 77},
+		{name: "ipv4 header cut", outer: ipt.Unreachable(v4b, v4a, udp4[:19]), err: ippacket.ErrTruncated},
+		{name: "v6 in v4", outer: ipt.Unreachable(v4b, v4a, tcp6[:48]), err: ippacket.ErrUnsupported},
 		{name: "echo is no error", outer: echo4, err: ippacket.ErrUnsupported},
 	}
 	for _, c := range cases {

@@ -10,6 +10,7 @@ import (
 	"pgregory.net/rapid"
 
 	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
 )
 
 func mustParse(t testing.TB, b []byte) ippacket.Packet {
@@ -37,9 +38,11 @@ func TestRewriteNAT(t *testing.T) {
 			name string
 			in   func(src, dst netip.Addr) []byte
 		}{
-			{"udp", func(s, d netip.Addr) []byte { return gUDP(ap(s, 5353), ap(d, 53), []byte("abc"), false) }},
-			{"tcp", func(s, d netip.Addr) []byte { return gTCP(ap(s, 40000), ap(d, 443), 99, []byte("hello!")) }},
-			{"echo", func(s, d netip.Addr) []byte { return gEcho(s, d, 42, 3, []byte("ping")) }},
+			{"udp", func(s, d netip.Addr) []byte { return ipt.UDP(ap(s, 5353), ap(d, 53), []byte("abc")) }},
+			{"tcp", func(s, d netip.Addr) []byte {
+				return ipt.TCP(ap(s, 40000), ap(d, 443), 99, 0, ipt.ACK|ipt.PSH, []byte("hello!"))
+			}},
+			{"echo", func(s, d netip.Addr) []byte { return ipt.Echo(s, d, 42, 3, []byte("ping")) }},
 		} {
 			t.Run(fam.name+"/"+pk.name, func(t *testing.T) {
 				in := pk.in(fam.client, fam.proxy)
@@ -59,7 +62,7 @@ func TestRewriteNAT(t *testing.T) {
 					t.Fatal("outbound rewrite differs")
 				}
 				for _, n := range []int{len(in), p.HeaderLen() + 8} {
-					e := gUnreach(fam.router, fam.client, in[:n])
+					e := ipt.Unreachable(fam.router, fam.client, in[:n])
 					ep := mustParse(t, e)
 					q, err := ep.Quoted()
 					if err != nil {
@@ -68,11 +71,11 @@ func TestRewriteNAT(t *testing.T) {
 					if err := q.SetDst(fam.proxy); err != nil {
 						t.Fatal(err)
 					}
-					want := gUnreach(fam.router, fam.client, pk.in(fam.client, fam.proxy)[:n])
+					want := ipt.Unreachable(fam.router, fam.client, pk.in(fam.client, fam.proxy)[:n])
 					if !bytes.Equal(e, want) {
 						t.Fatalf("quote of %d bytes: translated error differs:\n%x\n%x", n, e, want)
 					}
-					if err := verify(e); err != nil {
+					if err := ipt.Verify(e, ipt.AllowZeroUDPChecksum); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -82,7 +85,7 @@ func TestRewriteNAT(t *testing.T) {
 }
 
 func TestRewriteErrors(t *testing.T) {
-	u4 := gUDP(ap(v4a, 1), ap(v4b, 2), nil, false)
+	u4 := ipt.UDP(ap(v4a, 1), ap(v4b, 2), nil)
 	p := mustParse(t, u4)
 	if err := p.SetSrc(v6a); !errors.Is(err, ippacket.ErrFamily) {
 		t.Errorf("v6 into v4: %v", err)
@@ -93,11 +96,11 @@ func TestRewriteErrors(t *testing.T) {
 	if err := p.SetEchoID(1); !errors.Is(err, ippacket.ErrUnsupported) {
 		t.Errorf("echo id of UDP: %v", err)
 	}
-	e := mustParse(t, gEcho(v4a, v4b, 1, 1, nil))
+	e := mustParse(t, ipt.Echo(v4a, v4b, 1, 1, nil))
 	if err := e.SetSrcPort(1); !errors.Is(err, ippacket.ErrUnsupported) {
 		t.Errorf("port of ICMP: %v", err)
 	}
-	r := mustParse(t, v6ext(gUDP(ap(v6a, 1), ap(v6b, 2), nil, false), []uint8{43}, [][]byte{routingHdr(1)}))
+	r := mustParse(t, v6ext(ipt.UDP(ap(v6a, 1), ap(v6b, 2), nil), []uint8{43}, [][]byte{routingHdr(1)}))
 	if err := r.SetDst(v6c); !errors.Is(err, ippacket.ErrUnsupported) {
 		t.Errorf("dst with routing header: %v", err)
 	}
@@ -108,13 +111,13 @@ func TestRewriteErrors(t *testing.T) {
 	if err := lf.SetDst(v4c); err != nil {
 		t.Errorf("addr of later fragment: %v", err)
 	}
-	if !ipv4HeaderValid(lf.Bytes()) {
+	if !ipt.IPv4HeaderValid(lf.Bytes()) {
 		t.Errorf("later fragment: IPv4 header checksum invalid")
 	}
 }
 
 func TestRewriteUDPZeroChecksum(t *testing.T) {
-	b := gUDP(ap(v4a, 1), ap(v4b, 2), []byte("x"), true)
+	b := ipt.UDPZeroChecksum(ap(v4a, 1), ap(v4b, 2), []byte("x"))
 	p := mustParse(t, b)
 	if err := p.SetDst(v4c); err != nil {
 		t.Fatal(err)
@@ -125,7 +128,7 @@ func TestRewriteUDPZeroChecksum(t *testing.T) {
 	if ck := binary.BigEndian.Uint16(b[26:28]); ck != 0 {
 		t.Fatalf("UDP checksum 0 became %#04x", ck)
 	}
-	if err := verify(b); err != nil {
+	if err := ipt.Verify(b, ipt.AllowZeroUDPChecksum); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -172,11 +175,14 @@ func drawPkt(t *rapid.T) pktGen {
 func (g pktGen) inner(src, dst netip.Addr, sp, dp uint16) []byte {
 	switch g.kind {
 	case 0, 1:
-		return gUDP(ap(src, sp), ap(dst, dp), g.payload, g.kind == 1)
+		if g.kind == 1 {
+			return ipt.UDPZeroChecksum(ap(src, sp), ap(dst, dp), g.payload)
+		}
+		return ipt.UDP(ap(src, sp), ap(dst, dp), g.payload)
 	case 2:
-		return gTCP(ap(src, sp), ap(dst, dp), g.seq, g.payload)
+		return ipt.TCP(ap(src, sp), ap(dst, dp), g.seq, 0, ipt.ACK|ipt.PSH, g.payload)
 	default:
-		return gEcho(src, dst, sp, dp, g.payload)
+		return ipt.Echo(src, dst, sp, dp, g.payload)
 	}
 }
 
@@ -194,7 +200,7 @@ func (g pktGen) build(src, dst netip.Addr, sp, dp uint16) []byte {
 	if g.quoteLen > 0 {
 		n = min(n, hl+g.quoteLen)
 	}
-	return gUnreach(g.router, src, in[:n])
+	return ipt.Unreachable(g.router, src, in[:n])
 }
 
 func (g pktGen) rewrite(t *rapid.T, b []byte, src, dst netip.Addr, sp, dp uint16) {
@@ -246,7 +252,7 @@ func TestRewriteProperty(t *testing.T) {
 		orig := g.build(g.src, g.dst, g.sp, g.dp)
 		b := append([]byte(nil), orig...)
 		g.rewrite(t, b, nsrc, ndst, nsp, ndp)
-		if err := verify(b); err != nil {
+		if err := ipt.Verify(b, ipt.AllowZeroUDPChecksum); err != nil {
 			t.Fatalf("after rewrite: %v", err)
 		}
 		// A truncated quote may lose the ports or checksum; compare with a
@@ -270,13 +276,13 @@ func TestRewriteUDPComputedZero(t *testing.T) {
 	found := 0
 	for _, fam := range [][2]netip.Addr{{v4a, v4b}, {v6a, v6b}} {
 		for port := range 0x10000 {
-			want := gUDP(ap(fam[0], uint16(port)), ap(fam[1], 53), []byte("q"), false)
+			want := ipt.UDP(ap(fam[0], uint16(port)), ap(fam[1], 53), []byte("q"))
 			hl := len(want) - 9
 			if binary.BigEndian.Uint16(want[hl+6:]) != 0xFFFF {
 				continue
 			}
 			found++
-			b := gUDP(ap(fam[0], 1000), ap(fam[1], 53), []byte("q"), false)
+			b := ipt.UDP(ap(fam[0], 1000), ap(fam[1], 53), []byte("q"))
 			if err := mustParse(t, b).SetSrcPort(uint16(port)); err != nil {
 				t.Fatal(err)
 			}
