@@ -2,6 +2,7 @@ package dns
 
 import (
 	"encoding/binary"
+	"strings"
 	"testing"
 
 	mdns "github.com/miekg/dns"
@@ -136,4 +137,64 @@ func FuzzAnswerMatchesQuery(f *testing.F) {
 			t.Fatalf("matched name %q (%v)", name, err)
 		}
 	})
+}
+
+// TestTruncatedAnswerKeepsOPT: a UDP answer cut to the application's limit keeps the upstream's OPT record
+// when the query had one (RFC 6891 §7), with its extended RCODE, version, DO bit and options; when the OPT
+// record with its options would not fit, it is kept without them. Before, the answer was cut after the
+// question and the OPT record lost.
+func TestTruncatedAnswerKeepsOPT(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		optionBytes int // size of the upstream's padding option
+		wantOptions bool
+	}{
+		{"with its options", 16, true},
+		{"options too large to keep", 1200, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			r := newTestResolver(t)
+			q := new(mdns.Msg)
+			q.SetQuestion("big.example.org.", mdns.TypeTXT)
+			q.Id = 99
+			q.SetEdns0(1232, true)
+			qb, _ := q.Pack()
+			r.HandleQuery(udpSrc(sent1), qb, t0, nil)
+			f, _ := r.PollForward()
+			resp := answerTo(t, f.Query, func(m *mdns.Msg) {
+				m.Answer = nil
+				for i := range 12 {
+					m.Answer = append(m.Answer, &mdns.TXT{Hdr: mdns.RR_Header{Name: "big.example.org.", Rrtype: mdns.TypeTXT, Class: 1, Ttl: 5},
+						Txt: []string{strings.Repeat(string(rune('a'+i)), 200)}})
+				}
+				m.Extra = nil
+				m.SetEdns0(4096, true)
+				opt := m.IsEdns0()
+				m.Rcode = mdns.RcodeBadVers // an extended RCODE: its upper bits live in the OPT record
+				opt.Option = append(opt.Option, &mdns.EDNS0_PADDING{Padding: make([]byte, c.optionBytes)})
+			})
+			r.HandleUpstreamResponse(f.ID, resp, t0)
+			rep, ok := r.PollReply()
+			if !ok {
+				t.Fatal("no reply")
+			}
+			if len(rep.Payload) > 1212 {
+				t.Fatalf("reply of %d bytes", len(rep.Payload))
+			}
+			m := unpack(t, rep.Payload)
+			if !m.Truncated || m.Id != 99 || len(m.Answer) != 0 || len(m.Question) != 1 {
+				t.Fatalf("not truncated properly: %v", m)
+			}
+			opt := m.IsEdns0()
+			if opt == nil || len(m.Extra) != 1 {
+				t.Fatalf("truncated answer without the OPT record: %v", m)
+			}
+			if opt.UDPSize() != 4096 || !opt.Do() || m.Rcode != mdns.RcodeBadVers {
+				t.Errorf("OPT record changed: size %d, DO %v, rcode %s", opt.UDPSize(), opt.Do(), mdns.RcodeToString[m.Rcode])
+			}
+			if got := len(opt.Option) == 1; got != c.wantOptions {
+				t.Errorf("options kept = %v, want %v (%v)", got, c.wantOptions, opt.Option)
+			}
+		})
+	}
 }

@@ -25,7 +25,8 @@
 // retries, as without snowgate):
 // upstream errors, malformed answers and answers to another question become SERVFAIL, malformed queries
 // FORMERR, other opcodes NOTIMP.
-// UDP answers larger than min(1212, max(512, the query's EDNS0 size)) are cut after the question with TC set.
+// UDP answers larger than min(1212, max(512, the query's EDNS0 size)) are cut after the question with TC set,
+// keeping the answer's OPT record when the query had one (RFC 6891 §7; without its options if they do not fit).
 // Nothing is cached, so truncated answers are never cached either.
 //
 // DNS over TCP: HandleTCPAccept enforces MaxTCPConnsPerSentinel. An upstream TCP error (refused, reset, closed

@@ -64,8 +64,16 @@ func TestPropTruncation(t *testing.T) {
 			t.Fatalf("question lost: %v", m)
 		}
 		if len(rb) > limit {
-			if !m.Truncated || len(m.Answer) != 0 || binary.BigEndian.Uint16(rep.Payload[4:]) != 1 {
+			if !m.Truncated || len(m.Answer) != 0 || len(m.Ns) != 0 || binary.BigEndian.Uint16(rep.Payload[4:]) != 1 {
 				t.Fatalf("oversized answer not truncated properly: %v", m)
+			}
+			// RFC 6891 §7: a truncated answer to a query with an OPT record keeps the upstream's OPT record.
+			opt := m.IsEdns0()
+			if edns < 0 && (opt != nil || len(m.Extra) != 0) {
+				t.Fatalf("truncated answer to a query without EDNS0 has additional records: %v", m)
+			}
+			if edns >= 0 && (opt == nil || len(m.Extra) != 1 || opt.UDPSize() != resp.IsEdns0().UDPSize()) {
+				t.Fatalf("truncated answer lost the OPT record (query EDNS0 size %d): %v", edns, m)
 			}
 		} else if string(rep.Payload) != string(rb) {
 			t.Fatal("answer within limit was modified")
@@ -333,6 +341,11 @@ func FuzzUpstreamResponse(f *testing.F) {
 			Txt: []string{strings.Repeat("y", 200)}})
 	}
 	big, _ := resp.Pack()
+	resp.SetEdns0(4096, true)
+	resp.IsEdns0().Option = []mdns.EDNS0{&mdns.EDNS0_COOKIE{Code: mdns.EDNS0COOKIE, Cookie: "0102030405060708"}}
+	bigOPT, _ := resp.Pack()
+	f.Add(bigOPT, uint16(1232))
+	f.Add(bigOPT, uint16(0))
 	f.Add(big, uint16(0))
 	f.Add(big, uint16(1400))
 	f.Add(big[:600], uint16(4096))

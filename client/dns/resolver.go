@@ -640,7 +640,7 @@ func (r *Resolver) HandleUpstreamResponse(id ForwardID, resp []byte, now time.Ti
 		return
 	}
 	limit := f.q.udpLimit()
-	out, ok := truncateUDP(make([]byte, 0, min(len(resp), limit)), resp, limit)
+	out, ok := truncateUDP(make([]byte, 0, min(len(resp), limit)), resp, limit, f.q.hasOPT)
 	if !ok {
 		r.log.Debug("cannot truncate upstream response", "upstream", f.upstream, "len", len(resp))
 		r.servfail(f)

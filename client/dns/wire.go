@@ -270,9 +270,11 @@ func appendWireName(dst []byte, name string) []byte {
 }
 
 // truncateUDP makes an upstream reply fit into limit bytes: if it is larger, it keeps the header and the
-// question, sets TC and zeroes the other counts (RFC 1035 §4.2.1, as Firezone does) so that the
-// application retries over TCP. It returns ok=false when resp is too malformed to truncate.
-func truncateUDP(dst, resp []byte, limit int) ([]byte, bool) {
+// question, sets TC and drops the answer and authority sections (RFC 1035 §4.2.1, as Firezone does) so that
+// the application retries over TCP. With keepOPT (the query carried an OPT record) the reply's OPT record
+// is kept as well (RFC 6891 §7), holding the extended RCODE, EDNS version and flags; without its options when
+// they would not fit. It returns ok=false when resp is too malformed to truncate.
+func truncateUDP(dst, resp []byte, limit int, keepOPT bool) ([]byte, bool) {
 	if len(resp) <= limit {
 		return append(dst, resp...), true
 	}
@@ -288,6 +290,16 @@ func truncateUDP(dst, resp []byte, limit int) ([]byte, bool) {
 	if off > limit {
 		return dst, false
 	}
+	var opt []byte
+	if keepOPT {
+		opt = findOPT(resp, off)
+		if len(opt) > optFixedLen && (off+len(opt) > limit || !validOptions(opt[optFixedLen:])) {
+			opt = opt[:optFixedLen] // the fixed part alone: its options would not fit, or do not parse
+		}
+		if off+len(opt) > limit {
+			opt = nil
+		}
+	}
 	start := len(dst)
 	dst = append(dst, resp[:off]...)
 	dst[start+2] |= 0x02 // TC
@@ -295,7 +307,54 @@ func truncateUDP(dst, resp []byte, limit int) ([]byte, bool) {
 	binary.BigEndian.PutUint16(dst[start+6:], 0)
 	binary.BigEndian.PutUint16(dst[start+8:], 0)
 	binary.BigEndian.PutUint16(dst[start+10:], 0)
+	if opt != nil {
+		binary.BigEndian.PutUint16(dst[start+10:], 1)
+		optAt := len(dst)
+		dst = append(dst, opt...)
+		if len(opt) == optFixedLen {
+			binary.BigEndian.PutUint16(dst[optAt+9:], 0) // RDLENGTH: no options
+		}
+	}
 	return dst, true
+}
+
+// optFixedLen is the size of an OPT record without options: root name, type, class (UDP size), TTL
+// (extended RCODE, version, flags) and RDLENGTH.
+const optFixedLen = 11
+
+// findOPT returns the OPT record (RFC 6891 §6.1.2: owner the root name) in the additional section of msg,
+// whose records start at off, or nil when it has none or the sections do not parse.
+func findOPT(msg []byte, off int) []byte {
+	an := int(binary.BigEndian.Uint16(msg[6:]))
+	ns := int(binary.BigEndian.Uint16(msg[8:]))
+	ar := int(binary.BigEndian.Uint16(msg[10:]))
+	for i := 0; i < an+ns+ar; i++ {
+		start := off
+		next, rtype, _, rdlen, err := readRRHeader(msg, off)
+		if err != nil || next+rdlen > len(msg) {
+			return nil
+		}
+		off = next + rdlen
+		if i >= an+ns && rtype == typeOPT && msg[start] == 0 && next-start == optFixedLen {
+			return msg[start:off]
+		}
+	}
+	return nil
+}
+
+// validOptions reports whether rdata is a well-formed sequence of EDNS0 options (code, length, data).
+func validOptions(rdata []byte) bool {
+	for len(rdata) > 0 {
+		if len(rdata) < 4 {
+			return false
+		}
+		n := 4 + int(binary.BigEndian.Uint16(rdata[2:]))
+		if n > len(rdata) {
+			return false
+		}
+		rdata = rdata[n:]
+	}
+	return true
 }
 
 // hasPointer reports whether an encoded name (as delimited by skipName) ends in a compression pointer.
