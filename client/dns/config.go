@@ -29,13 +29,14 @@ var (
 	SentinelRangeV6 = netip.MustParsePrefix("fd00:2021:1111:8000:100:100:111:0/120")
 )
 
-// ErrReservedUpstream is wrapped by *ReservedUpstreamError.
+// ErrReservedUpstream is wrapped by *ReservedUpstreamError, the Skipped error of an upstream in a reserved range.
 var ErrReservedUpstream = errors.New("upstream resolver is in a reserved range")
 
-// ErrNoUpstreams is returned by New when neither the portal nor resolv.conf name a resolver.
+// ErrNoUpstreams is returned by New when neither the portal nor resolv.conf name a usable resolver.
 var ErrNoUpstreams = errors.New("no upstream DNS resolvers configured")
 
-// ErrTooManySentinels is returned by New when more upstreams of one family exist than sentinel addresses.
+// ErrTooManySentinels is wrapped by the Skipped error of an upstream beyond the 254 sentinel addresses of its
+// family.
 var ErrTooManySentinels = errors.New("more upstream resolvers than sentinel addresses")
 
 // ReservedUpstreamError says which upstream falls into which reserved range.
@@ -47,6 +48,9 @@ type ReservedUpstreamError struct {
 
 // Error implements error.
 func (e *ReservedUpstreamError) Error() string {
+	if !e.Range.IsValid() {
+		return fmt.Sprintf("upstream resolver %s is %s", e.Upstream, e.RangeName)
+	}
 	return fmt.Sprintf("upstream resolver %s is inside the %s range %s", e.Upstream, e.RangeName, e.Range)
 }
 
@@ -60,7 +64,7 @@ type Config struct {
 	// SystemResolvConf is the system's resolv.conf as it was before snowgate took it over (port 53 assumed).
 	SystemResolvConf io.Reader
 	// StubAddrs are addresses the stub itself listens on (e.g. a loopback address); upstreams there would
-	// loop and are refused.
+	// loop and are skipped.
 	StubAddrs []netip.Addr
 	// UpstreamTimeout bounds a forwarded query (default 5 s).
 	UpstreamTimeout time.Duration
@@ -125,55 +129,56 @@ func checkUpstream(u netip.AddrPort, stub []netip.Addr) error {
 	return nil
 }
 
-// buildSentinels picks the upstreams and assigns each one a sentinel of its own family, in order:
+// buildSentinels picks the upstreams and assigns each usable one a sentinel of its own family, in order:
 // the n-th IPv4 upstream gets 100.100.111.n, the n-th IPv6 upstream fd00:2021:1111:8000:100:100:111:n.
-func buildSentinels(cfg Config) ([]Sentinel, error) {
+// Upstreams in a reserved range, or beyond the sentinels of their family, are skipped and returned in skipped
+// (each a *ReservedUpstreamError or wrapping ErrTooManySentinels); when none is left, err wraps
+// ErrNoUpstreams and the reasons.
+func buildSentinels(cfg Config) (out []Sentinel, skipped []error, err error) {
 	ups := cfg.UpstreamDNS
 	if len(ups) == 0 && cfg.SystemResolvConf != nil {
 		addrs, err := ParseResolvConf(cfg.SystemResolvConf)
 		if err != nil {
-			return nil, fmt.Errorf("system resolvers: %w", err)
+			return nil, nil, fmt.Errorf("system resolvers: %w", err)
 		}
 		for _, a := range addrs {
 			ups = append(ups, netip.AddrPortFrom(a, 53))
 		}
 	}
 	if len(ups) == 0 {
-		return nil, ErrNoUpstreams
+		return nil, nil, ErrNoUpstreams
 	}
-	var errs []error
-	var out []Sentinel
 	n4, n6 := 0, 0
 	for _, u := range ups {
 		u = netip.AddrPortFrom(u.Addr().Unmap(), u.Port())
 		if err := checkUpstream(u, cfg.StubAddrs); err != nil {
-			errs = append(errs, err)
+			skipped = append(skipped, err)
 			continue
 		}
 		var s netip.Addr
 		if u.Addr().Is4() {
+			if n4 >= 254 {
+				skipped = append(skipped, fmt.Errorf("%w: IPv4 upstream %s", ErrTooManySentinels, u))
+				continue
+			}
 			n4++
 			b := SentinelRangeV4.Addr().As4()
 			b[3] = byte(n4)
 			s = netip.AddrFrom4(b)
-			if n4 > 254 {
-				errs = append(errs, fmt.Errorf("%w: IPv4 upstream %s", ErrTooManySentinels, u))
+		} else {
+			if n6 >= 254 {
+				skipped = append(skipped, fmt.Errorf("%w: IPv6 upstream %s", ErrTooManySentinels, u))
 				continue
 			}
-		} else {
 			n6++
 			b := SentinelRangeV6.Addr().As16()
 			b[15] = byte(n6)
 			s = netip.AddrFrom16(b)
-			if n6 > 254 {
-				errs = append(errs, fmt.Errorf("%w: IPv6 upstream %s", ErrTooManySentinels, u))
-				continue
-			}
 		}
 		out = append(out, Sentinel{Addr: s, Upstream: u})
 	}
-	if err := errors.Join(errs...); err != nil {
-		return nil, fmt.Errorf("configuring upstream resolvers: %w", err)
+	if len(out) == 0 {
+		return nil, skipped, fmt.Errorf("%w: every configured upstream was skipped: %w", ErrNoUpstreams, errors.Join(skipped...))
 	}
-	return out, nil
+	return out, skipped, nil
 }

@@ -3,9 +3,10 @@
 // sentinel addresses.
 //
 // Configuration: each upstream resolver (the portal's upstream_dns, else the nameservers of the system's
-// resolv.conf) gets a sentinel of its family, 100.100.111.n or fd00:2021:1111:8000:100:100:111:n. Upstreams
-// inside the tunnel, proxy or sentinel ranges, or on the stub's own listen addresses, are refused by New with
-// a *ReservedUpstreamError (errors.Is ErrReservedUpstream).
+// resolv.conf) gets a sentinel of its family, 100.100.111.n or fd00:2021:1111:8000:100:100:111:n. An upstream
+// inside the tunnel, proxy or sentinel ranges, or on the stub's own listen addresses, is skipped (WARN, and
+// listed by Resolver.Skipped as a *ReservedUpstreamError, errors.Is ErrReservedUpstream) and the others are
+// used; New fails with ErrNoUpstreams only when none is left.
 //
 // Queries for resource names (see dnspattern.Pattern for the exact wildcard rules; the most specific pattern wins):
 //

@@ -173,6 +173,7 @@ type Resolver struct {
 
 	sentinels   map[netip.Addr]netip.AddrPort
 	sentinelLst []Sentinel
+	skipped     []error
 
 	gen      uint64
 	exact    map[string]*resourceEntry
@@ -263,16 +264,21 @@ func (r *Resolver) ReportDroppedAnswer(reason AnswerDropReason) {
 	}
 }
 
-// New builds a Resolver: it picks the upstreams (portal first, else resolv.conf), refuses reserved ones with a
-// *ReservedUpstreamError, and assigns the sentinels.
+// New builds a Resolver: it picks the upstreams (portal first, else resolv.conf) and assigns the sentinels.
+// An upstream in a reserved range (tunnel, proxy, sentinel, the stub's own addresses, unspecified) is
+// skipped, logged at WARN with its *ReservedUpstreamError and listed by Skipped; the others are used. New
+// fails with ErrNoUpstreams (wrapping the reasons) when no upstream is left.
 func New(cfg Config) (*Resolver, error) {
-	sents, err := buildSentinels(cfg)
-	if err != nil {
-		return nil, err
-	}
 	log := cfg.Logger
 	if log == nil {
 		log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	sents, skipped, err := buildSentinels(cfg)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range skipped {
+		log.Warn("upstream DNS resolver skipped", "error", e)
 	}
 	mp := cfg.MeterProvider
 	if mp == nil {
@@ -328,11 +334,16 @@ func New(cfg Config) (*Resolver, error) {
 		r.sentinels[s.Addr] = s.Upstream
 	}
 	r.sentinelLst = sents
+	r.skipped = skipped
 	return r, nil
 }
 
 // Sentinels returns the sentinel → upstream mapping (put the sentinel addresses into the system's resolver config).
 func (r *Resolver) Sentinels() []Sentinel { return slices.Clone(r.sentinelLst) }
+
+// Skipped returns why configured upstreams were left out (each a *ReservedUpstreamError, or an error wrapping
+// ErrTooManySentinels), in configuration order, for the caller to report; nil when every upstream is used.
+func (r *Resolver) Skipped() []error { return slices.Clone(r.skipped) }
 
 // SetResources replaces the DNS and CIDR resources. Invalid patterns are skipped and reported in the error
 // (wrapping dnspattern.ErrInvalidPattern); the valid ones still apply. Proxy IPs already handed out stay stable.

@@ -92,7 +92,12 @@ func TestConfigUpstreams(t *testing.T) {
 	}
 }
 
-func TestConfigRefusesReservedUpstreams(t *testing.T) {
+// TestConfigSkipsReservedUpstreams: an upstream in a reserved range (or on the stub itself) is skipped with a
+// WARN carrying the typed error, which Skipped keeps for the caller to report; the other upstreams are used
+// and get the sentinels in order as if the skipped one were not there. Only when none is left does New fail,
+// with ErrNoUpstreams wrapping the reasons. Before, one reserved upstream made New refuse the whole
+// configuration.
+func TestConfigSkipsReservedUpstreams(t *testing.T) {
 	cases := []struct {
 		up, rng string
 	}{
@@ -107,19 +112,40 @@ func TestConfigRefusesReservedUpstreams(t *testing.T) {
 		{"0.0.0.0:53", "unspecified"},
 	}
 	for _, c := range cases {
-		_, err := New(Config{UpstreamDNS: []netip.AddrPort{up1, netip.MustParseAddrPort(c.up)},
-			StubAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.53")}})
+		var logs strings.Builder
+		bad := netip.MustParseAddrPort(c.up)
+		r, err := New(Config{UpstreamDNS: []netip.AddrPort{bad, up1, up2},
+			StubAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.53")},
+			Logger:    slog.New(slog.NewTextHandler(&logs, nil))})
+		if err != nil {
+			t.Errorf("upstream %s: New = %v, want the reserved upstream skipped", c.up, err)
+			continue
+		}
+		if got := r.Sentinels(); len(got) != 2 || got[0] != (Sentinel{sent1, up1}) || got[1] != (Sentinel{sent2, up2}) {
+			t.Errorf("upstream %s: sentinels %v, want %s and %s on .1 and .2", c.up, got, up1, up2)
+		}
+		sk := r.Skipped()
 		var re *ReservedUpstreamError
-		if !errors.Is(err, ErrReservedUpstream) || !errors.As(err, &re) || re.RangeName != c.rng {
-			t.Errorf("upstream %s: err = %v, want reserved %s", c.up, err, c.rng)
+		if len(sk) != 1 || !errors.Is(sk[0], ErrReservedUpstream) || !errors.As(sk[0], &re) || re.RangeName != c.rng || re.Upstream != bad {
+			t.Errorf("upstream %s: Skipped() = %v, want one %s ReservedUpstreamError", c.up, sk, c.rng)
+		}
+		if out := logs.String(); strings.Count(out, "level=WARN") != 1 || !strings.Contains(out, "error=") ||
+			!strings.Contains(out, c.up) || !strings.Contains(out, c.rng) {
+			t.Errorf("upstream %s: log %q, want one WARN with the error", c.up, out)
 		}
 	}
-	if _, err := New(Config{SystemResolvConf: strings.NewReader("nameserver 100.100.111.1\n")}); !errors.Is(err, ErrReservedUpstream) {
+	// Nothing left: ErrNoUpstreams, wrapping why.
+	_, err := New(Config{UpstreamDNS: []netip.AddrPort{netip.MustParseAddrPort("100.64.0.1:53")}})
+	if !errors.Is(err, ErrNoUpstreams) || !errors.Is(err, ErrReservedUpstream) {
+		t.Errorf("only a reserved upstream: err = %v, want ErrNoUpstreams and ErrReservedUpstream", err)
+	}
+	if _, err := New(Config{SystemResolvConf: strings.NewReader("nameserver 100.100.111.1\n")}); !errors.Is(err, ErrNoUpstreams) || !errors.Is(err, ErrReservedUpstream) {
 		t.Errorf("resolv.conf sentinel upstream: err = %v", err)
 	}
 	// 100.128.0.1 is just outside the /11s: allowed.
-	if _, err := New(Config{UpstreamDNS: []netip.AddrPort{netip.MustParseAddrPort("100.128.0.1:53")}}); err != nil {
-		t.Errorf("100.128.0.1: %v", err)
+	r, err := New(Config{UpstreamDNS: []netip.AddrPort{netip.MustParseAddrPort("100.128.0.1:53")}})
+	if err != nil || len(r.Skipped()) != 0 {
+		t.Errorf("100.128.0.1: %v, skipped %v", err, r.Skipped())
 	}
 }
 
