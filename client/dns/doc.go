@@ -31,10 +31,17 @@
 // Nothing is cached, so truncated answers are never cached either.
 //
 // DNS over TCP: HandleTCPAccept enforces MaxTCPConnsPerSentinel. An upstream TCP error (refused, reset, closed
-// mid-query, timeout) answers SERVFAIL on the application's connection, which stays open. Roam (a network
-// change) lists every in-flight forward to abandon (the driver resets its upstream sockets; later queries get
-// new ones, with new local ports) and answers every in-flight query SERVFAIL, UDP and TCP alike; the
-// applications' TCP connections to the sentinels are kept for their next queries. When an application closes
+// mid-query, timeout) answers SERVFAIL on the application's connection, which stays open.
+//
+// Roam (a network change) lists every in-flight forward to abandon (the driver resets its upstream sockets;
+// later queries get new ones, with new local ports). TCP queries in flight are answered SERVFAIL; UDP ones
+// are forwarded again under new IDs, keeping their original deadlines, so that the application never sees
+// the roam (glibc's resolver fails a lookup on SERVFAIL). The applications' TCP connections to the
+// sentinels are kept for their next queries.
+//
+// Timeouts: every forward carries a deadline (Config.UpstreamTimeout after the query); PollTimeout gives the
+// earliest and HandleTimeout expires what is due, listing the forwards whose exchanges the driver abandons.
+// These deadlines are the one source of upstream timeouts: drivers keep no timers of their own. When an application closes
 // its connection (HandleTCPClose), its queries in flight are dropped unanswered and their forwards listed for
 // the driver to cancel (it closes their upstream sockets); no forward is shared between queries, so identical
 // queries elsewhere keep theirs.

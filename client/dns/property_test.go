@@ -167,7 +167,7 @@ func TestPropPatternModel(t *testing.T) {
 }
 
 // TestPropTCPBookkeeping is a state machine test of the per-sentinel TCP limit and of roaming, which answers
-// every query in flight SERVFAIL and keeps the connections.
+// every TCP query in flight SERVFAIL, sends every UDP one again, and keeps the connections.
 func TestPropTCPBookkeeping(t *testing.T) {
 	rapid.Check(t, func(t *rapid.T) {
 		r := newTestResolver(t)
@@ -251,37 +251,39 @@ func TestPropTCPBookkeeping(t *testing.T) {
 				if len(res.Cancelled) != len(inflightTCP)+len(inflightUDP) {
 					t.Fatalf("cancelled %d, want %d", len(res.Cancelled), len(inflightTCP)+len(inflightUDP))
 				}
-				// Every query in flight is answered SERVFAIL, TCP ones on their own (still open) connection.
+				// Every TCP query in flight is answered SERVFAIL on its own (still open) connection.
 				tcpWant := map[uint64]int{}
 				for _, h := range inflightTCP {
 					tcpWant[h]++
 				}
-				nUDP := 0
 				for rep, ok := r.PollReply(); ok; rep, ok = r.PollReply() {
 					m := unpack(t, rep.Payload)
-					if m.Rcode != mdns.RcodeServerFailure {
+					if m.Rcode != mdns.RcodeServerFailure || rep.To.Transport != TCP {
 						t.Fatalf("unexpected reply after roam: %+v", rep)
 					}
-					switch rep.To.Transport {
-					case UDP:
-						nUDP++
-					case TCP:
-						if _, ok := open[rep.To.Handle]; !ok || m.Id != uint16(rep.To.Handle) {
-							t.Fatalf("SERVFAIL id %d to connection %d (open: %v)", m.Id, rep.To.Handle, open)
-						}
-						tcpWant[rep.To.Handle]--
+					if _, ok := open[rep.To.Handle]; !ok || m.Id != uint16(rep.To.Handle) {
+						t.Fatalf("SERVFAIL id %d to connection %d (open: %v)", m.Id, rep.To.Handle, open)
 					}
+					tcpWant[rep.To.Handle]--
 				}
 				for h, n := range tcpWant {
 					if n != 0 {
 						t.Fatalf("connection %d: %d in-flight queries without SERVFAIL", h, n)
 					}
 				}
-				if nUDP != len(inflightUDP) {
-					t.Fatalf("%d SERVFAILs for %d in-flight UDP queries", nUDP, len(inflightUDP))
+				// Every UDP query in flight is forwarded again under a new ID.
+				resent := map[ForwardID]bool{}
+				for f, ok := r.PollForward(); ok; f, ok = r.PollForward() {
+					if f.Transport != UDP || inflightUDP[f.ID] || resent[f.ID] {
+						t.Fatalf("forward after roam %+v (UDP in flight before: %v)", f, inflightUDP)
+					}
+					resent[f.ID] = true
+				}
+				if len(resent) != len(inflightUDP) {
+					t.Fatalf("%d UDP queries resent, %d were in flight", len(resent), len(inflightUDP))
 				}
 				inflightTCP = map[ForwardID]uint64{}
-				inflightUDP = map[ForwardID]bool{}
+				inflightUDP = resent
 			},
 			"": func(t *rapid.T) {
 				for _, s := range sents {

@@ -1,6 +1,7 @@
 package dns
 
 import (
+	"container/heap"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -130,9 +131,14 @@ type TCPCloseResult struct {
 
 // RoamResult lists what the driver must do after Roam.
 type RoamResult struct {
-	// Cancelled lists, in order, the forwards whose upstream exchange must be abandoned: their upstream
-	// sockets are closed (TCP ones reset) and never reused. Their queries are already answered SERVFAIL.
+	// Cancelled lists, in order, every forward that was in flight: its upstream exchange must be abandoned,
+	// its upstream socket closed (TCP ones reset) and never reused, and nothing it returns fed back (a late
+	// result for it is ignored anyway). TCP queries are answered SERVFAIL; UDP queries are resent (Resent).
 	Cancelled []ForwardID
+	// Resent lists, in order, the new forwards that replace the UDP ones in flight: the same queries, sources
+	// and upstreams under new IDs, queued for PollForward, for the driver to send from its new sockets. Each
+	// keeps its query's original deadline (see Roam).
+	Resent []ForwardID
 }
 
 type resourceEntry struct {
@@ -163,6 +169,36 @@ type inflight struct {
 	q        question
 	upstream netip.AddrPort
 	deadline time.Time
+	heapIdx  int // position in Resolver.deadlines
+}
+
+// deadlineHeap orders the forwards in flight by deadline (then ID), so that PollTimeout is O(1) and
+// HandleTimeout touches only what expires.
+type deadlineHeap []*inflight
+
+func (h deadlineHeap) Len() int { return len(h) }
+func (h deadlineHeap) Less(i, j int) bool {
+	if !h[i].deadline.Equal(h[j].deadline) {
+		return h[i].deadline.Before(h[j].deadline)
+	}
+	return h[i].id < h[j].id
+}
+func (h deadlineHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx, h[j].heapIdx = i, j
+}
+func (h *deadlineHeap) Push(x any) {
+	f := x.(*inflight)
+	f.heapIdx = len(*h)
+	*h = append(*h, f)
+}
+func (h *deadlineHeap) Pop() any {
+	old := *h
+	f := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	f.heapIdx = -1
+	return f
 }
 
 // Resolver is the sans-IO stub resolver core. It is not safe for concurrent use; drivers serialise calls
@@ -186,9 +222,10 @@ type Resolver struct {
 	next4  uint32
 	next6  uint32
 
-	nextID   ForwardID
-	inflight map[ForwardID]*inflight
-	byKey    map[fwdKey][]ForwardID
+	nextID    ForwardID
+	inflight  map[ForwardID]*inflight
+	deadlines deadlineHeap
+	byKey     map[fwdKey][]ForwardID
 
 	tcpConns map[uint64]netip.Addr
 	tcpCount map[netip.Addr]int
@@ -589,27 +626,36 @@ func (r *Resolver) opt(dst []byte, q *question) []byte {
 }
 
 func (r *Resolver) forward(src Source, msg []byte, q question, upstream netip.AddrPort, now time.Time) {
-	r.nextID++
 	q.name = nil // aliases the parse buffer
-	f := &inflight{id: r.nextID, src: src, query: slices.Clone(msg), q: q, upstream: upstream, deadline: now.Add(r.timeout)}
+	r.send(&inflight{src: src, query: slices.Clone(msg), q: q, upstream: upstream, deadline: now.Add(r.timeout)})
+}
+
+// send gives f a new ID, registers it in flight and queues its Forward.
+func (r *Resolver) send(f *inflight) {
+	r.nextID++
+	f.id = r.nextID
 	r.inflight[f.id] = f
-	k := fwdKey{upstream, q.msgID}
+	heap.Push(&r.deadlines, f)
+	k := fwdKey{f.upstream, f.q.msgID}
 	r.byKey[k] = append(r.byKey[k], f.id)
 	through := false
 	for _, c := range r.cidrs {
-		if c.Contains(upstream.Addr()) {
+		if c.Contains(f.upstream.Addr()) {
 			through = true
 			break
 		}
 	}
 	r.forwards.Push(Forward{
-		ID: f.id, Upstream: upstream, Transport: src.Transport, Query: f.query,
-		ThroughTunnel: through, Deadline: f.deadline, Source: src,
+		ID: f.id, Upstream: f.upstream, Transport: f.src.Transport, Query: f.query,
+		ThroughTunnel: through, Deadline: f.deadline, Source: f.src,
 	})
 }
 
 func (r *Resolver) remove(f *inflight) {
 	delete(r.inflight, f.id)
+	if f.heapIdx >= 0 && f.heapIdx < len(r.deadlines) && r.deadlines[f.heapIdx] == f {
+		heap.Remove(&r.deadlines, f.heapIdx)
+	}
 	k := fwdKey{f.upstream, f.q.msgID}
 	ids := slices.DeleteFunc(r.byKey[k], func(id ForwardID) bool { return id == f.id })
 	if len(ids) == 0 {
@@ -713,25 +759,34 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// PollTimeout returns the earliest in-flight deadline.
+// PollTimeout returns the earliest deadline of the forwards in flight: when HandleTimeout must next run. The
+// core's deadlines are the one source of upstream timeouts; a driver needs no timers of its own.
 func (r *Resolver) PollTimeout() (time.Time, bool) {
-	var t time.Time
-	for _, f := range r.inflight {
-		if t.IsZero() || f.deadline.Before(t) {
-			t = f.deadline
-		}
+	if len(r.deadlines) == 0 {
+		return time.Time{}, false
 	}
-	return t, !t.IsZero()
+	return r.deadlines[0].deadline, true
 }
 
-// HandleTimeout expires in-flight queries whose deadline passed: UDP ones silently, TCP ones with SERVFAIL.
-func (r *Resolver) HandleTimeout(now time.Time) {
-	for _, f := range r.inflight {
-		if f.deadline.After(now) {
-			continue
-		}
-		r.HandleUpstreamError(f.id, ErrUpstreamTimeout, now)
+// TimeoutResult lists what the driver must do after HandleTimeout.
+type TimeoutResult struct {
+	// Expired lists, in deadline order, the forwards whose deadline passed: the core gave up on them (UDP
+	// queries silently, TCP ones with SERVFAIL), and the driver abandons their upstream exchanges (closes
+	// their sockets, forgets their pending UDP queries) so that their sockets do not wait for answers
+	// nobody takes any more.
+	Expired []ForwardID
+}
+
+// HandleTimeout expires the forwards whose deadline is at or before now: UDP queries silently (the
+// application retries, as without snowgate), TCP ones with SERVFAIL.
+func (r *Resolver) HandleTimeout(now time.Time) TimeoutResult {
+	var res TimeoutResult
+	for len(r.deadlines) > 0 && !r.deadlines[0].deadline.After(now) {
+		id := r.deadlines[0].id
+		res.Expired = append(res.Expired, id)
+		r.HandleUpstreamError(id, ErrUpstreamTimeout, now)
 	}
+	return res
 }
 
 // PollForward returns the next query to send upstream.
@@ -811,23 +866,41 @@ func (r *Resolver) HandleTCPClose(handle uint64) TCPCloseResult {
 func (r *Resolver) TCPConns(server netip.Addr) int { return r.tcpCount[server.Unmap()] }
 
 // Roam handles a network change. Every upstream exchange in flight is to be abandoned (Cancelled: the driver
-// closes its upstream sockets, and later queries get new ones with new local ports) and every query in flight
-// is answered SERVFAIL, UDP and TCP alike; TCP ones on the application's own connection. The applications'
-// DNS-over-TCP connections to the sentinels are kept, and go on counting against MaxTCPConnsPerSentinel: the
-// application sends its next query on the same connection.
+// closes its upstream sockets, and later queries get new ones with new local ports). TCP queries in flight
+// are answered SERVFAIL on the application's own connection (seed: upstream TCP connections are reset on a
+// roam and their queries fail). UDP queries in flight are forwarded again instead (Resent, via
+// PollForward): a SERVFAIL would make glibc's resolver fail the lookup, and the application must not notice
+// the roam. A resent forward keeps its query's original deadline: the application's own retry timer runs
+// from when it asked, so waiting longer would only hold a query it may have retried already, and roaming
+// again and again cannot keep a query alive for ever. A UDP query whose deadline has already passed is not
+// resent: it is dropped silently, as HandleTimeout would have. The applications' DNS-over-TCP connections
+// to the sentinels are kept, and go on counting against MaxTCPConnsPerSentinel: the application sends its
+// next query on the same connection.
 func (r *Resolver) Roam(now time.Time) RoamResult {
 	var res RoamResult
 	for _, f := range r.inflight {
 		res.Cancelled = append(res.Cancelled, f.id)
 	}
 	slices.Sort(res.Cancelled)
+	r.forwards.Clear() // every queued forward is in flight, and handled below
+	expired := 0
 	for _, id := range res.Cancelled {
 		f := r.inflight[id]
 		r.remove(f)
-		r.servfail(f)
+		switch {
+		case f.src.Transport == TCP:
+			r.servfail(f)
+		case !f.deadline.After(now):
+			r.count(outDropped)
+			expired++
+		default:
+			nf := *f
+			r.send(&nf)
+			res.Resent = append(res.Resent, nf.id)
+		}
 	}
-	r.forwards.Clear() // all of them were in flight, and are answered now
-	r.log.Debug("roamed: upstream exchanges abandoned", "cancelled", len(res.Cancelled), "tcp_conns", len(r.tcpConns))
+	r.log.Debug("roamed: upstream exchanges abandoned, UDP queries resent", "cancelled", len(res.Cancelled),
+		"resent", len(res.Resent), "expired", expired, "tcp_conns", len(r.tcpConns))
 	return res
 }
 

@@ -525,9 +525,10 @@ func TestNoResourcesMatchedLogsOnce(t *testing.T) {
 	}
 }
 
-// TestRoamAnswersInFlightTCPAndKeepsConns: a roam abandons every upstream exchange and answers every query in
-// flight SERVFAIL, TCP ones on the application's own connection, which stays open (and keeps counting against
-// the per-sentinel limit): the next query on it is forwarded afresh and its answer goes to the same connection.
+// TestRoamAnswersInFlightTCPAndKeepsConns: a roam abandons every upstream exchange; TCP queries in flight are
+// answered SERVFAIL on the application's own connection, which stays open (and keeps counting against the
+// per-sentinel limit): the next query on it is forwarded afresh and its answer goes to the same connection.
+// UDP queries in flight are not answered: they are forwarded again (see TestRoamResendsUDPQueries).
 func TestRoamAnswersInFlightTCPAndKeepsConns(t *testing.T) {
 	r := newTestResolver(t)
 	for h := uint64(1); h <= MaxTCPConnsPerSentinel; h++ {
@@ -554,16 +555,20 @@ func TestRoamAnswersInFlightTCPAndKeepsConns(t *testing.T) {
 	if m := got[tcp]; m == nil || m.Rcode != mdns.RcodeServerFailure || m.Id != 31 || m.Question[0].Name != "hang.org." {
 		t.Errorf("in-flight TCP query after roam: %v (all replies %v)", m, got)
 	}
-	if m := got[udpSrc(sent2)]; m == nil || m.Rcode != mdns.RcodeServerFailure || m.Id != 32 {
-		t.Errorf("in-flight UDP query after roam: %v", m)
+	if m := got[udpSrc(sent2)]; m != nil {
+		t.Errorf("in-flight UDP query answered by the roam: %v", m)
 	}
-	if r.InFlight() != 0 {
-		t.Errorf("%d in flight after roam", r.InFlight())
+	if r.InFlight() != 1 {
+		t.Errorf("%d in flight after roam, want 1 (the UDP query, resent)", r.InFlight())
+	}
+	if f, ok := r.PollForward(); !ok || f.Transport != UDP || f.Source != udpSrc(sent2) {
+		t.Errorf("forward after roam = %+v %v, want the UDP query resent", f, ok)
 	}
 	// The abandoned exchange's late answer or error changes nothing.
 	r.HandleUpstreamError(ftcp.ID, errors.New("connection reset"), t0.Add(time.Second))
+	r.HandleUpstreamError(fudp.ID, errors.New("socket closed"), t0.Add(time.Second))
 	if rep, ok := r.PollReply(); ok {
-		t.Errorf("second reply for a roamed query: %+v", rep)
+		t.Errorf("reply for an abandoned exchange: %+v", rep)
 	}
 	// The application's connections survive the roam and still count against the limit.
 	if n := r.TCPConns(sent1); n != MaxTCPConnsPerSentinel {
@@ -584,5 +589,78 @@ func TestRoamAnswersInFlightTCPAndKeepsConns(t *testing.T) {
 	r.HandleUpstreamResponse(f2.ID, rb, t0.Add(2*time.Second))
 	if rep, ok := r.PollReply(); !ok || rep.To != tcp || unpack(t, rep.Payload).Id != 33 {
 		t.Errorf("answer after roam = %+v %v", rep, ok)
+	}
+}
+
+// TestRoamResendsUDPQueries: a roam sends every UDP query in flight again, as a new forward (new ID, same
+// query, source and upstream) that the driver performs on its new sockets, instead of answering it SERVFAIL:
+// glibc's resolver fails the lookup on a SERVFAIL, and the application must not notice the roam. The resent
+// forward keeps the query's original deadline (the application's own retry timer runs from when it asked);
+// one whose deadline passed is dropped silently, as its timeout would have. The answer to the new forward
+// reaches the application with its id; a late result for the abandoned one changes nothing. Before, the roam
+// answered UDP queries SERVFAIL.
+func TestRoamResendsUDPQueries(t *testing.T) {
+	r := newTestResolver(t) // upstream timeout 5 s
+	src1, src2 := udpSrc(sent1), udpSrc(sent6)
+	src1.Client = netip.MustParseAddrPort("100.64.0.2:40001")
+	q1, q2, q3 := query(t, "one.org", mdns.TypeA, 41), query(t, "two.org", mdns.TypeAAAA, 42), query(t, "old.org", mdns.TypeA, 43)
+	r.HandleQuery(udpSrc(sent1), q3, t0, nil)
+	r.HandleQuery(src1, q1, t0.Add(3*time.Second), nil)
+	r.HandleQuery(src2, q2, t0.Add(4*time.Second), nil)
+	var old []Forward
+	for f, ok := r.PollForward(); ok; f, ok = r.PollForward() {
+		old = append(old, f)
+	}
+	if len(old) != 3 {
+		t.Fatalf("%d forwards", len(old))
+	}
+	now := t0.Add(5*time.Second + time.Millisecond) // q3's deadline has passed, HandleTimeout not yet run
+	res := r.Roam(now)
+	if len(res.Cancelled) != 3 {
+		t.Errorf("cancelled %v, want all three forwards", res.Cancelled)
+	}
+	if rep, ok := r.PollReply(); ok {
+		t.Fatalf("roam answered a UDP query: %+v", rep)
+	}
+	var resent []Forward
+	for f, ok := r.PollForward(); ok; f, ok = r.PollForward() {
+		resent = append(resent, f)
+	}
+	if len(resent) != 2 {
+		t.Fatalf("resent %d forwards, want 2 (q3 expired): %+v", len(resent), resent)
+	}
+	for i, want := range []struct {
+		old Forward
+		q   []byte
+	}{{old[1], q1}, {old[2], q2}} {
+		f := resent[i]
+		if f.ID == want.old.ID || f.Source != want.old.Source || f.Upstream != want.old.Upstream || f.Transport != UDP ||
+			string(f.Query) != string(want.q) || !f.Deadline.Equal(want.old.Deadline) {
+			t.Errorf("resent %+v, want %+v under a new ID with the same deadline", f, want.old)
+		}
+	}
+	if r.InFlight() != 2 {
+		t.Errorf("%d in flight, want 2", r.InFlight())
+	}
+	// A late error for the abandoned forward is ignored; the new forward's answer reaches the application.
+	r.HandleUpstreamError(old[1].ID, errors.New("socket closed by the roam"), now)
+	r.HandleUpstreamResponse(resent[0].ID, answerTo(t, q1, nil), now)
+	rep, ok := r.PollReply()
+	if !ok || rep.To != src1 || unpack(t, rep.Payload).Id != 41 || unpack(t, rep.Payload).Rcode != mdns.RcodeSuccess {
+		t.Fatalf("reply = %+v %v, want q1's answer", rep, ok)
+	}
+	if rep, ok := r.PollReply(); ok {
+		t.Errorf("second reply %+v", rep)
+	}
+	// The resent forward times out at the original deadline (silently, UDP).
+	if d, ok := r.PollTimeout(); !ok || !d.Equal(old[2].Deadline) {
+		t.Errorf("PollTimeout = %v %v, want %v", d, ok, old[2].Deadline)
+	}
+	r.HandleTimeout(old[2].Deadline)
+	if r.InFlight() != 0 {
+		t.Errorf("%d in flight after the deadline", r.InFlight())
+	}
+	if rep, ok := r.PollReply(); ok {
+		t.Errorf("reply after a UDP timeout: %+v", rep)
 	}
 }

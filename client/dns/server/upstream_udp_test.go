@@ -349,3 +349,54 @@ func TestUpstreamUDPRetiredSocketsClosedOnTimeout(t *testing.T) {
 		t.Errorf("%d sockets still open after every query timed out, want at most %d", got, udpPoolSize)
 	}
 }
+
+// TestRoamResendsUDPQuery: a UDP query in flight when the network roams is sent again from a new socket (new
+// local port) and its answer reaches the application, which sees nothing of the roam: no SERVFAIL (glibc's
+// resolver would fail the lookup on it), no second answer. An answer to the query sent before the roam, on
+// the abandoned socket, never reaches the application. Before, the roam answered the query SERVFAIL.
+func TestRoamResendsUDPQuery(t *testing.T) {
+	ru := newRawUpstream(t)
+	st := startStubTimeout(t, ru.addr(), 10*time.Second)
+	app, err := net.Dial("udp", st.udpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	q := new(mdns.Msg)
+	q.SetQuestion("roam.example.org.", mdns.TypeA)
+	q.Id = 4711
+	qb, _ := q.Pack()
+	if _, err := app.Write(qb); err != nil {
+		t.Fatal(err)
+	}
+	before, fromBefore := ru.readQuery(t)
+	waitInFlight(t, st.srv, 1)
+	st.srv.Roam()
+	after, fromAfter := ru.readQuery(t)
+	if fromAfter.Port() == fromBefore.Port() || after.Question[0] != before.Question[0] {
+		t.Fatalf("query after the roam %v from %s, before %v from %s: want the same question from a new port",
+			after.Question, fromAfter, before.Question, fromBefore)
+	}
+	// The old socket is gone: an answer sent there is refused by the kernel or dropped, never delivered.
+	_, _ = ru.conn.WriteToUDPAddrPort(reply(t, before, 66, nil), fromBefore)
+	if _, err := ru.conn.WriteToUDPAddrPort(reply(t, after, 7, nil), fromAfter); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	_ = app.SetReadDeadline(time.Now().Add(3 * time.Second))
+	n, err := app.Read(buf)
+	if err != nil {
+		t.Fatalf("no answer after the roam: %v", err)
+	}
+	m := new(mdns.Msg)
+	if err := m.Unpack(buf[:n]); err != nil {
+		t.Fatal(err)
+	}
+	if m.Id != 4711 || m.Rcode != mdns.RcodeSuccess || len(m.Answer) != 1 || !m.Answer[0].(*mdns.A).A.Equal(net.IPv4(198, 51, 100, 7)) {
+		t.Fatalf("application got %v, want the answer to the resent query", m)
+	}
+	_ = app.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+	if _, err := app.Read(buf); err == nil {
+		t.Error("application got a second answer")
+	}
+}
