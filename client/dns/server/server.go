@@ -2,34 +2,43 @@
 // goroutines, serialises calls into the sans-IO core, serves queries on UDP packet conns and TCP listeners
 // (real sockets, or the sentinel listeners of client/dns/tcpdns), and performs the core's upstream queries.
 //
+// # Upstream queries: Exchanger
+//
+// The upstream I/O is a component of its own, Exchanger, which performs a resolver's forwards without owning
+// the resolver, so that a daemon keeping a dns.Resolver inside its own sans-IO core (queries arriving as IP
+// packets from its TUN) can reuse it; Server uses it the same way. The owner of the core drains
+// PollForward, hands the forwards to Exchange, and feeds each Result back into the core under its own lock
+// (HandleUpstreamResponse or HandleUpstreamError); it runs the core's timer (PollTimeout, HandleTimeout) and
+// Cancels what HandleTimeout expires and what HandleTCPClose lists; on a network change it calls the core's
+// Roam, then Exchanger.Roam, then hands over the forwards drained after it. The core's deadlines are the one
+// source of upstream timeouts.
+//
 // UDP queries to upstreams on the physical network go out from a small pool of connected sockets per upstream
 // with random source ports, rotated after a bounded number of queries or time, under random DNS ids; an answer
 // is accepted only from the upstream's address and port with the id and question of a query outstanding on that
 // socket (RFC 5452), others are dropped (counted in the resolver's snowgate.client.dns.upstream.answers.dropped
 // metric, by reason) and the real answer still awaited. On real UDP sockets queries are
 // read, and replies and upstream queries written, several per system call (recvmmsg/sendmmsg on Linux). TCP
-// queries, and queries to upstreams inside the tunnel, get a socket of their own per query (miekg/dns
-// connections over Config.Dial / Config.TunnelDial), also under random ids. When an application closes its
-// DNS-over-TCP connection, the upstream exchanges of its queries in flight are cancelled at once (their
-// sockets closed).
+// queries, and queries to upstreams inside the tunnel, get a socket of their own per query (over
+// Config.Dial / Config.TunnelDial), also under random ids. When an application closes its DNS-over-TCP
+// connection, the upstream exchanges of its queries in flight are cancelled at once (their sockets closed).
+// A roam resets every upstream socket; UDP queries in flight are sent again from new ones (see dns.Resolver.Roam).
+//
+// ReadTCPMessage and WriteTCPMessage frame DNS over TCP on an application's connection, for drivers that
+// accept such connections themselves.
 package server
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	mdns "github.com/miekg/dns"
 
 	"golang.org/x/net/ipv4"
 
@@ -49,7 +58,8 @@ type DialFunc func(ctx context.Context, network, address string) (net.Conn, erro
 type Config struct {
 	// Resolver is the core; the Server is its only user from now on.
 	Resolver *dns.Resolver
-	// Dial dials upstreams reached over the physical network (nil → net.Dialer).
+	// Dial dials upstreams reached over the physical network (nil → net.Dialer); see ExchangerConfig.Dial
+	// (its "udp" sockets must be *net.UDPConn).
 	Dial DialFunc
 	// TunnelDial dials upstreams inside a CIDR resource (Forward.ThroughTunnel); nil → Dial.
 	TunnelDial DialFunc
@@ -70,22 +80,20 @@ type Server struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu        sync.Mutex // guards the core and the maps below
-	r         *dns.Resolver
-	pcs       map[uint64]*udpOut
-	conns     map[uint64]*tcpConn
-	exchanges map[dns.ForwardID]context.CancelCauseFunc
-	closed    bool // set by Close: no new goroutines (s.wg.Add happens under mu while !closed)
+	mu     sync.Mutex // guards the core, the maps below and armed
+	r      *dns.Resolver
+	pcs    map[uint64]*udpOut
+	conns  map[uint64]*tcpConn
+	closed bool      // set by Close: no new goroutines (s.wg.Add happens under mu while !closed)
+	armed  time.Time // the core deadline the timer goroutine waits for (zero: none)
+
+	ex *Exchanger // performs the core's forwards
 
 	// roams counts Roam calls (written under mu): forwards drained before a roam are not sent after it,
-	// since the roam already answered their queries.
+	// since the roam already cancelled them (and resent their UDP queries as new forwards).
 	roams atomic.Uint64
 
-	umu        sync.Mutex // guards udpUps
-	udpUps     map[netip.AddrPort]*udpUpstream
-	kick       chan struct{}
-	timerArmed atomic.Bool
-	readBufs   sync.Pool // *[]ipv4.Message for upstream socket readers
+	kick chan struct{} // wakes the timer goroutine: the core has an earlier deadline
 
 	nextHandle atomic.Uint64
 }
@@ -124,10 +132,18 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: log, ctx: ctx, cancel: cancel, r: cfg.Resolver,
 		pcs: make(map[uint64]*udpOut), conns: make(map[uint64]*tcpConn),
-		exchanges: make(map[dns.ForwardID]context.CancelCauseFunc),
-		udpUps:    make(map[netip.AddrPort]*udpUpstream),
-		kick:      make(chan struct{}, 1),
+		kick: make(chan struct{}, 1),
 	}
+	ex, err := NewExchanger(ExchangerConfig{
+		Dial: cfg.Dial, TunnelDial: cfg.TunnelDial, Logger: log,
+		Done:      s.handleResults,
+		OnDropped: cfg.Resolver.ReportDroppedAnswer,
+	})
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	s.ex = ex
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -209,15 +225,26 @@ type pending struct {
 	replies  []dns.Reply
 	events   []dns.NameAssigned
 	roams    uint64         // s.roams when the forwards were drained
-	wbufs    [][]byte       // scratch space for rewritten upstream queries
 	ms       []ipv4.Message // scratch space for batched writes
-	udpFwds  []dns.Forward  // scratch space for the UDP forwards of one upstream
 }
 
 func (p *pending) empty() bool { return len(p.forwards)+len(p.replies)+len(p.events) == 0 }
 
-// drainLocked moves the core's outputs into p. s.mu must be held.
+// drainLocked moves the core's outputs into p, and wakes the timer goroutine when the core's next deadline
+// is earlier than the one it waits for. s.mu must be held.
 func (s *Server) drainLocked(p *pending) {
+	s.drainOutputsLocked(p)
+	if next, ok := s.r.PollTimeout(); ok && (s.armed.IsZero() || next.Before(s.armed)) {
+		s.armed = next
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// drainOutputsLocked moves the core's outputs into p. s.mu must be held.
+func (s *Server) drainOutputsLocked(p *pending) {
 	p.roams = s.roams.Load()
 	for f, ok := s.r.PollForward(); ok; f, ok = s.r.PollForward() {
 		p.forwards = append(p.forwards, f)
@@ -230,6 +257,23 @@ func (s *Server) drainLocked(p *pending) {
 	}
 }
 
+// handleResults feeds the Exchanger's results into the core (its Done callback).
+func (s *Server) handleResults(rs []Result) {
+	var p pending
+	s.mu.Lock()
+	now := s.cfg.Now()
+	for _, r := range rs {
+		if r.Err != nil {
+			s.r.HandleUpstreamError(r.ID, r.Err, now)
+		} else {
+			s.r.HandleUpstreamResponse(r.ID, r.Response, now)
+		}
+	}
+	s.drainLocked(&p)
+	s.mu.Unlock()
+	s.dispatch(&p)
+}
+
 // dispatch performs the drained outputs and empties p.
 func (s *Server) dispatch(p *pending) {
 	for _, e := range p.events {
@@ -240,23 +284,12 @@ func (s *Server) dispatch(p *pending) {
 		}
 	}
 	s.sendReplies(p)
-	for i, f := range p.forwards {
-		if f.Transport == dns.UDP && !f.ThroughTunnel {
-			// Every UDP forward to this upstream at once, over one socket and one system call.
-			if f.Upstream.IsValid() {
-				p.udpFwds = append(p.udpFwds[:0], f)
-				for j := i + 1; j < len(p.forwards); j++ {
-					if g := p.forwards[j]; g.Transport == dns.UDP && !g.ThroughTunnel && g.Upstream == f.Upstream {
-						p.udpFwds = append(p.udpFwds, g)
-						p.forwards[j].Upstream = netip.AddrPort{} // sent
-					}
-				}
-				s.forwardUDP(p.udpFwds, p)
-			}
-		} else {
-			s.startExchange(f, p.roams)
-		}
+	// Forwards drained before a roam are not sent after it: the roam cancelled them (and resent the UDP
+	// queries among them as new forwards).
+	if len(p.forwards) > 0 && s.roams.Load() == p.roams {
+		s.ex.Exchange(p.forwards...)
 	}
+	clear(p.forwards)
 	clear(p.ms)
 	p.forwards, p.replies, p.events = p.forwards[:0], p.replies[:0], p.events[:0]
 }
@@ -326,13 +359,10 @@ func (s *Server) send(rep dns.Reply) {
 }
 
 func (tc *tcpConn) write(msg []byte) {
-	frame := make([]byte, 2+len(msg))
-	binary.BigEndian.PutUint16(frame, uint16(len(msg)))
-	copy(frame[2:], msg)
 	tc.wmu.Lock()
 	defer tc.wmu.Unlock()
 	_ = tc.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-	_, _ = tc.c.Write(frame)
+	_ = WriteTCPMessage(tc.c, msg)
 }
 
 func (s *Server) udpLoop(pc net.PacketConn, h uint64, server netip.AddrPort) {
@@ -487,7 +517,7 @@ func (s *Server) tcpLoop(c net.Conn, h uint64, server netip.AddrPort) {
 		s.mu.Unlock()
 		// Its queries' forwards were started by this goroutine (dispatch, before the next read), so every
 		// one of them is registered by now: nothing is left to start after this.
-		s.cancelForwards(res.Cancelled, errAppClosed)
+		s.ex.Cancel(res.Cancelled...)
 		_ = c.Close()
 	}()
 	stop := context.AfterFunc(s.ctx, func() { _ = c.Close() })
@@ -501,16 +531,12 @@ func (s *Server) tcpLoop(c net.Conn, h uint64, server netip.AddrPort) {
 	var p pending
 	for {
 		_ = c.SetReadDeadline(time.Now().Add(TCPIdleTimeout))
-		var l [2]byte
-		if _, err := io.ReadFull(c, l[:]); err != nil {
-			return
-		}
-		n := int(binary.BigEndian.Uint16(l[:]))
-		if _, err := io.ReadFull(c, buf[:n]); err != nil {
+		q, err := ReadTCPMessage(c, buf)
+		if err != nil {
 			return
 		}
 		s.mu.Lock()
-		reply, ok := s.r.HandleQuery(src, buf[:n], s.cfg.Now(), nil)
+		reply, ok := s.r.HandleQuery(src, q, s.cfg.Now(), nil)
 		tc := s.conns[h]
 		s.drainLocked(&p)
 		s.mu.Unlock()
@@ -523,166 +549,57 @@ func (s *Server) tcpLoop(c net.Conn, h uint64, server netip.AddrPort) {
 	}
 }
 
-// errRoamed is the cancellation cause of the upstream exchanges a roam abandons.
-var errRoamed = errors.New("network roamed")
-
-// errAppClosed is the cancellation cause of the upstream exchanges of queries whose application closed its
-// DNS-over-TCP connection.
-var errAppClosed = errors.New("the application closed its DNS-over-TCP connection")
-
-// cancelForwards abandons the upstream exchanges of forwards the core no longer waits for (they must not be in
-// flight in the core any more): an exchange of its own (TCP, through the tunnel) is cancelled with cause (its
-// socket reset for errRoamed, else closed), and a query pending on an upstream UDP socket is forgotten, so
-// that its answer, should it come, is dropped like any unknown one.
-func (s *Server) cancelForwards(ids []dns.ForwardID, cause error) {
-	if len(ids) == 0 {
-		return
-	}
-	var udp []dns.ForwardID
-	s.mu.Lock()
-	for _, id := range ids {
-		if cancel := s.exchanges[id]; cancel != nil {
-			cancel(cause)
-			delete(s.exchanges, id)
-		} else {
-			udp = append(udp, id)
-		}
-	}
-	s.mu.Unlock()
-	if len(udp) > 0 {
-		s.forgetUDPPending(udp) // not under s.mu: openUDPSockLocked takes s.mu under a pool's lock
-	}
-}
-
-// startExchange performs one forwarded query in its own goroutine, unless a roam since it was drained from the
-// core (roams) already answered it.
-func (s *Server) startExchange(f dns.Forward, roams uint64) {
-	rctx, roam := context.WithCancelCause(s.ctx)
-	ctx, cancel := context.WithDeadline(rctx, f.Deadline)
-	s.mu.Lock()
-	if s.closed || s.roams.Load() != roams {
-		s.mu.Unlock()
-		cancel()
-		roam(nil)
-		return
-	}
-	s.exchanges[f.ID] = roam
-	s.wg.Add(1)
-	s.mu.Unlock()
-	go func() {
-		defer s.wg.Done()
-		defer roam(nil)
-		defer cancel()
-		resp, err := s.exchange(ctx, f)
-		var p pending
-		s.mu.Lock()
-		delete(s.exchanges, f.ID)
-		if err != nil {
-			if ctx.Err() == context.DeadlineExceeded {
-				err = fmt.Errorf("%w: %w", dns.ErrUpstreamTimeout, err)
-			}
-			s.r.HandleUpstreamError(f.ID, err, s.cfg.Now())
-		} else {
-			s.r.HandleUpstreamResponse(f.ID, resp, s.cfg.Now())
-		}
-		s.drainLocked(&p)
-		s.mu.Unlock()
-		s.dispatch(&p)
-	}()
-}
-
-// exchange sends the query under a fresh random id over a fresh socket (so every exchange has its own local
-// port, and the ones after a roam get new ones) and returns the first answer carrying that id and the query's
-// question (dns.AnswerMatchesQuery; over UDP other datagrams are dropped, over TCP they fail the exchange),
-// with the application's id put back. When a roam abandons it, a TCP socket is reset (RST) rather than closed
-// gracefully; when the application closed its connection (errAppClosed) it is closed.
-func (s *Server) exchange(ctx context.Context, f dns.Forward) ([]byte, error) {
-	dial := s.cfg.Dial
-	if f.ThroughTunnel {
-		dial = s.cfg.TunnelDial
-	}
-	network := f.Transport.String()
-	nc, err := dial(ctx, network, f.Upstream.String())
-	if err != nil {
-		return nil, fmt.Errorf("dialing upstream %s/%s: %w", f.Upstream, network, err)
-	}
-	stop := context.AfterFunc(ctx, func() {
-		if errors.Is(context.Cause(ctx), errRoamed) {
-			resetConn(nc)
-			return
-		}
-		_ = nc.SetDeadline(time.Unix(1, 0))
-	})
-	defer stop()
-	defer nc.Close()
-	_ = nc.SetDeadline(f.Deadline)
-	co := &mdns.Conn{Conn: nc}
-	q := slices.Clone(f.Query)
-	want := uint16(rand.Uint32())
-	binary.BigEndian.PutUint16(q, want)
-	if _, err := co.Write(q); err != nil {
-		return nil, fmt.Errorf("sending to upstream %s/%s: %w", f.Upstream, network, err)
-	}
-	buf := make([]byte, 65535)
-	for {
-		n, err := co.Read(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, fmt.Errorf("reading from upstream %s/%s: %w", f.Upstream, network, ctx.Err())
-			}
-			return nil, fmt.Errorf("reading from upstream %s/%s: %w", f.Upstream, network, err)
-		}
-		if n >= 2 && binary.BigEndian.Uint16(buf) == want && (f.Transport == dns.TCP || dns.AnswerMatchesQuery(f.Query, buf[:n])) {
-			// Over TCP the core checks the question (SERVFAIL when it differs).
-			binary.BigEndian.PutUint16(buf, binary.BigEndian.Uint16(f.Query))
-			return buf[:n:n], nil
-		}
-		if f.Transport == dns.TCP {
-			return nil, fmt.Errorf("upstream %s/tcp answered with a wrong id", f.Upstream)
-		}
-		switch {
-		case n < 12:
-			s.r.ReportDroppedAnswer(dns.DropMalformed)
-		case binary.BigEndian.Uint16(buf) != want:
-			s.r.ReportDroppedAnswer(dns.DropUnknownID)
-		default:
-			s.r.ReportDroppedAnswer(dns.DropWrongQuestion)
-		}
-	}
-}
-
 // Roam handles a network change: every upstream exchange in flight is abandoned (its TCP socket reset, the
-// shared UDP sockets closed; later queries get new sockets with new local ports) and every query in flight
-// is answered SERVFAIL, TCP ones on the application's connection. The applications' DNS-over-TCP
-// connections stay open for their next queries.
+// shared UDP sockets closed; later queries get new sockets with new local ports). TCP queries in flight are
+// answered SERVFAIL on the application's connection; UDP ones are sent again from new sockets, so that the
+// application sees nothing of the roam. The applications' DNS-over-TCP connections stay open for their next
+// queries.
 func (s *Server) Roam() {
 	var p pending
 	s.mu.Lock()
 	s.roams.Add(1)
 	res := s.r.Roam(s.cfg.Now())
-	for _, id := range res.Cancelled {
-		if roam := s.exchanges[id]; roam != nil {
-			roam(errRoamed)
-			delete(s.exchanges, id)
-		}
-	}
+	// Under the lock: every forward drained after the core's roam goes to the new sockets.
+	s.ex.Roam()
 	s.drainLocked(&p)
 	s.mu.Unlock()
-	s.closeUDPUpstreams()
 	s.dispatch(&p)
-	s.log.Info("roamed: upstream DNS sockets reset, queries in flight answered SERVFAIL", "cancelled_queries", len(res.Cancelled))
+	s.log.Info("roamed: upstream DNS sockets reset, TCP queries in flight answered SERVFAIL, UDP ones resent",
+		"cancelled", len(res.Cancelled), "resent", len(res.Resent))
 }
 
-// resetConn aborts a connection with RST where the transport allows it.
-func resetConn(c net.Conn) {
-	switch v := c.(type) {
-	case interface{ Reset() error }:
-		_ = v.Reset()
-	case *net.TCPConn:
-		_ = v.SetLinger(0)
-		_ = v.Close()
-	default:
-		_ = c.Close()
+// timerLoop runs the core's timer: it expires the forwards whose deadline passed (HandleTimeout: UDP queries
+// get no answer, as without snowgate, TCP ones SERVFAIL) and cancels their upstream exchanges.
+func (s *Server) timerLoop() {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	defer t.Stop()
+	for {
+		var p pending
+		s.mu.Lock()
+		now := s.cfg.Now()
+		res := s.r.HandleTimeout(now)
+		s.drainOutputsLocked(&p)
+		// From here on, whoever makes the core's next deadline earlier than this one kicks the loop.
+		next, _ := s.r.PollTimeout()
+		s.armed = next
+		s.mu.Unlock()
+		s.ex.Cancel(res.Expired...)
+		if !p.empty() {
+			s.dispatch(&p)
+		}
+		var fire <-chan time.Time
+		if !next.IsZero() {
+			t.Reset(max(next.Sub(now), 0)) // Go ≥ 1.23 timers: no stale tick survives Reset or Stop
+			fire = t.C
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-fire:
+		case <-s.kick:
+			t.Stop()
+		}
 	}
 }
 
@@ -695,7 +612,7 @@ func (s *Server) Close() error {
 		_ = tc.c.Close()
 	}
 	s.mu.Unlock()
-	s.closeUDPUpstreams()
+	err := s.ex.Close()
 	s.wg.Wait()
-	return nil
+	return err
 }

@@ -45,8 +45,11 @@ func TestAppTCPCloseCancelsUpstreamExchange(t *testing.T) {
 		t.Fatal("the upstream exchange of the closed application connection is still open after 3 s")
 	}
 	st.srv.mu.Lock()
-	inFlight, exchanges := st.srv.r.InFlight(), len(st.srv.exchanges)
+	inFlight := st.srv.r.InFlight()
 	st.srv.mu.Unlock()
+	st.srv.ex.mu.Lock()
+	exchanges := len(st.srv.ex.own)
+	st.srv.ex.mu.Unlock()
 	if inFlight != 1 || exchanges != 1 {
 		t.Errorf("after the close: %d queries in flight, %d exchanges, want 1 and 1", inFlight, exchanges)
 	}
@@ -96,9 +99,9 @@ func TestCancelForwardsForgetsUDPPending(t *testing.T) {
 	}
 	up, from := ru.readQuery(t)
 	pending := func() []dns.ForwardID {
-		st.srv.umu.Lock()
-		u := st.srv.udpUps[ru.addr()]
-		st.srv.umu.Unlock()
+		st.srv.ex.umu.Lock()
+		u := st.srv.ex.udpUps[ru.addr()]
+		st.srv.ex.umu.Unlock()
 		u.mu.Lock()
 		defer u.mu.Unlock()
 		var ids []dns.ForwardID
@@ -114,7 +117,7 @@ func TestCancelForwardsForgetsUDPPending(t *testing.T) {
 		t.Fatalf("pending UDP forwards %v, want one", ids)
 	}
 	before := st.droppedAnswers(t)["id"]
-	st.srv.cancelForwards(ids, errAppClosed)
+	st.srv.ex.Cancel(ids...)
 	if ids := pending(); len(ids) != 0 {
 		t.Fatalf("pending UDP forwards after cancel: %v", ids)
 	}

@@ -236,3 +236,41 @@ func TestUpstreamTCPErrorServfailsOnKeptConn(t *testing.T) {
 		}
 	})
 }
+
+// TestTCPTimeoutComesFromTheCore: the core's deadline is the one upstream timeout. A TCP query whose upstream
+// never answers gets SERVFAIL when the core expires it, and the Server then cancels the exchange: its
+// upstream connection is closed and the Exchanger keeps nothing. (The Exchanger has no timers: before, the
+// Server ran its own deadline table beside the core's.)
+func TestTCPTimeoutComesFromTheCore(t *testing.T) {
+	up := startScriptedTCPUpstream(t)
+	st := startStubTimeout(t, up.addr, 300*time.Millisecond)
+	c, err := net.Dial("tcp", st.tcpAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	start := time.Now()
+	sendQuery(t, c, "hang.test.", 5)
+	hung := up.nextQuery(t)
+	wantAnswer(t, readAnswer(t, c), 5, "hang.test.", mdns.RcodeServerFailure)
+	if el := time.Since(start); el < 300*time.Millisecond {
+		t.Errorf("SERVFAIL after %v, before the 300 ms deadline", el)
+	}
+	select {
+	case e := <-up.ended:
+		if e.from != hung.from {
+			t.Errorf("upstream connection %s ended, want %s", e.from, hung.from)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("the expired query's upstream connection is still open")
+	}
+	st.srv.ex.mu.Lock()
+	n := len(st.srv.ex.own)
+	st.srv.ex.mu.Unlock()
+	if n != 0 {
+		t.Errorf("%d exchanges left in the Exchanger after the timeout", n)
+	}
+	// The connection still works.
+	sendQuery(t, c, "ok.test.", 6)
+	wantAnswer(t, readAnswer(t, c), 6, "ok.test.", mdns.RcodeSuccess)
+}

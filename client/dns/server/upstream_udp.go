@@ -20,7 +20,7 @@ import (
 // ports). Every upstream gets udpPoolSize connected sockets, each bound by the kernel to a random ephemeral port
 // (Linux picks UDP ephemeral ports at random), used round robin. A socket is replaced by a new one (new random
 // port) after udpSockMaxQueries queries or udpSockMaxAge, whichever comes first; the old one stays open, without
-// new queries, until its answers are in or timed out. A socket per query would give every query its own port
+// new queries, until its answers are in or its queries cancelled. A socket per query would give every query its own port
 // but costs socket+connect+epoll registration+close, a reader goroutine and its wake-up per query, and no two
 // queries could share a sendmmsg/recvmmsg: several times the system calls of the forwarding path. The pool
 // costs those once per udpSockMaxQueries queries (about 0.02 system calls per query) and still lets a burst of
@@ -62,59 +62,54 @@ type udpSock struct {
 	retired bool // no new queries; closed once pending is empty
 }
 
+// errPoolClosed is the error of a send on a pool that Roam or Close closed.
+var errPoolClosed = errors.New("upstream sockets closed")
+
 type udpPending struct {
-	fwd      dns.ForwardID
-	origID   uint16
-	query    []byte // the core's copy of the query (never modified), for the question check
-	deadline time.Time
+	fwd    dns.ForwardID
+	origID uint16
+	query  []byte // the core's copy of the query (never modified), for the question check
 }
 
-// forwardUDP sends fs (forwards to one upstream) from the upstream's socket pool, unless a roam since they
-// were drained from the core (p.roams) already answered them.
-func (s *Server) forwardUDP(fs []dns.Forward, p *pending) {
-	if s.roams.Load() != p.roams {
-		return
-	}
-	u, err := s.udpUpstreamFor(fs[0].Upstream)
-	sent := 0
-	if err == nil {
-		sent, err = s.sendUDP(u, fs, p)
+// forwardUDP sends fs (forwards to one upstream) from the upstream's socket pool; those it cannot send get an
+// error Result.
+func (e *Exchanger) forwardUDP(fs []dns.Forward, sc *sendScratch) {
+	var sent int
+	var err error
+	for range 2 { // a pool closed by a Roam since it was looked up is replaced by a new one
+		var u *udpUpstream
+		if u, err = e.udpUpstreamFor(fs[0].Upstream); err == nil {
+			sent, err = e.sendUDP(u, fs, sc)
+		}
+		if !errors.Is(err, errPoolClosed) {
+			break
+		}
 	}
 	if err != nil {
-		var q pending
-		s.mu.Lock()
-		for _, f := range fs[sent:] {
-			s.r.HandleUpstreamError(f.ID, err, s.cfg.Now())
+		if errors.Is(err, ErrExchangerClosed) {
+			return
 		}
-		s.drainLocked(&q)
-		s.mu.Unlock()
-		s.dispatch(&q)
-	}
-	if sent > 0 && !s.timerArmed.Load() {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+		e.fail(slices.Clone(fs[sent:]), err)
 	}
 }
 
-func (s *Server) udpUpstreamFor(addr netip.AddrPort) (*udpUpstream, error) {
-	s.umu.Lock()
-	defer s.umu.Unlock()
-	if u := s.udpUps[addr]; u != nil {
+func (e *Exchanger) udpUpstreamFor(addr netip.AddrPort) (*udpUpstream, error) {
+	e.umu.Lock()
+	defer e.umu.Unlock()
+	if u := e.udpUps[addr]; u != nil {
 		return u, nil
 	}
-	if s.ctx.Err() != nil {
-		return nil, errors.New("dns server closed")
+	if e.ctx.Err() != nil {
+		return nil, ErrExchangerClosed
 	}
 	u := &udpUpstream{addr: addr, all: make(map[*udpSock]struct{})}
-	s.udpUps[addr] = u
+	e.udpUps[addr] = u
 	return u, nil
 }
 
 // sendUDP sends fs over one of u's sockets, each under a fresh random id, in one system call where the
 // platform allows; it returns how many were sent.
-func (s *Server) sendUDP(u *udpUpstream, fs []dns.Forward, p *pending) (int, error) {
+func (e *Exchanger) sendUDP(u *udpUpstream, fs []dns.Forward, sc *sendScratch) (int, error) {
 	for _, f := range fs {
 		if len(f.Query) < 12 {
 			return 0, errors.New("query shorter than a DNS header")
@@ -124,7 +119,7 @@ func (s *Server) sendUDP(u *udpUpstream, fs []dns.Forward, p *pending) (int, err
 	u.mu.Lock()
 	if u.closed {
 		u.mu.Unlock()
-		return 0, fmt.Errorf("upstream %s sockets closed", u.addr)
+		return 0, fmt.Errorf("upstream %s: %w", u.addr, errPoolClosed)
 	}
 	i := u.next
 	u.next = (u.next + 1) % udpPoolSize
@@ -135,17 +130,17 @@ func (s *Server) sendUDP(u *udpUpstream, fs []dns.Forward, p *pending) (int, err
 			u.socks[i] = nil
 		}
 		var err error
-		if sk, err = s.openUDPSockLocked(u, now); err != nil {
+		if sk, err = e.openUDPSockLocked(u, now); err != nil {
 			u.mu.Unlock()
 			return 0, err
 		}
 		u.socks[i] = sk
 	}
 	// A batch may take a socket a little past udpSockMaxQueries; ids stay unique on it.
-	for len(p.wbufs) < len(fs) {
-		p.wbufs = append(p.wbufs, make([]byte, 0, 512))
+	for len(sc.wbufs) < len(fs) {
+		sc.wbufs = append(sc.wbufs, make([]byte, 0, 512))
 	}
-	p.ms = p.ms[:0]
+	sc.ms = sc.ms[:0]
 	for j, f := range fs {
 		// At most about udpSockMaxQueries ids are ever taken on a socket, so a free one is found at once.
 		var id uint16
@@ -158,35 +153,35 @@ func (s *Server) sendUDP(u *udpUpstream, fs []dns.Forward, p *pending) (int, err
 			}
 		}
 		if !found {
-			s.unsendLocked(u, sk, p.ms)
+			e.unsendLocked(u, sk, sc.ms)
 			u.mu.Unlock()
 			return 0, fmt.Errorf("upstream %s: no free DNS id", u.addr)
 		}
-		sk.pending[id] = udpPending{fwd: f.ID, origID: binary.BigEndian.Uint16(f.Query), query: f.Query, deadline: f.Deadline}
+		sk.pending[id] = udpPending{fwd: f.ID, origID: binary.BigEndian.Uint16(f.Query), query: f.Query}
 		sk.sent++
-		b := append(p.wbufs[j][:0], f.Query...)
+		b := append(sc.wbufs[j][:0], f.Query...)
 		binary.BigEndian.PutUint16(b, id)
-		p.wbufs[j] = b
-		p.ms = append(p.ms, ipv4.Message{Buffers: p.wbufs[j : j+1 : j+1]})
+		sc.wbufs[j] = b
+		sc.ms = append(sc.ms, ipv4.Message{Buffers: sc.wbufs[j : j+1 : j+1]})
 	}
 	conn, bc := sk.conn, sk.batch
 	u.mu.Unlock()
 
 	var n int
 	var err error
-	if len(p.ms) == 1 {
-		if _, err = conn.Write(p.ms[0].Buffers[0]); err == nil {
+	if len(sc.ms) == 1 {
+		if _, err = conn.Write(sc.ms[0].Buffers[0]); err == nil {
 			n = 1
 		}
 	} else {
-		n, err = writeAll(bc, p.ms)
+		n, err = writeAll(bc, sc.ms)
 	}
-	if err == nil && n < len(p.ms) {
+	if err == nil && n < len(sc.ms) {
 		err = errors.New("short batch write")
 	}
 	if err != nil {
 		u.mu.Lock()
-		closeIt := s.unsendLocked(u, sk, p.ms[n:])
+		closeIt := e.unsendLocked(u, sk, sc.ms[n:])
 		u.mu.Unlock()
 		if closeIt {
 			_ = conn.Close()
@@ -197,7 +192,7 @@ func (s *Server) sendUDP(u *udpUpstream, fs []dns.Forward, p *pending) (int, err
 }
 
 // unsendLocked forgets the queries of ms (not sent) on sk and reports whether sk is now to be closed.
-func (s *Server) unsendLocked(u *udpUpstream, sk *udpSock, ms []ipv4.Message) bool {
+func (e *Exchanger) unsendLocked(u *udpUpstream, sk *udpSock, ms []ipv4.Message) bool {
 	for _, m := range ms {
 		delete(sk.pending, binary.BigEndian.Uint16(m.Buffers[0]))
 	}
@@ -206,34 +201,41 @@ func (s *Server) unsendLocked(u *udpUpstream, sk *udpSock, ms []ipv4.Message) bo
 
 // openUDPSockLocked opens a new connected socket to u (the kernel binds it to a random ephemeral port) and
 // starts its reader. u.mu must be held.
-func (s *Server) openUDPSockLocked(u *udpUpstream, now time.Time) (*udpSock, error) {
+func (e *Exchanger) openUDPSockLocked(u *udpUpstream, now time.Time) (*udpSock, error) {
 	if len(u.all) >= udpMaxSockets {
 		return nil, fmt.Errorf("upstream %s: too many queries in flight", u.addr)
 	}
-	s.mu.Lock()
-	closed := s.closed
+	e.mu.Lock()
+	closed := e.closed
 	if !closed {
-		s.wg.Add(1)
+		e.wg.Add(1)
 	}
-	s.mu.Unlock()
+	e.mu.Unlock()
 	if closed {
-		return nil, errors.New("dns server closed")
+		return nil, ErrExchangerClosed
 	}
-	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(u.addr))
+	nc, err := e.cfg.Dial(e.ctx, "udp", u.addr.String())
 	if err != nil {
-		s.wg.Done()
+		e.wg.Done()
 		return nil, fmt.Errorf("opening a socket to upstream %s: %w", u.addr, err)
+	}
+	conn, ok := nc.(*net.UDPConn)
+	if !ok {
+		_ = nc.Close()
+		e.wg.Done()
+		return nil, fmt.Errorf("opening a socket to upstream %s: Dial returned a %T, not a *net.UDPConn", u.addr, nc)
 	}
 	sk := &udpSock{conn: conn, batch: newBatchConn(conn), pending: make(map[uint16]udpPending, udpSockMaxQueries/4), born: now}
 	u.all[sk] = struct{}{}
 	go func() {
-		defer s.wg.Done()
-		s.readUpstream(u, sk)
+		defer e.wg.Done()
+		e.readUpstream(u, sk)
 	}()
 	return sk, nil
 }
 
-// retireLocked takes sk out of use for new queries; it is closed when its last answer is in or timed out.
+// retireLocked takes sk out of use for new queries; it is closed when its last answer is in or its last
+// query cancelled (the caller cancels what the resolver's deadlines expire).
 func (u *udpUpstream) retireLocked(sk *udpSock) {
 	sk.retired = true
 	if u.closeIfDoneLocked(sk) {
@@ -255,43 +257,32 @@ func (u *udpUpstream) closeIfDoneLocked(sk *udpSock) bool {
 }
 
 // readUpstream delivers the answers arriving on one socket of u's pool until it is closed.
-func (s *Server) readUpstream(u *udpUpstream, sk *udpSock) {
-	msp, _ := s.readBufs.Get().(*[]ipv4.Message)
+func (e *Exchanger) readUpstream(u *udpUpstream, sk *udpSock) {
+	msp, _ := e.readBufs.Get().(*[]ipv4.Message)
 	if msp == nil {
 		m := newMessages(batchSize, udpReadBuf)
 		msp = &m
 	}
-	defer s.readBufs.Put(msp) // sockets are replaced often: reuse their buffers
+	defer e.readBufs.Put(msp) // sockets are replaced often: reuse their buffers
 	ms := *msp
-	type answer struct {
-		fwd dns.ForwardID
-		msg []byte
-	}
-	answers := make([]answer, 0, batchSize)
-	var p pending
+	results := make([]Result, 0, batchSize)
 	for {
 		n, err := sk.batch.ReadBatch(ms, 0)
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || s.ctx.Err() != nil {
+			if errors.Is(err, net.ErrClosed) || e.ctx.Err() != nil {
 				return
 			}
 			// E.g. ECONNREFUSED from an ICMP port unreachable: the upstream is down, fail what is pending here.
+			results = results[:0]
 			u.mu.Lock()
-			var failed []dns.ForwardID
 			for id, pq := range sk.pending {
-				failed = append(failed, pq.fwd)
+				results = append(results, Result{ID: pq.fwd, Err: fmt.Errorf("upstream %s/udp: %w", u.addr, err)})
 				delete(sk.pending, id)
 			}
 			closeIt := u.closeIfDoneLocked(sk)
 			u.mu.Unlock()
-			if len(failed) > 0 {
-				s.mu.Lock()
-				for _, id := range failed {
-					s.r.HandleUpstreamError(id, fmt.Errorf("upstream %s/udp: %w", u.addr, err), s.cfg.Now())
-				}
-				s.drainLocked(&p)
-				s.mu.Unlock()
-				s.dispatch(&p)
+			if len(results) > 0 {
+				e.cfg.Done(results)
 			}
 			if closeIt {
 				_ = sk.conn.Close()
@@ -299,7 +290,7 @@ func (s *Server) readUpstream(u *udpUpstream, sk *udpSock) {
 			}
 			continue
 		}
-		answers = answers[:0]
+		results = results[:0]
 		u.mu.Lock()
 		for i := range ms[:n] {
 			m := &ms[i]
@@ -309,128 +300,67 @@ func (s *Server) readUpstream(u *udpUpstream, sk *udpSock) {
 				from = ua.AddrPort()
 			}
 			if from.Addr().Unmap() != u.addr.Addr().Unmap() || from.Port() != u.addr.Port() {
-				s.r.ReportDroppedAnswer(dns.DropWrongSource)
-				s.log.Debug("dropped a DNS answer from an unexpected source", "upstream", u.addr, "from", from, "len", len(ans))
+				e.cfg.OnDropped(dns.DropWrongSource)
+				e.log.Debug("dropped a DNS answer from an unexpected source", "upstream", u.addr, "from", from, "len", len(ans))
 				continue
 			}
 			if len(ans) < 12 {
-				s.r.ReportDroppedAnswer(dns.DropMalformed)
-				s.log.Debug("dropped a DNS answer shorter than a header", "upstream", u.addr, "len", len(ans))
+				e.cfg.OnDropped(dns.DropMalformed)
+				e.log.Debug("dropped a DNS answer shorter than a header", "upstream", u.addr, "len", len(ans))
 				continue
 			}
 			id := binary.BigEndian.Uint16(ans)
 			pq, ok := sk.pending[id]
 			if !ok || !dns.AnswerMatchesQuery(pq.query, ans) {
-				// Late (timed out), duplicate, or spoofed: the real answer may still come.
+				// Late (cancelled), duplicate, or spoofed: the real answer may still come.
 				reason := dns.DropUnknownID
 				if ok {
 					reason = dns.DropWrongQuestion
 				}
-				s.r.ReportDroppedAnswer(reason)
-				s.log.Debug("dropped a DNS answer matching no query in flight", "upstream", u.addr, "id", id, "reason", reason.String())
+				e.cfg.OnDropped(reason)
+				e.log.Debug("dropped a DNS answer matching no query in flight", "upstream", u.addr, "id", id, "reason", reason.String())
 				continue
 			}
 			delete(sk.pending, id)
 			binary.BigEndian.PutUint16(ans, pq.origID)
-			answers = append(answers, answer{pq.fwd, ans})
+			results = append(results, Result{ID: pq.fwd, Response: ans})
 		}
 		closeIt := u.closeIfDoneLocked(sk)
 		u.mu.Unlock()
-		if len(answers) > 0 {
-			s.mu.Lock()
-			now := s.cfg.Now()
-			for _, a := range answers {
-				s.r.HandleUpstreamResponse(a.fwd, a.msg, now)
-			}
-			s.drainLocked(&p)
-			s.mu.Unlock()
-			s.dispatch(&p)
+		if len(results) > 0 {
+			e.cfg.Done(results)
 		}
+		clear(results) // no references to the read buffers beyond the Done call
 		if closeIt {
 			_ = sk.conn.Close() // retired and done: the next read ends this reader
 		}
 	}
 }
 
-// timerLoop reports UDP upstream timeouts to the core (which answers nothing, as without snowgate).
-func (s *Server) timerLoop() {
-	t := time.NewTimer(time.Hour)
-	defer t.Stop()
-	for {
-		s.timerArmed.Store(false)
-		next, ok := s.expireUDP(time.Now())
-		if ok {
-			s.timerArmed.Store(true)
-			t.Reset(time.Until(next))
-		}
-		if ok {
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-t.C:
-			case <-s.kick:
-			}
-		} else {
-			select {
-			case <-s.ctx.Done():
-				return
-			case <-s.kick:
-			}
-		}
-	}
-}
-
-// expireUDP fails pending UDP queries past their deadline, closes retired sockets left with nothing pending,
-// and returns the next deadline.
-func (s *Server) expireUDP(now time.Time) (time.Time, bool) {
-	var expired []dns.ForwardID
-	var toClose []*net.UDPConn
-	var next time.Time
-	s.umu.Lock()
-	for _, u := range s.udpUps {
-		u.mu.Lock()
-		for sk := range u.all {
-			for id, pq := range sk.pending {
-				if !pq.deadline.After(now) {
-					expired = append(expired, pq.fwd)
-					delete(sk.pending, id)
-				} else if next.IsZero() || pq.deadline.Before(next) {
-					next = pq.deadline
-				}
-			}
-			if u.closeIfDoneLocked(sk) {
-				toClose = append(toClose, sk.conn)
-			}
-		}
-		u.mu.Unlock()
-	}
-	s.umu.Unlock()
-	for _, c := range toClose {
-		_ = c.Close()
-	}
-	if len(expired) > 0 {
-		var p pending
-		s.mu.Lock()
-		for _, id := range expired {
-			s.r.HandleUpstreamError(id, dns.ErrUpstreamTimeout, s.cfg.Now())
-		}
-		s.drainLocked(&p)
-		s.mu.Unlock()
-		s.dispatch(&p)
-	}
-	return next, !next.IsZero()
-}
-
 // forgetUDPPending forgets the queries of forwards ids pending on the upstream UDP sockets (their answers will
 // be dropped as unknown), closing retired sockets left with nothing pending.
-func (s *Server) forgetUDPPending(ids []dns.ForwardID) {
+func (e *Exchanger) forgetUDPPending(ids []dns.ForwardID) {
+	var set map[dns.ForwardID]struct{}
+	if len(ids) > 8 {
+		set = make(map[dns.ForwardID]struct{}, len(ids))
+		for _, id := range ids {
+			set[id] = struct{}{}
+		}
+	}
+	cancelled := func(id dns.ForwardID) bool {
+		if set != nil {
+			_, ok := set[id]
+			return ok
+		}
+		return slices.Contains(ids, id)
+	}
 	var toClose []*net.UDPConn
-	s.umu.Lock()
-	for _, u := range s.udpUps {
+	e.umu.Lock()
+	for _, u := range e.udpUps {
 		u.mu.Lock()
 		for sk := range u.all {
 			for id, pq := range sk.pending {
-				if slices.Contains(ids, pq.fwd) {
+				if cancelled(pq.fwd) {
 					delete(sk.pending, id)
 				}
 			}
@@ -440,18 +370,19 @@ func (s *Server) forgetUDPPending(ids []dns.ForwardID) {
 		}
 		u.mu.Unlock()
 	}
-	s.umu.Unlock()
+	e.umu.Unlock()
 	for _, c := range toClose {
 		_ = c.Close()
 	}
 }
 
-// closeUDPUpstreams closes every upstream socket (Roam rebinds: new sockets are opened on the next query).
-func (s *Server) closeUDPUpstreams() {
-	s.umu.Lock()
-	ups := s.udpUps
-	s.udpUps = make(map[netip.AddrPort]*udpUpstream)
-	s.umu.Unlock()
+// closeUDPUpstreams closes every upstream socket, forgetting what is pending (Roam, Close): new sockets are
+// opened on the next query.
+func (e *Exchanger) closeUDPUpstreams() {
+	e.umu.Lock()
+	ups := e.udpUps
+	e.udpUps = make(map[netip.AddrPort]*udpUpstream)
+	e.umu.Unlock()
 	for _, u := range ups {
 		u.mu.Lock()
 		u.closed = true

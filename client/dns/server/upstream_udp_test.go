@@ -217,9 +217,9 @@ func TestUpstreamUDPSourcePortsAndIDs(t *testing.T) {
 	if len(ids) < n-40 {
 		t.Errorf("%d queries used only %d distinct ids", n, len(ids))
 	}
-	st.srv.umu.Lock()
-	u := st.srv.udpUps[ru.addr()]
-	st.srv.umu.Unlock()
+	st.srv.ex.umu.Lock()
+	u := st.srv.ex.udpUps[ru.addr()]
+	st.srv.ex.umu.Unlock()
 	u.mu.Lock()
 	open := len(u.all)
 	u.mu.Unlock()
@@ -331,9 +331,9 @@ func TestUpstreamUDPRetiredSocketsClosedOnTimeout(t *testing.T) {
 		ru.readQuery(t) // read, never answered
 	}
 	open := func() int {
-		st.srv.umu.Lock()
-		u := st.srv.udpUps[ru.addr()]
-		st.srv.umu.Unlock()
+		st.srv.ex.umu.Lock()
+		u := st.srv.ex.udpUps[ru.addr()]
+		st.srv.ex.umu.Unlock()
 		u.mu.Lock()
 		defer u.mu.Unlock()
 		return len(u.all)
