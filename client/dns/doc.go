@@ -1,6 +1,7 @@
 // Package dns is the client's stub resolver for DNS resources: a sans-IO core (no goroutines, no sockets,
 // the clock passed in) that the tunnel and the driver in client/dns/server feed with DNS queries sent to the
-// sentinel addresses.
+// sentinel addresses. A driver that owns the core itself performs its forwards with client/dns/server's
+// Exchanger.
 //
 // Configuration: each upstream resolver (the portal's upstream_dns, else the nameservers of the system's
 // resolv.conf) gets a sentinel of its family, 100.100.111.n or fd00:2021:1111:8000:100:100:111:n. An upstream
