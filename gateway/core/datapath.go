@@ -84,7 +84,9 @@ func (g *Gateway) HandleNetworkInput(pkt []byte, now time.Time) tunnel.Verdict {
 }
 
 // buildUnreachable is nat.BuildUnreachable in the shape of ippacket.BuildICMPProhibited.
-func buildUnreachable(buf []byte, p ippacket.Packet) (int, error) { return nat.BuildUnreachable(buf, p.Bytes()) }
+func buildUnreachable(buf []byte, p ippacket.Packet) (int, error) {
+	return nat.BuildUnreachable(buf, p.Bytes())
+}
 
 // reply builds an ICMP error for p into a new buffer and sends it to the client through the tunnel.
 // Packets that must not be answered (non-first fragments) are not.

@@ -15,14 +15,14 @@ type dropReason uint8
 
 const (
 	// Client → resource (HandleNetworkInput).
-	reasonMalformed       dropReason = iota // not an IP packet ippacket can parse
-	reasonSpoofedSource                     // source is no known client's tunnel address
-	reasonICMPError                         // an ICMP error sent by a client (Firezone drops them)
-	reasonPeerDestination                   // destination in the tunnel ranges (another client, a gateway)
-	reasonUnauthorized                      // no authorised resource covers the destination
-	reasonInternetExcluded                  // only the Internet resource, which excludes it: ICMP unreachable
-	reasonNATUnreachable                    // DNS-resource proxy IP without a real IP: ICMP unreachable
-	reasonNATDrop                           // the NAT dropped it (unsupported protocol, table full, …)
+	reasonMalformed        dropReason = iota // not an IP packet ippacket can parse
+	reasonSpoofedSource                      // source is no known client's tunnel address
+	reasonICMPError                          // an ICMP error sent by a client (Firezone drops them)
+	reasonPeerDestination                    // destination in the tunnel ranges (another client, a gateway)
+	reasonUnauthorized                       // no authorised resource covers the destination
+	reasonInternetExcluded                   // only the Internet resource, which excludes it: ICMP unreachable
+	reasonNATUnreachable                     // DNS-resource proxy IP without a real IP: ICMP unreachable
+	reasonNATDrop                            // the NAT dropped it (unsupported protocol, table full, …)
 	// Control protocol (HandleNetworkInput).
 	reasonNotInitialized     // a control packet before the portal's init gave the tunnel address
 	reasonControlSource      // a control packet whose source is no known client's tunnel IPv6
