@@ -261,6 +261,7 @@ func appendBounded(s []string, v string) []string {
 // the pending answer of its flow and the client's state (fail closed); with node.ErrNoRelays it also asks
 // for a portal reconnect. A ResolveName the driver could not carry out counts as a failed resolution.
 func (g *Gateway) HandleActionFailed(a tunnel.Action, err error, now time.Time) {
+	g.expireDue(now)
 	switch a := a.(type) {
 	case tunnel.NodeUpsert:
 		g.upsertFailed(a, err)

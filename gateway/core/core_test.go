@@ -611,13 +611,13 @@ func TestInternetResource(t *testing.T) {
 		t.Fatal("internet packet stopped")
 	}
 	// The gateway's LAN is not the Internet: answered network unreachable, as Firezone does.
-	v, as := h.net(udpPkt(netip.AddrPortFrom(c.v4, 5000), netip.MustParseAddrPort("192.168.1.1:53"), nil))
+	v, as := h.net(udpPkt(netip.AddrPortFrom(c.v4, 5000), netip.MustParseAddrPort("169.254.1.1:53"), nil))
 	if pk := tunnelPackets(as); v != tunnel.Stop || len(pk) != 1 || !inspect(t, pk[0]).isUnreachable() {
 		t.Fatalf("private address: %v %v", v, as)
 	}
 	// Unless a CIDR resource covers it.
-	h.msg(c.authorize("r2", cidrRes(2, "192.168.1.0/24"), time.Time{}))
-	if v, _ := h.net(udpPkt(netip.AddrPortFrom(c.v4, 5000), netip.MustParseAddrPort("192.168.1.1:53"), nil)); v != tunnel.Pass {
+	h.msg(c.authorize("r2", cidrRes(2, "169.254.1.0/24"), time.Time{}))
+	if v, _ := h.net(udpPkt(netip.AddrPortFrom(c.v4, 5000), netip.MustParseAddrPort("169.254.1.1:53"), nil)); v != tunnel.Pass {
 		t.Fatal("CIDR resource under the Internet resource stopped")
 	}
 }

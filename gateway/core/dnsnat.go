@@ -121,6 +121,7 @@ func unmapAll(as []netip.Addr) []netip.Addr {
 // same way without an answer. Results for superseded assignments, revoked access or removed clients are
 // ignored.
 func (g *Gateway) HandleResolved(clientID string, a p2pcontrol.AssignedIPs, addrs []netip.Addr, err error, now time.Time) {
+	g.expireDue(now)
 	c := g.clients[clientID]
 	if c == nil {
 		return

@@ -107,6 +107,13 @@ func (c testClient) authorize(ref string, r portalapi.Resource, expires time.Tim
 	}
 }
 
+// tfatal is what the helpers need of *testing.T and *rapid.T.
+type tfatal interface {
+	Helper()
+	Fatal(args ...any)
+	Fatalf(format string, args ...any)
+}
+
 // harness drives a Gateway as tunnel.Driver would.
 type harness struct {
 	t      testing.TB
@@ -334,7 +341,7 @@ type pktInfo struct {
 func addrOf(a tcpip.Address) netip.Addr { ad, _ := netip.AddrFromSlice(a.AsSlice()); return ad }
 
 // inspect parses pkt with gVisor and checks every checksum it carries.
-func inspect(t testing.TB, pkt []byte) pktInfo {
+func inspect(t tfatal, pkt []byte) pktInfo {
 	t.Helper()
 	var info pktInfo
 	var l4 []byte
@@ -396,7 +403,7 @@ func (i pktInfo) isUnreachable() bool {
 }
 
 // control builds a control packet from a client to the gateway.
-func control(t testing.TB, src netip.Addr, m p2pcontrol.Message) []byte {
+func control(t tfatal, src netip.Addr, m p2pcontrol.Message) []byte {
 	t.Helper()
 	pkt, err := p2pcontrol.Encode(src, gwV6, m)
 	if err != nil {
@@ -406,7 +413,7 @@ func control(t testing.TB, src netip.Addr, m p2pcontrol.Message) []byte {
 }
 
 // domainStatuses decodes the DomainStatus packets among pkts, by destination.
-func domainStatuses(t testing.TB, pkts [][]byte) map[netip.Addr][]p2pcontrol.DomainStatus {
+func domainStatuses(t tfatal, pkts [][]byte) map[netip.Addr][]p2pcontrol.DomainStatus {
 	t.Helper()
 	out := map[netip.Addr][]p2pcontrol.DomainStatus{}
 	for _, pkt := range pkts {
@@ -428,7 +435,7 @@ func domainStatuses(t testing.TB, pkts [][]byte) map[netip.Addr][]p2pcontrol.Dom
 }
 
 // goodbyes returns the destinations of the Goodbye packets among pkts.
-func goodbyes(t testing.TB, pkts [][]byte) []netip.Addr {
+func goodbyes(t tfatal, pkts [][]byte) []netip.Addr {
 	t.Helper()
 	var out []netip.Addr
 	for _, pkt := range pkts {

@@ -18,6 +18,7 @@ import (
 // HandlePortalMessage handles a decoded message of the gateway channel. Messages that cannot be acted on
 // (bad keys or addresses, an invalid resource, a message before init) are logged at WARN and not answered.
 func (g *Gateway) HandlePortalMessage(msg portalapi.Message, now time.Time) {
+	g.expireDue(now)
 	switch m := msg.(type) {
 	case portalapi.GatewayInit:
 		g.handleInit(m)
