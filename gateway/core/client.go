@@ -128,6 +128,9 @@ func (g *Gateway) authorize(c *client, res portalapi.Resource, expires time.Time
 	res = res.GatewayView()
 	rid := res.ID
 	old := c.auths[rid]
+	if !expires.IsZero() && !now.Before(expires) {
+		return fmt.Errorf("resource %s: authorisation expired at %v, before it arrived", rid, expires)
+	}
 	if old == nil && len(c.auths) >= g.cfg.MaxResourcesPerClient {
 		return fmt.Errorf("client %s has %d resources, the limit", c.id, len(c.auths))
 	}

@@ -136,6 +136,7 @@ func TestAuthorizeFlowBadInputNotAnswered(t *testing.T) {
 		func(m *portalapi.AuthorizeFlow) { m.Resource.Filters = []portalapi.Filter{{Protocol: "sctp"}} },
 		func(m *portalapi.AuthorizeFlow) { m.ClientIceCredentials.Password = "" },
 		func(m *portalapi.AuthorizeFlow) { m.ExpiresAt = -1 },
+		func(m *portalapi.AuthorizeFlow) { m.ExpiresAt = t0.Unix() }, // expired on arrival
 	}
 	for i, mut := range bad {
 		m := c.authorize("r", cidrRes(1, "198.51.100.0/24"), time.Time{})
