@@ -239,6 +239,7 @@ func (g *Gateway) dropResourceNAT(c *client, rid string, which func(domain strin
 		if o.resource == rid && which(o.domain) {
 			domains[o.domain] = struct{}{}
 			delete(c.proxies, p)
+			g.addTranslations(-1)
 		}
 	}
 	if len(domains) == 0 {
@@ -257,7 +258,6 @@ func (g *Gateway) dropResourceNAT(c *client, rid string, which func(domain strin
 			g.log.Warn("filter update failed", "client", c.id, "resource", rid, telemetry.Err(err))
 		}
 	}
-	g.natChanged()
 }
 
 // removeClient drops all of c's state. goodbye sends it a Goodbye first; nodeRemove removes its
@@ -285,10 +285,10 @@ func (g *Gateway) removeClient(c *client, goodbye, nodeRemove bool) {
 	g.m.authorizations.Store(int64(g.nAuths))
 	g.m.clients.Store(int64(len(g.clients)))
 	g.answers = slices.DeleteFunc(g.answers, func(a pendingAnswer) bool { return a.clientID == c.id })
+	g.addTranslations(-len(c.proxies))
 	if nodeRemove {
 		g.emit(tunnel.NodeRemove{ID: c.id})
 	}
-	g.natChanged()
 }
 
 // expireDue ends the authorisations whose expiry is at or before now. The data path calls it first, so

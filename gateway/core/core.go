@@ -52,6 +52,8 @@ type Gateway struct {
 
 	expiries expiryHeap
 
+	nTranslations int // proxy IP translations over all clients (the clients' proxies maps)
+
 	natNext    time.Time // the NAT table's deadline as last read (zero: none)
 	natDirty   bool      // translations happened since natNext was read
 	natDirtyAt time.Time
@@ -325,7 +327,6 @@ func (g *Gateway) HandleTimeout(now time.Time) {
 		g.nat.HandleTimeout(now)
 		g.natNext, _ = g.nat.PollTimeout()
 		g.natDirty = false
-		g.refreshNATGauge()
 	}
 }
 
@@ -348,13 +349,12 @@ func (g *Gateway) natTouched(now time.Time) {
 	}
 }
 
-// natChanged re-reads the NAT table's deadline and counts after a configuration change.
-func (g *Gateway) natChanged() {
-	g.natNext, _ = g.nat.PollTimeout()
-	g.refreshNATGauge()
+// addTranslations counts proxy IP translations added (or, negative, removed). Removing translations or
+// sessions never brings the NAT table's deadline forward, so the cached one stays valid (at worst early).
+func (g *Gateway) addTranslations(n int) {
+	g.nTranslations += n
+	g.m.translations.Store(int64(g.nTranslations))
 }
-
-func (g *Gateway) refreshNATGauge() { g.m.translations.Store(int64(g.nat.Stats().Translations)) }
 
 // Shutdown queues a Goodbye to every client, so that they fail over at once, and forgets them. The daemon
 // calls it (tunnel.Driver.Finish) before it leaves the portal and exits.

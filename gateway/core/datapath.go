@@ -10,7 +10,7 @@ import (
 	"github.com/snowgate/snowgate/internal/tunnel"
 )
 
-// replyBufSize holds any ICMP error ippacket builds (at most 1280 bytes for IPv6).
+// replyBufSize holds any ICMP error ippacket builds (at most 1280 bytes, for IPv6).
 const replyBufSize = 1280
 
 func (g *Gateway) drop(r dropReason) { g.m.dropped[r].Add(1) }
@@ -91,7 +91,13 @@ func buildUnreachable(buf []byte, p ippacket.Packet) (int, error) {
 // reply builds an ICMP error for p into a new buffer and sends it to the client through the tunnel.
 // Packets that must not be answered (non-first fragments) are not.
 func (g *Gateway) reply(build func([]byte, ippacket.Packet) (int, error), p ippacket.Packet) {
-	buf := make([]byte, replyBufSize)
+	// The reply is an IP header, 8 bytes of ICMP and as much of the packet as fits in 576 (IPv4) or 1280
+	// (IPv6) bytes.
+	size := min(40+8+len(p.Bytes()), replyBufSize)
+	if p.Version() == 4 {
+		size = min(20+8+len(p.Bytes()), 576)
+	}
+	buf := make([]byte, size)
 	n, err := build(buf, p)
 	if err != nil {
 		return

@@ -73,7 +73,7 @@ func (g *Gateway) setupNAT(peer netip.Addr, a p2pcontrol.AssignedIPs, now time.T
 		if c != nil {
 			id = c.id
 		}
-		g.log.Warn("DNS-resource NAT refused: resource not authorised or name outside it",
+		g.log.Debug("DNS-resource NAT refused: resource not authorised or name outside it",
 			"client", id, "resource", a.Resource, "domain", a.Domain)
 		_ = g.p2p.Complete(peer, a, p2pcontrol.NatInactive, now)
 		return
@@ -98,7 +98,7 @@ func (g *Gateway) legacyDomain(c *client, rid string, req portalapi.ResolveReque
 	a := p2pcontrol.AssignedIPs{Resource: rid, Domain: domain, ProxyIPs: unmapAll(req.ProxyIPs)}
 	if !c.authorizedFor(rid, domain, now) {
 		g.m.assignments[assignUnauthorized].Add(1)
-		g.log.Warn("DNS-resource NAT refused: resource not authorised or name outside it",
+		g.log.Debug("DNS-resource NAT refused: resource not authorised or name outside it",
 			"client", c.id, "resource", rid, "domain", domain)
 		return
 	}
@@ -156,18 +156,22 @@ func (g *Gateway) resolved(c *client, a p2pcontrol.AssignedIPs, addrs []netip.Ad
 		return false
 	case err != nil:
 		g.m.assignments[assignResolveFailed].Add(1)
-		g.log.Warn("DNS-resource NAT not set up: name did not resolve", "client", c.id, "domain", domain, telemetry.Err(err))
+		g.log.Debug("DNS-resource NAT not set up: name did not resolve", "client", c.id, "domain", domain, telemetry.Err(err))
 		return false
 	}
 	setup, err := g.nat.Configure(c.v6, nat.Assignment{Resource: rid, Domain: domain, ProxyIPs: a.ProxyIPs, RealIPs: addrs}, now)
 	if err != nil {
 		g.m.assignments[assignNATFailed].Add(1)
-		g.log.Warn("DNS-resource NAT not set up", "client", c.id, "domain", domain, telemetry.Err(err))
+		g.log.Debug("DNS-resource NAT not set up", "client", c.id, "domain", domain, telemetry.Err(err))
 		return false
 	}
 	affected := map[string]struct{}{rid: {}}
 	for _, m := range setup.Mappings {
-		if o, ok := c.proxies[m.Proxy]; ok && o.resource != rid {
+		o, ok := c.proxies[m.Proxy]
+		switch {
+		case !ok:
+			g.addTranslations(1)
+		case o.resource != rid:
 			affected[o.resource] = struct{}{}
 		}
 		c.proxies[m.Proxy] = natOwner{resource: rid, domain: domain}
@@ -179,7 +183,6 @@ func (g *Gateway) resolved(c *client, a p2pcontrol.AssignedIPs, addrs []netip.Ad
 			}
 		}
 	}
-	g.natChanged()
 	g.m.assignments[assignActive].Add(1)
 	g.log.Debug("DNS-resource NAT set up", "client", c.id, "resource", rid, "domain", domain,
 		"real_ips", len(addrs), "unreachable", len(setup.Unreachable()))

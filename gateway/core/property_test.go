@@ -431,6 +431,17 @@ func TestCoreStateMachine(t *testing.T) {
 			"tun":       m.tunPacket,
 			"goodbye":   m.goodbye,
 			"": func(t *rapid.T) {
+				// The NAT table holds exactly the model's translations, and the gauge agrees.
+				n := 0
+				for _, c := range m.clients {
+					n += len(c.proxies)
+				}
+				if st := m.h.g.Status(m.now()); st.NAT.Translations != n {
+					t.Fatalf("NAT table has %d translations, the model %d", st.NAT.Translations, n)
+				}
+				if g := m.h.metric("snowgate.gateway.nat.translations"); g != int64(n) {
+					t.Fatalf("translations gauge %d, the model %d", g, n)
+				}
 				// Timers are armed for every live expiry.
 				at, ok := m.h.g.PollTimeout()
 				for _, c := range m.clients {
