@@ -104,21 +104,16 @@ func (g *Gateway) ensureClient(params node.ConnectionParams, v4, v6 netip.Addr, 
 	return c
 }
 
-// upsert emits the NodeUpsert of c's connection and returns its index in the action stream.
-func (g *Gateway) upsert(c *client) uint64 {
+// upsert emits the NodeUpsert of c's connection; answer is pushed once the connection exists.
+func (g *Gateway) upsert(c *client, answer tunnel.PortalPush) {
 	g.emit(tunnel.NodeUpsert{
 		Params: c.params,
 		AllowedIPs: []netip.Prefix{
 			netip.PrefixFrom(c.v4, 32),
 			netip.PrefixFrom(c.v6, 128),
 		},
+		Then: []tunnel.Action{answer},
 	})
-	return g.emitted - 1
-}
-
-// answerAfter queues push until the NodeUpsert at seq is carried out (see releaseAnswers).
-func (g *Gateway) answerAfter(seq uint64, c *client, push tunnel.PortalPush, now time.Time) {
-	g.answers = append(g.answers, pendingAnswer{seq: seq, params: c.params, clientID: c.id, push: push, at: now})
 }
 
 // authorize grants c access to res until expires (zero: no expiry), or updates an existing
@@ -284,7 +279,6 @@ func (g *Gateway) removeClient(c *client, goodbye, nodeRemove bool) {
 	g.nAuths -= len(c.auths)
 	g.m.authorizations.Store(int64(g.nAuths))
 	g.m.clients.Store(int64(len(g.clients)))
-	g.answers = slices.DeleteFunc(g.answers, func(a pendingAnswer) bool { return a.clientID == c.id })
 	g.addTranslations(-len(c.proxies))
 	if nodeRemove {
 		g.emit(tunnel.NodeRemove{ID: c.id})

@@ -44,11 +44,7 @@ type Gateway struct {
 	byIP    map[netip.Addr]*client // by each tunnel address
 	nAuths  int
 
-	// Actions not polled yet; emitted counts every action ever queued and polled those PollAction
-	// returned, so that an answer knows whether its NodeUpsert has been handed to the driver.
-	actions         []tunnel.Action
-	emitted, polled uint64
-	answers         []pendingAnswer
+	actions []tunnel.Action // not polled yet
 
 	expiries expiryHeap
 
@@ -59,16 +55,6 @@ type Gateway struct {
 	natDirtyAt time.Time
 
 	held map[string]*heldCandidates // ICE candidates held while the portal is away, by client
-}
-
-// pendingAnswer is a portal answer (flow_authorized, connection_ready) waiting for its NodeUpsert to be
-// carried out without failure.
-type pendingAnswer struct {
-	seq      uint64 // the NodeUpsert's index in the action stream
-	params   node.ConnectionParams
-	clientID string
-	push     tunnel.PortalPush
-	at       time.Time
 }
 
 // heldCandidates are a client's candidate changes that could not be signalled while the portal was away.
@@ -120,7 +106,6 @@ func (g *Gateway) emit(a tunnel.Action) {
 		}
 	}
 	g.actions = append(g.actions, a)
-	g.emitted++
 }
 
 // PollAction returns the next action for the driver to carry out.
@@ -134,7 +119,6 @@ func (g *Gateway) PollAction() (tunnel.Action, bool) {
 	if len(g.actions) == 0 {
 		g.actions = nil
 	}
-	g.polled++
 	return a, true
 }
 
@@ -260,7 +244,7 @@ func appendBounded(s []string, v string) []string {
 }
 
 // HandleActionFailed handles the failure of an action the core emitted. A NodeUpsert that failed drops
-// the pending answer of its flow and the client's state (fail closed); with node.ErrNoRelays it also asks
+// the client's state (fail closed; the flow's answer, in the upsert's Then, was skipped); with node.ErrNoRelays it also asks
 // for a portal reconnect. A ResolveName the driver could not carry out counts as a failed resolution.
 func (g *Gateway) HandleActionFailed(a tunnel.Action, err error, now time.Time) {
 	g.expireDue(now)
@@ -278,14 +262,9 @@ func (g *Gateway) HandleActionFailed(a tunnel.Action, err error, now time.Time) 
 
 func (g *Gateway) upsertFailed(a tunnel.NodeUpsert, err error) {
 	id := a.Params.ID
-	n := len(g.answers)
-	g.answers = slices.DeleteFunc(g.answers, func(p pendingAnswer) bool {
-		return p.seq < g.polled && p.params == a.Params
-	})
-	dropped := n - len(g.answers)
 	if c := g.clients[id]; c != nil && c.params == a.Params {
 		g.log.Warn("connection to client could not be created; its authorisations are dropped",
-			"client", id, "answers_dropped", dropped, telemetry.Err(err))
+			"client", id, telemetry.Err(err))
 		g.removeClient(c, false, true)
 	} else {
 		g.log.Debug("stale connection upsert failed", "client", id, telemetry.Err(err))
@@ -295,7 +274,7 @@ func (g *Gateway) upsertFailed(a tunnel.NodeUpsert, err error) {
 	}
 }
 
-// PollTimeout returns when HandleTimeout must next be called: a pending portal answer (at once), the
+// PollTimeout returns when HandleTimeout must next be called: the
 // earliest authorisation expiry, the NAT table's deadline. It is O(1).
 func (g *Gateway) PollTimeout() (time.Time, bool) {
 	var next time.Time
@@ -303,10 +282,6 @@ func (g *Gateway) PollTimeout() (time.Time, bool) {
 		if !t.IsZero() && (next.IsZero() || t.Before(next)) {
 			next = t
 		}
-	}
-	for _, a := range g.answers {
-		consider(a.at)
-		break // answers are in time order
 	}
 	if len(g.expiries) > 0 {
 		consider(g.expiries[0].at)
@@ -318,28 +293,15 @@ func (g *Gateway) PollTimeout() (time.Time, bool) {
 	return next, !next.IsZero()
 }
 
-// HandleTimeout advances the core to now: it pushes the answers whose NodeUpsert was carried out without
-// failure, ends the authorisations that expired, and expires NAT sessions.
+// HandleTimeout advances the core to now: it ends the authorisations that expired and expires NAT
+// sessions.
 func (g *Gateway) HandleTimeout(now time.Time) {
-	g.releaseAnswers()
 	g.expireDue(now)
 	if (!g.natNext.IsZero() && !now.Before(g.natNext)) || (g.natDirty && !now.Before(g.natDirtyAt.Add(natRecheck))) {
 		g.nat.HandleTimeout(now)
 		g.natNext, _ = g.nat.PollTimeout()
 		g.natDirty = false
 	}
-}
-
-// releaseAnswers pushes the pending answers whose NodeUpsert the driver has taken: the driver carries
-// actions out before it calls HandleTimeout again, and reports a failure (HandleActionFailed) before it
-// goes on to the next action, so an answer still pending here belongs to a connection that was created.
-func (g *Gateway) releaseAnswers() {
-	i := 0
-	for ; i < len(g.answers) && g.answers[i].seq < g.polled; i++ {
-		g.emit(g.answers[i].push)
-	}
-	// The remaining answers' upserts were emitted later, hence are not handed out either.
-	g.answers = slices.Delete(g.answers, 0, i)
 }
 
 // natTouched notes that a packet was translated: the NAT table's deadline may have moved.
@@ -368,7 +330,6 @@ func (g *Gateway) Shutdown(now time.Time) {
 	for _, id := range ids {
 		g.removeClient(g.clients[id], true, false)
 	}
-	g.answers = nil
 }
 
 // normID is the key form of a resource id (UUIDs are compared case-insensitively, as p2pcontrol does).

@@ -84,12 +84,8 @@ func TestAuthorizeFlowUpsertsAndAnswers(t *testing.T) {
 	if !slices.Equal(ups[0].AllowedIPs, wantAllowed) {
 		t.Fatalf("allowed IPs %v, want %v", ups[0].AllowedIPs, wantAllowed)
 	}
-	at, ok := h.g.PollTimeout()
-	if !ok || at.After(h.now) {
-		t.Fatalf("PollTimeout %v %v: the answer must be due at once", at, ok)
-	}
-	h.g.HandleTimeout(h.now)
-	ans := pushes(h.poll(), portalapi.EventFlowAuthorized)
+	// It travels in the upsert's Then: pushed once the connection exists.
+	ans := pushes(ups[0].Then, portalapi.EventFlowAuthorized)
 	if len(ans) != 1 || ans[0].(portalapi.FlowAuthorized).Ref != "ref-1" {
 		t.Fatalf("answer %+v", ans)
 	}
@@ -305,7 +301,7 @@ func TestNoRelaysReconnectsAndDoesNotAnswer(t *testing.T) {
 	if len(pushes(as, portalapi.EventFlowAuthorized)) != 0 {
 		t.Fatalf("flow_authorized for a connection that could not be created: %v", as)
 	}
-	if st := h.g.Status(h.now); len(st.Clients) != 0 || st.PendingAnswers != 0 {
+	if st := h.g.Status(h.now); len(st.Clients) != 0 {
 		t.Fatalf("state after the failure: %+v", st)
 	}
 	if v, _ := h.net(udpPkt(netip.AddrPortFrom(c.v4, 5000), res1, nil)); v != tunnel.Stop {

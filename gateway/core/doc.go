@@ -16,11 +16,9 @@
 // answers again. A client whose key or tunnel addresses changed (it roamed) loses its old state (NAT,
 // control protocol, authorisations) and is rebuilt.
 //
-// flow_authorized (and the old protocol's connection_ready) is pushed by the HandleTimeout that follows
-// the upsert, not with it: PollTimeout asks for that HandleTimeout at once, and tunnel.Driver carries
-// every queued action out (reporting a failure through HandleActionFailed before it goes on) before it
-// calls HandleTimeout. A failed upsert drops its answer and the client's state, so a flow whose connection
-// could not be created is never answered; with node.ErrNoRelays (or the node's EventNoRelays) the core
+// flow_authorized (and the old protocol's connection_ready) travels in the upsert's Then: the driver pushes
+// it only once the connection exists. A failed upsert skips it and drops the client's state, so a flow
+// whose connection could not be created is never answered; with node.ErrNoRelays (or the node's EventNoRelays) the core
 // also asks for tunnel.PortalReconnect, once until the next init, whose relays repair the node (the seed's
 // relay-loss recovery: otherwise only a restart would).
 //

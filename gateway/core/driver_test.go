@@ -104,10 +104,7 @@ func TestDriverAnswersOnlyCreatedConnections(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err := tunnel.NewDriver(tunnel.DriverConfig{Core: g, Topic: portalapi.TopicGateway, Decode: func(ev string, b []byte) (portalapi.Message, error) {
-		// tunnel.Decoder takes []byte, portalapi's decoders json.RawMessage: the daemon needs this wrapper.
-		return portalapi.DecodeGatewayIngress(ev, b)
-	}})
+	d, err := tunnel.NewDriver(tunnel.DriverConfig{Core: g, Topic: portalapi.TopicGateway, Decode: portalapi.DecodeGatewayIngress})
 	if err != nil {
 		t.Fatal(err)
 	}

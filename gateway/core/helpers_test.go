@@ -154,12 +154,17 @@ func (h *harness) poll() []tunnel.Action {
 	return out
 }
 
-// settle drains the actions (as carried out without failure) and runs the timeouts due at h.now, as the
-// driver does, until nothing is left.
+// settle drains the actions (as carried out without failure: a NodeUpsert's Then follows it) and runs the
+// timeouts due at h.now, as the driver does, until nothing is left.
 func (h *harness) settle() []tunnel.Action {
 	var out []tunnel.Action
 	for range 8 {
-		out = append(out, h.poll()...)
+		for _, a := range h.poll() {
+			out = append(out, a)
+			if up, ok := a.(tunnel.NodeUpsert); ok {
+				out = append(out, up.Then...)
+			}
+		}
 		if at, ok := h.g.PollTimeout(); ok && !at.After(h.now) {
 			h.g.HandleTimeout(h.now)
 			continue

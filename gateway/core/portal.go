@@ -161,7 +161,7 @@ func checkCreds(c portalapi.IceCredentials, whose string) error {
 
 // handleAuthorizeFlow upserts the client's connection (idempotent: the same flow twice emits the same
 // upsert and answers again), authorises the resource and answers flow_authorized once the upsert was
-// carried out (HandleTimeout).
+// carried out (NodeUpsert.Then).
 func (g *Gateway) handleAuthorizeFlow(m portalapi.AuthorizeFlow, now time.Time) {
 	log := g.log.With("client", m.Client.ID, "resource", m.Resource.ID)
 	if !g.initialised() {
@@ -189,8 +189,7 @@ func (g *Gateway) handleAuthorizeFlow(m portalapi.AuthorizeFlow, now time.Time) 
 		return
 	}
 	c.legacy = false
-	seq := g.upsert(c)
-	g.answerAfter(seq, c, tunnel.PortalPush{Event: portalapi.EventFlowAuthorized, Payload: portalapi.FlowAuthorized{Ref: m.Ref}}, now)
+	g.upsert(c, tunnel.PortalPush{Event: portalapi.EventFlowAuthorized, Payload: portalapi.FlowAuthorized{Ref: m.Ref}})
 }
 
 // clientWith finds or creates the client and authorises the resource; a new client whose authorisation
@@ -237,7 +236,7 @@ func (g *Gateway) handleResourceUpdated(r portalapi.Resource, now time.Time) {
 
 // handleRequestConnection is the old protocol's new connection: non-idempotent, it replaces the client's
 // connection and state, with ICE credentials the gateway makes up, and answers connection_ready once the
-// upsert was carried out.
+// upsert was carried out (NodeUpsert.Then).
 func (g *Gateway) handleRequestConnection(m portalapi.RequestConnection, now time.Time) {
 	log := g.log.With("client", m.Client.ID, "resource", m.Resource.ID)
 	if !g.initialised() {
@@ -269,16 +268,15 @@ func (g *Gateway) handleRequestConnection(m portalapi.RequestConnection, now tim
 		return
 	}
 	c.legacy = true
-	seq := g.upsert(c)
-	if d := m.Client.Payload.Domain; d != nil {
-		g.legacyDomain(c, normID(m.Resource.ID), *d, now)
-	}
-	g.answerAfter(seq, c, tunnel.PortalPush{Event: portalapi.EventConnectionReady, Payload: portalapi.ConnectionReady{
+	g.upsert(c, tunnel.PortalPush{Event: portalapi.EventConnectionReady, Payload: portalapi.ConnectionReady{
 		Ref: m.Ref,
 		GatewayPayload: portalapi.GatewayResponse{ConnectionAccepted: &portalapi.ConnectionAccepted{
 			IceParameters: portalapi.IceCredentials{Username: local.Ufrag, Password: local.Password},
 		}},
-	}}, now)
+	}})
+	if d := m.Client.Payload.Domain; d != nil {
+		g.legacyDomain(c, normID(m.Resource.ID), *d, now)
+	}
 }
 
 // handleAllowAccess is the old protocol's authorisation for a client that has a connection; no answer.

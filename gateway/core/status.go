@@ -23,8 +23,6 @@ type Status struct {
 	Clients []ClientStatus `json:"clients"`
 	// Flows is the number of live (client, resource) authorisations.
 	Flows int `json:"flows"`
-	// PendingAnswers counts flow_authorized / connection_ready answers waiting for their connection.
-	PendingAnswers int `json:"pending_answers"`
 	// NAT counts the DNS-resource NAT table's state.
 	NAT NATStats `json:"nat"`
 	// Counters are the core's packet and NAT counters (the same as its metrics).
@@ -88,10 +86,9 @@ type Counters struct {
 func (g *Gateway) Status(now time.Time) Status {
 	s := Status{
 		TunnelIPv4: g.v4, TunnelIPv6: g.v6, PortalJoined: g.joined,
-		Relays:         make([]string, 0, len(g.relays)),
-		Clients:        make([]ClientStatus, 0, len(g.clients)),
-		PendingAnswers: len(g.answers),
-		Counters:       g.m.snapshot(),
+		Relays:   make([]string, 0, len(g.relays)),
+		Clients:  make([]ClientStatus, 0, len(g.clients)),
+		Counters: g.m.snapshot(),
 	}
 	for id := range g.relays {
 		s.Relays = append(s.Relays, id)

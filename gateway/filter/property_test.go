@@ -155,7 +155,10 @@ func refLookup(rs []refResource, dst netip.Addr, proto ippacket.Protocol, port u
 				allowed = true
 			}
 		case best.r.kind == filter.KindCIDR && r.kind == filter.KindInternet:
-			allowed = true
+			// The Internet resource lifts a CIDR resource's filters only where it covers all of its prefix.
+			if !refExclude.Overlaps(best.p) {
+				allowed = true
+			}
 		case best.r.kind == filter.KindCIDR && r.kind == filter.KindCIDR:
 			for _, q := range r.dsts {
 				q = q.Masked()

@@ -235,6 +235,16 @@ func (f *family) find(k u128) int32 {
 	return f.idx[lo-1]
 }
 
+// overlapsExclude reports whether p and one of the Internet excludes share an address.
+func (t *Table) overlapsExclude(p netip.Prefix) bool {
+	for _, x := range t.excludes {
+		if x.Overlaps(p) {
+			return true
+		}
+	}
+	return false
+}
+
 func (t *Table) excluded(a netip.Addr) bool {
 	for _, p := range t.excludes {
 		if p.Contains(a) {
@@ -269,7 +279,12 @@ func (t *Table) Allow(pkt ippacket.Packet) Verdict {
 // the highest kind priority (then the smallest id); its filters are:
 //   - for a DNS entry, the union of the DNS resources with that exact address;
 //   - for a CIDR entry, the union of the CIDR and Internet resources whose
-//     destinations contain the prefix (Firezone's recalculate_cidr_filters);
+//     destinations contain the prefix (Firezone's recalculate_cidr_filters),
+//     leaving the Internet resource out when the prefix overlaps one of
+//     Options.InternetExcludes: there the Internet resource covers nothing, so
+//     its permit-all must not lift the CIDR resource's filters (a prefix only
+//     partly inside an exclude keeps its own filters throughout: the stricter
+//     reading);
 //   - for an Internet entry, permit all.
 func (t *Table) rebuild() {
 	ids := make([]string, 0, len(t.resources))
@@ -313,6 +328,9 @@ func (t *Table) rebuild() {
 		case KindCIDR:
 			var parts []*Set
 			for _, r := range covering {
+				if r.kind == KindInternet && t.overlapsExclude(p) {
+					continue // the Internet resource does not cover (all of) p: its permit-all must not lift p's filters
+				}
 				if slices.ContainsFunc(r.dsts, func(q netip.Prefix) bool { return containsPrefix(q, p) }) {
 					parts = append(parts, r.set)
 				}

@@ -165,6 +165,22 @@ func TestTableInternet(t *testing.T) {
 		{"cidr under internet", udpTo("198.51.100.1", 9), "cidr", filter.VerdictAllow},
 	})
 
+	// Inside an exclude the Internet resource covers nothing, so it must not lift the filters of a CIDR
+	// resource there (a CIDR resource overlapping an exclude keeps its own filters).
+	ex, err := filter.NewTable(filter.Options{InternetExcludes: []netip.Prefix{p("169.254.0.0/16")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSet(t, ex, "internet", filter.KindInternet, nil, nil)
+	mustSet(t, ex, "lan", filter.KindCIDR, []netip.Prefix{p("169.254.7.0/24")}, []portalapi.Filter{tcpF(80, 80)})
+	mustSet(t, ex, "wide", filter.KindCIDR, []netip.Prefix{p("169.0.0.0/8")}, []portalapi.Filter{tcpF(22, 22)})
+	runChecks(t, ex, []check{
+		{"excluded cidr allowed", tcpTo("169.254.7.1", 80), "lan", filter.VerdictAllow},
+		{"excluded cidr denied", udpTo("169.254.7.1", 53), "lan", filter.VerdictDenied},
+		{"cidr partly excluded keeps its filters", udpTo("169.1.0.1", 53), "wide", filter.VerdictDenied},
+		{"outside the excludes the internet lifts nothing it does not cover", udpTo("198.18.0.1", 53), "internet", filter.VerdictAllow},
+	})
+
 	// Without exclusions, the Internet resource covers the proxy ranges too.
 	var zero filter.Table
 	mustSet(t, &zero, "internet", filter.KindInternet, nil, nil)

@@ -379,7 +379,7 @@ func (AllowAccess) Event() string { return EventAllowAccess }
 // ConnectionAccepted is the gateway's answer in the old protocol.
 type ConnectionAccepted struct {
 	IceParameters  IceCredentials  `json:"ice_parameters"`
-	DomainResponse *ResolveRequest `json:"domain_response,omitempty"`
+	DomainResponse *ResolveRequest `json:"domain_response"`
 }
 
 // GatewayResponse is the externally tagged answer of connection_ready.

@@ -34,11 +34,14 @@ type PortalReconnect struct {
 // Kind returns "portal_reconnect".
 func (PortalReconnect) Kind() string { return "portal_reconnect" }
 
-// NodeUpsert creates or keeps a connection (node.UpsertConnection) and then sets its AllowedIPs. A failure
-// (node.ErrNoRelays above all) is reported back with [Core.HandleActionFailed].
+// NodeUpsert creates or keeps a connection (node.UpsertConnection), then sets its AllowedIPs, then carries
+// out Then (e.g. the portal answer of the flow the connection is for). A failure (node.ErrNoRelays above
+// all) is reported back with [Core.HandleActionFailed], and Then is skipped: an answer is never sent for a
+// connection that could not be created.
 type NodeUpsert struct {
 	Params     node.ConnectionParams
 	AllowedIPs []netip.Prefix
+	Then       []Action
 }
 
 // Kind returns "node_upsert".

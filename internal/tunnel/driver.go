@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,7 +48,7 @@ type Injector interface {
 
 // Decoder decodes a portal push of the daemon's channel (portalapi.DecodeClientIngress or
 // portalapi.DecodeGatewayIngress).
-type Decoder func(event string, payload []byte) (portalapi.Message, error)
+type Decoder func(event string, payload json.RawMessage) (portalapi.Message, error)
 
 // ErrPortalRefused wraps the portal session's terminal error (a refused or expired token): the daemon
 // stops and says so.
@@ -300,6 +301,12 @@ func (d *Driver) exec(ctx context.Context, a Action) error {
 		}
 		if err != nil {
 			d.failed(a, err)
+			return nil
+		}
+		for _, then := range a.Then {
+			if err := d.exec(ctx, then); err != nil {
+				return err
+			}
 		}
 	case NodeRemove:
 		if err := d.node.RemoveConnection(a.ID); err != nil && !errors.Is(err, node.ErrUnknownConnection) {

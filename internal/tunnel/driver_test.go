@@ -31,7 +31,8 @@ func (c *recCore) HandlePortalState(s PortalState, _ time.Time) { c.note("portal
 func (c *recCore) HandlePortalMessage(m portalapi.Message, _ time.Time) {
 	c.note("msg:" + m.Event())
 	if m.Event() == portalapi.EventInit {
-		c.actions = append(c.actions, NodeUpsert{Params: node.ConnectionParams{ID: "gw"}, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}})
+		c.actions = append(c.actions, NodeUpsert{Params: node.ConnectionParams{ID: "gw"}, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")},
+			Then: []Action{PortalPush{Event: "flow_authorized"}}})
 	}
 }
 func (c *recCore) HandleNodeEvent(ev node.Event, _ time.Time) { c.note("node:" + ev.Kind.String()) }
@@ -176,7 +177,7 @@ func start(t *testing.T, core *recCore) *harness {
 	}
 	d, err := NewDriver(DriverConfig{
 		Core: core, Topic: portalapi.TopicClient,
-		Decode: func(ev string, p []byte) (portalapi.Message, error) { return portalapi.DecodeClientIngress(ev, p) },
+		Decode: portalapi.DecodeClientIngress,
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -213,6 +214,11 @@ func TestDriverPortalMessagesAndNodeCalls(t *testing.T) {
 	eventually(t, "upsert then allowed IPs", func() bool {
 		return slices.Equal(h.node.Calls(), []string{"upsert:gw", "allowed:gw"})
 	})
+	eventually(t, "the upsert's Then", func() bool {
+		h.portal.mu.Lock()
+		defer h.portal.mu.Unlock()
+		return slices.Equal(h.portal.pushes, []string{"client/flow_authorized"})
+	})
 	var inputs []string
 	h.d.Inspect(func(time.Time) { inputs = slices.Clone(h.core.inputs) })
 	if !slices.Equal(inputs, []string{"portal:joined", "msg:init"}) {
@@ -235,9 +241,14 @@ func TestDriverNoRelaysFeedsBackAndReconnects(t *testing.T) {
 		defer h.portal.mu.Unlock()
 		return h.portal.reconnec == 1
 	})
-	// The upsert failed, so AllowedIPs were not set.
+	// The upsert failed, so AllowedIPs were not set and its Then was skipped.
 	if calls := h.node.Calls(); !slices.Equal(calls, []string{"upsert:gw"}) {
 		t.Fatalf("node calls %v", calls)
+	}
+	h.portal.mu.Lock()
+	defer h.portal.mu.Unlock()
+	if len(h.portal.pushes) != 0 {
+		t.Fatalf("Then of a failed upsert carried out: %v", h.portal.pushes)
 	}
 }
 
