@@ -57,6 +57,9 @@ func (g *Gateway) HandlePortalMessage(msg portalapi.Message, now time.Time) {
 // init (after a portal reconnect): existing connections keep working across portal outages.
 func (g *Gateway) handleInit(m portalapi.GatewayInit) {
 	v4, v6 := m.Interface.IPv4.Unmap(), m.Interface.IPv6
+	if v4 != g.v4 || v6 != g.v6 {
+		g.emit(tunnel.SetInterface{IPv4: v4, IPv6: v6})
+	}
 	if !v4.Is4() || !v6.Is6() || v6.Is4In6() || v6.Zone() != "" {
 		g.log.Warn("init without valid tunnel addresses: control protocol disabled", "ipv4", v4, "ipv6", v6)
 	} else if v6 != g.v6 || g.p2p == nil {

@@ -49,7 +49,8 @@ type Config struct {
 	MTU int
 	// IPv4 and IPv6 are the tunnel addresses the portal assigned to this node (its interface's
 	// ipv4/ipv6). They are added as /32 and /128. An invalid (zero) netip.Addr leaves that family
-	// without an address; at least one must be valid for Create.
+	// without an address (and without policy rules) until Device.SetAddresses gives it one: a daemon
+	// creates the TUN before the portal assigned its addresses.
 	IPv4, IPv6 netip.Addr
 	// Fwmark marks the daemon's own sockets (see MarkControl, MarkedNet); default DefaultFwmark.
 	Fwmark uint32

@@ -60,9 +60,6 @@ func Create(cfg Config) (*Device, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	if !cfg.IPv4.IsValid() && !cfg.IPv6.IsValid() {
-		return nil, errors.New("tundev: create: no tunnel address (IPv4 or IPv6) given")
-	}
 	dns, err := NewDNSControl(cfg.DNS, cfg.Logger)
 	if err != nil {
 		return nil, err

@@ -117,6 +117,15 @@ type WriteToTUN struct {
 // Kind returns "write_to_tun".
 func (WriteToTUN) Kind() string { return "write_to_tun" }
 
+// SetInterface gives the TUN device the tunnel addresses the portal assigned (init, config_changed). The
+// TUN exists before the first init (the node needs it to start), so its addresses come later.
+type SetInterface struct {
+	IPv4, IPv6 netip.Addr
+}
+
+// Kind returns "set_interface".
+func (SetInterface) Kind() string { return "set_interface" }
+
 // Fatal stops the daemon with Err (e.g. the portal refused the token).
 type Fatal struct {
 	Err error

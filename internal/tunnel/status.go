@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"syscall"
 	"time"
+
+	"github.com/snowgate/snowgate/node"
 )
 
 // StatusPath is the URL path of the status document on the status socket.
@@ -131,4 +133,54 @@ func FetchStatus(ctx context.Context, path string) (json.RawMessage, error) {
 		return nil, fmt.Errorf("status: %s: %s", resp.Status, b)
 	}
 	return b, nil
+}
+
+// ConnectionStatus is one connection of the node as the status documents show it.
+type ConnectionStatus struct {
+	// ID is the peer: a gateway id on a client, a client id on a gateway.
+	ID string `json:"id"`
+	// State is "connecting" or "established"; Idle says whether it is in low-power idle mode.
+	State string `json:"state"`
+	Idle  bool   `json:"idle"`
+	// Path is "none", "host", "srflx" (direct) or "relay"; RelayID names the relay of a relayed path.
+	Path    string `json:"path"`
+	Direct  bool   `json:"direct"`
+	RelayID string `json:"relay_id,omitempty"`
+	Local   string `json:"local,omitempty"`
+	Remote  string `json:"remote,omitempty"`
+	// RTTMillis is the path's current round-trip time.
+	RTTMillis     float64    `json:"rtt_ms"`
+	RxBytes       uint64     `json:"rx_bytes"`
+	TxBytes       uint64     `json:"tx_bytes"`
+	LastHandshake *time.Time `json:"last_handshake,omitempty"`
+}
+
+// ConnectionStatuses turns the node's statistics into status entries.
+func ConnectionStatuses(stats []node.ConnStats) []ConnectionStatus {
+	out := make([]ConnectionStatus, 0, len(stats))
+	for _, s := range stats {
+		c := ConnectionStatus{
+			ID: s.ID, State: "connecting", Idle: s.Idle, Path: s.Path.String(),
+			Direct:    s.Path == node.PathHost || s.Path == node.PathServerReflexive,
+			RTTMillis: float64(s.RTT.Microseconds()) / 1000, RxBytes: s.RxBytes, TxBytes: s.TxBytes,
+		}
+		if s.Established {
+			c.State = "established"
+		}
+		if s.Path == node.PathRelay {
+			c.RelayID = s.RelayID
+		}
+		if s.LocalAddr.IsValid() {
+			c.Local = s.LocalAddr.String()
+		}
+		if s.RemoteAddr.IsValid() {
+			c.Remote = s.RemoteAddr.String()
+		}
+		if !s.LastHandshake.IsZero() {
+			t := s.LastHandshake
+			c.LastHandshake = &t
+		}
+		out = append(out, c)
+	}
+	return out
 }
