@@ -876,7 +876,7 @@ func TestUpstreamChangeKeepsProxyIPs(t *testing.T) {
 		before = append(before, append(v4, v6...))
 	}
 	h.tunIn(udpQueryPacket(t, clientV4, sentV4, "example.org", mdns.TypeA, 1)) // in flight
-	h.portal(portalapi.ResourceDeleted(rid(2)))                                 // b.other.test's resource goes
+	h.portal(portalapi.ResourceDeleted(rid(2)))                                // b.other.test's resource goes
 	h.actions = nil
 	newUp := netip.MustParseAddrPort("203.0.113.53:53")
 	h.portal(portalapi.ConfigChanged{Interface: portalapi.Interface{IPv4: clientV4, IPv6: clientV6,
