@@ -25,9 +25,10 @@ type Client struct {
 	ctr *counters
 
 	portal tunnel.PortalState
-	// epoch grows with every roam: a create_flow sent in an older epoch carried the old key, and the
-	// flow_created answering it is not accepted.
-	epoch         uint64
+	// session grows with every portal session (joined) and every roam: a create_flow pushed in an older
+	// session is no longer in flight (its answer cannot come, or carries the key of before the roam), so
+	// it is sent again at once and a flow_created is only accepted for the current session's request.
+	session       uint64
 	lastReconnect time.Time
 
 	// Interface and DNS configuration.
@@ -195,7 +196,7 @@ func (c *Client) PollTimeout() (time.Time, bool) {
 			continue
 		}
 		consider(f.started.Add(c.cfg.FlowTimeout), true)
-		if c.portal == tunnel.PortalJoined {
+		if c.portal == tunnel.PortalJoined && f.buf.len() > 0 {
 			if f.sent {
 				consider(f.lastSent.Add(c.cfg.FlowRetryInterval), true)
 			} else {
@@ -263,6 +264,7 @@ func (c *Client) HandlePortalState(s tunnel.PortalState, now time.Time) {
 	c.portal = s
 	c.touch()
 	if s == tunnel.PortalJoined && prev != tunnel.PortalJoined {
+		c.session++
 		c.portalJoined(now)
 	}
 }
@@ -512,7 +514,7 @@ func (c *Client) HandleActionFailed(a tunnel.Action, err error, now time.Time) {
 func (c *Client) HandleRoam(now time.Time) {
 	c.touch()
 	c.log.Info("network changed: resetting connections", "gateways", len(c.gateways), "flows", len(c.flows))
-	c.epoch++
+	c.session++
 	c.emit(tunnel.NodeReset{})
 	c.portal = tunnel.PortalConnecting
 	clear(c.heldAdded)

@@ -37,7 +37,7 @@ func started(t *testing.T, rs ...portalapi.Resource) *harness {
 func connect(t *testing.T, h *harness, r string, g testGateway) {
 	t.Helper()
 	h.portal(g.flowCreated(r))
-	h.established(g.id)
+	h.establish(g.id)
 }
 
 func actionsOf[T tunnel.Action](as []tunnel.Action) []T {
@@ -130,7 +130,7 @@ func TestFlowBufferedUntilEstablishedThenSentInOrder(t *testing.T) {
 		t.Fatalf("%d packets sent before the connection is up", len(h.out))
 	}
 	h.tunIn(packet(clientV4, lan, ippacket.ProtoTCP, 443, 3))
-	h.established(g.id)
+	h.establish(g.id)
 	out := h.takeOut()
 	if len(out) != 4 {
 		t.Fatalf("%d packets sent on establishment, want 4", len(out))

@@ -44,11 +44,11 @@ type flow struct {
 	gw         string
 
 	// While not authorized.
-	started   time.Time // first packet; the flow fails at started+FlowTimeout
-	sent      bool      // a create_flow was pushed in sentEpoch
-	sentEpoch uint64
-	lastSent  time.Time
-	requests  int
+	started     time.Time // first packet; the flow fails at started+FlowTimeout
+	sent        bool      // a create_flow was pushed in portal session sentSession
+	sentSession uint64
+	lastSent    time.Time
+	requests    int
 
 	buf packetQueue // packets waiting for the flow or the connection
 }
@@ -124,6 +124,7 @@ func (c *Client) bufferForFlow(rid string, pkt []byte, now time.Time) {
 
 // bufferIn appends pkt to a flow's buffer.
 func (c *Client) bufferIn(f *flow, pkt []byte) {
+	c.touch()
 	c.ctr.buffered[bufFlow].Add(1)
 	if f.buf.push(pkt, c.cfg.MaxFlowPackets) {
 		c.ctr.dropped[dropBufferFull].Add(1)
@@ -131,15 +132,15 @@ func (c *Client) bufferIn(f *flow, pkt []byte) {
 }
 
 // requestFlow pushes create_flow for a pending flow when the portal is there and the last request is
-// FlowRetryInterval old (or from before a roam).
+// FlowRetryInterval old, or was pushed in an earlier portal session.
 func (c *Client) requestFlow(f *flow, now time.Time) {
-	if f.authorized || c.portal != tunnel.PortalJoined {
+	if f.authorized || c.portal != tunnel.PortalJoined || f.buf.len() == 0 {
 		return
 	}
-	if f.sent && f.sentEpoch == c.epoch && now.Sub(f.lastSent) < c.cfg.FlowRetryInterval {
+	if f.sent && f.sentSession == c.session && now.Sub(f.lastSent) < c.cfg.FlowRetryInterval {
 		return
 	}
-	f.sent, f.sentEpoch, f.lastSent = true, c.epoch, now
+	f.sent, f.sentSession, f.lastSent = true, c.session, now
 	f.requests++
 	c.ctr.flows[flowRequested].Add(1)
 	c.touch()
@@ -163,7 +164,7 @@ func (c *Client) connectedGatewayIDs() []string {
 func (c *Client) handleFlowCreated(m portalapi.FlowCreated, now time.Time) {
 	f := c.flows[m.ResourceID]
 	res := c.resources[m.ResourceID]
-	if f == nil || res == nil || f.authorized || !f.sent || f.sentEpoch != c.epoch {
+	if f == nil || res == nil || f.authorized || !f.sent || f.sentSession != c.session {
 		c.ctr.flows[flowStale].Add(1)
 		c.log.Debug("flow_created nobody waits for ignored", "resource", m.ResourceID, "gateway", m.GatewayID)
 		return

@@ -114,18 +114,20 @@ type harness struct {
 	c   *Client
 	now time.Time
 
-	conns      map[string]*fakeConn
-	pushes     []tunnel.PortalPush
-	out        []delivered
-	tun        [][]byte
-	forwards   []dns.Forward
-	tcpReplies []DNSTCPReply
-	tcpPackets [][]byte
-	cancels    []dns.ForwardID
-	actions    []tunnel.Action // every action, in order
-	reconnects int
-	resets     int
-	dnsRoams   int
+	conns       map[string]*fakeConn
+	established map[string]bool // connections the (fake) node reported established
+	pushes      []tunnel.PortalPush
+	pushTimes   []time.Time
+	out         []delivered
+	tun         [][]byte
+	forwards    []dns.Forward
+	tcpReplies  []DNSTCPReply
+	tcpPackets  [][]byte
+	cancels     []dns.ForwardID
+	actions     []tunnel.Action // every action, in order
+	reconnects  int
+	resets      int
+	dnsRoams    int
 	// failUpsert makes the next NodeUpsert of a new (or changed) connection fail.
 	failUpsert error
 	// ambiguous records deliveries whose destination two gateways' AllowedIPs held with the same length.
@@ -138,7 +140,7 @@ func newHarness(t tb, cfg Config) *harness {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	return &harness{t: t, c: c, now: t0, conns: make(map[string]*fakeConn)}
+	return &harness{t: t, c: c, now: t0, conns: make(map[string]*fakeConn), established: make(map[string]bool)}
 }
 
 // run carries out the core's actions until none is left.
@@ -153,6 +155,7 @@ func (h *harness) run() {
 		switch a := a.(type) {
 		case tunnel.PortalPush:
 			h.pushes = append(h.pushes, a)
+			h.pushTimes = append(h.pushTimes, h.now)
 		case tunnel.PortalReconnect:
 			h.reconnects++
 		case tunnel.NodeUpsert:
@@ -167,6 +170,9 @@ func (h *harness) run() {
 				fc = &fakeConn{}
 				h.conns[a.Params.ID] = fc
 			}
+			if fc.params != a.Params {
+				h.established[a.Params.ID] = false
+			}
 			fc.params = a.Params
 			if a.AllowedIPs != nil {
 				fc.allowed = slices.Clone(a.AllowedIPs)
@@ -179,9 +185,11 @@ func (h *harness) run() {
 			}
 		case tunnel.NodeRemove:
 			delete(h.conns, a.ID)
+			delete(h.established, a.ID)
 		case tunnel.NodeReset:
 			h.resets++
 			clear(h.conns)
+			clear(h.established)
 		case tunnel.SendToTunnel:
 			for _, p := range a.Packets {
 				h.deliver(p, false)
@@ -256,8 +264,11 @@ func (h *harness) nodeEvent(ev node.Event) {
 	h.run()
 }
 
-func (h *harness) established(gwID string) {
+func (h *harness) establish(gwID string) {
 	h.t.Helper()
+	if h.conns[gwID] != nil {
+		h.established[gwID] = true
+	}
 	h.nodeEvent(node.Event{Kind: node.EventConnectionEstablished, ConnectionID: gwID})
 }
 

@@ -9,6 +9,7 @@ import (
 	"github.com/snowgate/snowgate/client/dns"
 	"github.com/snowgate/snowgate/gateway/filter"
 	"github.com/snowgate/snowgate/internal/dnspattern"
+	"github.com/snowgate/snowgate/internal/ippacket"
 	"github.com/snowgate/snowgate/internal/portalapi"
 	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/internal/tunnel"
@@ -213,7 +214,33 @@ func (c *Client) resourcesChanged(now time.Time) {
 	c.syncAllowedIPs()
 	c.updateRoutes()
 	c.touch()
-	_ = now
+	c.moveBuffered(now)
+}
+
+// moveBuffered routes again the buffered packets whose destination now belongs to another resource (a
+// more specific one was added, a pattern changed), so that they follow the new routing in order. A pending
+// flow left with nothing to send stays until the portal answers or FlowTimeout (its create_flow is in
+// flight), without resending.
+func (c *Client) moveBuffered(now time.Time) {
+	var moved [][]byte
+	for _, rid := range sortedKeys(c.flows) {
+		f := c.flows[rid]
+		pkts := f.buf.take()
+		for _, pkt := range pkts {
+			p, err := ippacket.Parse(pkt)
+			if err != nil {
+				continue
+			}
+			if owner, _, ok := c.table.Lookup(p.Dst()); ok && owner == rid {
+				f.buf.pkts = append(f.buf.pkts, pkt)
+			} else {
+				moved = append(moved, pkt)
+			}
+		}
+	}
+	for _, pkt := range moved {
+		c.reroute(pkt, now)
+	}
 }
 
 // resolverResources gives the resolver the DNS resources (by id, so that the lowest id wins among equal
