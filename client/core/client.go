@@ -542,10 +542,13 @@ func (c *Client) HandleRoam(now time.Time) {
 	for _, f := range c.flows {
 		f.sent, f.requests = false, 0
 	}
-	c.newP2P()
+	if c.configured {
+		c.newP2P()
+	}
 	for _, pkt := range waiting {
 		c.reroute(pkt, now)
 	}
+	c.lastRoute = nil // sent again even if unchanged: the driver re-applies them on the new network
 	c.updateRoutes()
 }
 

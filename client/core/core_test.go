@@ -828,7 +828,7 @@ func TestRoam(t *testing.T) {
 	for _, a := range h.actions {
 		kinds = append(kinds, a.Kind())
 	}
-	for _, want := range []string{"node_reset", "dns_cancel", "dns_roam"} {
+	for _, want := range []string{"node_reset", "dns_cancel", "dns_roam", "set_routes"} {
 		if !slices.Contains(kinds, want) {
 			t.Fatalf("roam actions %v lack %s", kinds, want)
 		}

@@ -546,3 +546,5 @@ func dataOnly(ds []delivered) []delivered {
 	}
 	return out
 }
+
+func netip4(s string) netip.Addr { return netip.MustParseAddr(s) }

@@ -294,6 +294,19 @@ func (m *model) observe() {
 	}
 	m.seenOut = len(h.out)
 	m.checkAccounting()
+	// The AllowedIPs kept (incrementally) equal what the core would compute from scratch, and are what
+	// the node has.
+	for id, g := range h.c.gateways {
+		if g.allowedDirty {
+			continue
+		}
+		if want := h.c.allowedFor(g); !slices.Equal(want, g.allowed) {
+			t.Fatalf("gateway %s: AllowedIPs %v, recomputed %v", id, g.allowed, want)
+		}
+		if fc := h.conns[id]; fc != nil && !slices.Equal(fc.allowed, g.allowed) {
+			t.Fatalf("gateway %s: the node has AllowedIPs %v, the core thinks %v", id, fc.allowed, g.allowed)
+		}
+	}
 }
 
 // checkAccounting: every data packet is delivered, answered, dropped (counted) or still waiting.

@@ -64,7 +64,7 @@ func (c *Client) route(p ippacket.Packet, pkt []byte, owned bool, now time.Time)
 		c.ctr.dropped[dropNoResource].Add(1)
 		return tunnel.Stop
 	}
-	rid, v := c.table.Check(p)
+	rid, v := c.classify(p)
 	switch v {
 	case filter.VerdictNoResource:
 		c.ctr.dropped[dropNoResource].Add(1)
@@ -95,6 +95,30 @@ func (c *Client) route(p ippacket.Packet, pkt []byte, owned bool, now time.Time)
 		}
 	}
 	return c.deliver(pkt, owned)
+}
+
+// classify returns the resource a packet belongs to and what its filters say: a proxy IP of a name that
+// routes to a DNS resource (that resource's own filters), else the routing table (CIDR resources by
+// longest prefix, the Internet resource; proxy, sentinel and tunnel ranges are never the Internet's).
+func (c *Client) classify(p ippacket.Packet) (string, filter.Verdict) {
+	dst := p.Dst()
+	if ne := c.nameByIP[dst]; ne != nil && ne.rid != "" {
+		if res := c.resources[ne.rid]; res != nil && stackAllows(res.stack, dst) {
+			if res.set.AllowsPacket(p) {
+				return ne.rid, filter.VerdictAllow
+			}
+			return ne.rid, filter.VerdictDenied
+		}
+	}
+	return c.table.Check(p)
+}
+
+// stackAllows reports whether a DNS resource's ip_stack lets its names route addresses of a's family.
+func stackAllows(st dns.IPStack, a netip.Addr) bool {
+	if a.Is4() {
+		return st != dns.IPv6Only
+	}
+	return st != dns.IPv4Only
 }
 
 // deliver hands a packet to the tunnel.

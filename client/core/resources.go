@@ -22,6 +22,7 @@ type resource struct {
 	prefix netip.Prefix       // cidr
 	pat    dnspattern.Pattern // dns
 	stack  dns.IPStack        // dns
+	set    *filter.Set        // compiled filters (DNS resources: checked here, they are not in the table)
 	names  map[string]*nameEntry
 	// tableSig is what the routing table holds for the resource ("" not there), to skip unchanged Sets.
 	tableSig string
@@ -58,7 +59,11 @@ func parseResource(r portalapi.Resource) (*resource, error) {
 		return nil, err
 	}
 	kind, _ := filter.KindOf(r.Type)
-	res := &resource{r: r, kind: kind}
+	set, err := filter.Compile(r.Filters)
+	if err != nil {
+		return nil, err
+	}
+	res := &resource{r: r, kind: kind, set: set}
 	switch kind {
 	case filter.KindCIDR:
 		p, err := r.Prefix()
@@ -231,7 +236,7 @@ func (c *Client) moveBuffered(now time.Time) {
 			if err != nil {
 				continue
 			}
-			if owner, _, ok := c.table.Lookup(p.Dst()); ok && owner == rid {
+			if owner, _ := c.classify(p); owner == rid {
 				f.buf.pkts = append(f.buf.pkts, pkt)
 			} else {
 				moved = append(moved, pkt)
@@ -313,7 +318,8 @@ func (c *Client) rematchNames() {
 // handleNameAssigned records a name the resolver assigned proxy IPs to, and routes them.
 func (c *Client) handleNameAssigned(ev dns.NameAssigned) {
 	ne := c.names[ev.Name]
-	if ne == nil {
+	isNew := ne == nil
+	if isNew {
 		c.nameSeq++
 		ne = &nameEntry{name: ev.Name, order: c.nameSeq}
 		c.names[ev.Name] = ne
@@ -338,16 +344,43 @@ func (c *Client) handleNameAssigned(ev dns.NameAssigned) {
 	if res == nil || res.r.ID != ev.ResourceID {
 		c.log.Debug("resolver and core disagree on a name's resource", "name", ev.Name, "resolver", ev.ResourceID)
 	}
+	oldRid := ne.rid
 	c.setNameResource(ne, res)
-	c.syncTable()
-	if res != nil {
-		if f := c.flows[res.r.ID]; f != nil && f.authorized {
-			if g := c.gateways[f.gw]; g != nil {
-				g.allowedDirty = true
-			}
+	if g := c.gatewayOf(oldRid); g != nil && oldRid != ne.rid {
+		g.allowedDirty = true
+	}
+	if g := c.gatewayOf(ne.rid); g != nil {
+		if isNew && !g.allowedDirty {
+			// The common case, a new name: insert its proxy IPs instead of recomputing everything.
+			c.addAllowed(g, c.routedIPs(ne))
+		} else {
+			g.allowedDirty = true
 		}
 	}
 	c.syncAllowedIPs()
+}
+
+// gatewayOf returns the gateway a resource's flow is authorized through (nil: none).
+func (c *Client) gatewayOf(rid string) *gateway {
+	if f := c.flows[rid]; f != nil && f.authorized {
+		return c.gateways[f.gw]
+	}
+	return nil
+}
+
+// addAllowed adds host prefixes for ips to a gateway's AllowedIPs, kept sorted, and sends them.
+func (c *Client) addAllowed(g *gateway, ips []netip.Addr) {
+	changed := false
+	for _, ip := range ips {
+		p := netip.PrefixFrom(ip, ip.BitLen())
+		if i, found := slices.BinarySearchFunc(g.allowed, p, comparePrefix); !found {
+			g.allowed = slices.Insert(g.allowed, i, p)
+			changed = true
+		}
+	}
+	if changed {
+		c.emit(tunnel.NodeAllowedIPs{ID: g.id, Prefixes: slices.Clone(g.allowed)})
+	}
 }
 
 // replaceIPs re-indexes a name's proxy IPs (they only change if a rebuilt resolver did not reproduce them).
@@ -370,8 +403,10 @@ func (c *Client) replaceIPs(ne *nameEntry, old, ips []netip.Addr) {
 	}
 }
 
-// syncTable brings the routing table in line with the resources: CIDR prefixes, DNS proxy IPs of the
-// names each DNS resource holds, the Internet resource, with their filters.
+// syncTable brings the routing table in line with the CIDR and Internet resources and their filters.
+// DNS resources are not in the table: a proxy IP is looked up among the names (classify), which spares a
+// rebuild of the whole table for every name the resolver assigns (measured: 25 ms per new name with a
+// thousand names, against microseconds).
 func (c *Client) syncTable() {
 	for _, id := range sortedKeys(c.resources) {
 		res := c.resources[id]
@@ -380,12 +415,7 @@ func (c *Client) syncTable() {
 		case filter.KindCIDR:
 			dsts = []netip.Prefix{res.prefix}
 		case filter.KindDNS:
-			for _, ne := range res.names {
-				for _, ip := range c.routedIPs(ne) {
-					dsts = append(dsts, netip.PrefixFrom(ip, ip.BitLen()))
-				}
-			}
-			slices.SortFunc(dsts, comparePrefix)
+			continue
 		}
 		sig := tableSignature(res, dsts)
 		if sig == res.tableSig {
