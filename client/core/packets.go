@@ -31,7 +31,7 @@ func (c *Client) HandleTunInput(pkt []byte, now time.Time) tunnel.Verdict {
 	}
 	dst := p.Dst()
 	if dns.SentinelRangeV4.Contains(dst) || dns.SentinelRangeV6.Contains(dst) {
-		c.handleSentinel(p, pkt, now)
+		c.handleSentinel(p, now)
 		return tunnel.Stop
 	}
 	if src := p.Src(); src != c.ipv4 && src != c.ipv6 || !src.IsValid() {
@@ -218,7 +218,7 @@ func (c *Client) HandleNetworkInput(pkt []byte, now time.Time) tunnel.Verdict {
 
 // handleSentinel handles a packet to the sentinel range: UDP DNS to the stub resolver, TCP DNS to the
 // driver's TCP stack, anything else dropped.
-func (c *Client) handleSentinel(p ippacket.Packet, pkt []byte, now time.Time) {
+func (c *Client) handleSentinel(p ippacket.Packet, now time.Time) {
 	dst := p.Dst()
 	if _, ok := c.sentinels[dst]; !ok {
 		c.ctr.dropped[dropSentinel].Add(1)
