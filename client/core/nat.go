@@ -60,19 +60,15 @@ func (c *Client) natReady(g *gateway, rid string, dst netip.Addr, pkt []byte, ow
 		return false
 	}
 	e := g.nat[ne.name]
+	var prior [][]byte // packets held for the name's previous resource, older than pkt
 	if e != nil && e.rid != rid {
 		// The name moved to another resource of the same gateway: set the NAT up for that one.
-		held := e.held.take()
+		prior = e.held.take()
 		delete(g.nat, ne.name)
 		if c.p2p != nil {
 			c.p2p.Forget(g.ipv6, ne.name)
 		}
 		e = nil
-		defer func() {
-			for _, p := range held {
-				c.reroute(p, now)
-			}
-		}()
 	}
 	switch {
 	case e != nil && e.state == natConfirmed:
@@ -85,11 +81,13 @@ func (c *Client) natReady(g *gateway, rid string, dst netip.Addr, pkt []byte, ow
 		return false
 	}
 	if c.p2p == nil || !g.ipv6.IsValid() {
+		c.answerAll(prior, icmpUnreachable)
 		c.answerRaw(pkt, icmpUnreachable)
 		return false
 	}
 	if _, err := c.p2p.Assign(g.ipv6, rid, ne.name, c.routedIPs(ne), now); err != nil {
 		c.log.Warn("DNS-resource NAT cannot be set up", "name", ne.name, "resource", rid, "gateway", g.id, telemetry.Err(err))
+		c.answerAll(prior, icmpUnreachable)
 		c.answerRaw(pkt, icmpUnreachable)
 		return false
 	}
@@ -101,7 +99,15 @@ func (c *Client) natReady(g *gateway, rid string, dst netip.Addr, pkt []byte, ow
 	c.touch()
 	if st, _ := c.p2p.State(g.ipv6, ne.name); st == p2pcontrol.StateConfirmed {
 		e.state = natConfirmed
+		for _, p := range prior {
+			c.deliver(p, true)
+		}
 		return true
+	}
+	for _, p := range prior {
+		if e.held.push(p, c.cfg.MaxNATPackets) {
+			c.ctr.dropped[dropNATBufferFull].Add(1)
+		}
 	}
 	c.hold(e, own(pkt, owned))
 	c.drainP2P(now)
