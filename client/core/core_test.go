@@ -1048,3 +1048,139 @@ func TestPollTimeoutCached(t *testing.T) {
 		t.Fatalf("the pass path allocates %.1f times per packet", allocs)
 	}
 }
+
+func TestSetSystemResolvers(t *testing.T) {
+	sys1 := netip.MustParseAddrPort("203.0.113.53:53")
+	sys2 := netip.MustParseAddrPort("[2001:db8::53]:0")
+	h := newHarness(t, Config{SystemResolvers: []netip.AddrPort{sys1}})
+	m := initMsg(dnsRes(rid(1), "*.corp.test"))
+	m.Interface.UpstreamDNS = nil
+	h.portal(m)
+	v4a, _ := h.resolve("a.corp.test")
+	h.actions = nil
+	h.c.SetSystemResolvers([]netip.AddrPort{sys1, sys2}, h.now)
+	h.run()
+	dnss := actionsOf[SetDNS](h.actions)
+	if len(dnss) != 1 || len(dnss[0].Servers) != 2 {
+		t.Fatalf("SetDNS %+v, want a sentinel per system resolver", dnss)
+	}
+	if st := h.c.Status(h.now); st.DNS.Sentinels[1].Upstream != netip.MustParseAddrPort("[2001:db8::53]:53") {
+		t.Fatalf("sentinels %+v (port 0 means 53)", st.DNS.Sentinels)
+	}
+	if v4b, _ := h.resolve("a.corp.test"); !slices.Equal(v4a, v4b) {
+		t.Fatalf("proxy IPs changed with the system resolvers: %v → %v", v4a, v4b)
+	}
+	// The portal's upstreams win over the system's.
+	h.actions = nil
+	h.portal(portalapi.ConfigChanged{Interface: initMsg().Interface})
+	if st := h.c.Status(h.now); len(st.DNS.Sentinels) != 1 || st.DNS.Sentinels[0].Upstream != upstream {
+		t.Fatalf("sentinels %+v, want the portal's upstream", st.DNS.Sentinels)
+	}
+	// No usable upstream at all: no DNS servers, queries dropped.
+	bad := initMsg().Interface
+	bad.UpstreamDNS = []portalapi.DNSServer{{Protocol: "ip_port", Address: netip.MustParseAddrPort("100.64.0.9:53")}}
+	h.c.SetSystemResolvers(nil, h.now)
+	h.actions = nil
+	h.portal(portalapi.ConfigChanged{Interface: bad})
+	if dnss := actionsOf[SetDNS](h.actions); len(dnss) != 1 || len(dnss[0].Servers) != 0 {
+		t.Fatalf("SetDNS %+v, want no servers", dnss)
+	}
+	h.tunIn(udpQueryPacket(t, clientV4, sentV4, "a.corp.test", mdns.TypeA, 1))
+	if len(h.takeTUN()) != 0 || h.c.Status(h.now).Counters.Dropped["sentinel"] != 1 {
+		t.Fatal("query without a resolver not dropped")
+	}
+}
+
+func TestGatewayReplacedByNewParameters(t *testing.T) {
+	h := started(t, dnsRes(rid(1), "*.corp.test"), cidrRes(rid(2), "198.51.100.0/24"))
+	g := gw(1)
+	v4, _ := h.resolve("a.corp.test")
+	h.tunIn(packet(clientV4, v4[0], ippacket.ProtoTCP, 443, 1))
+	connect(t, h, rid(1), g)
+	as := assignedIPs(t, h.takeOut())
+	h.tunIn(packet(clientV4, v4[0], ippacket.ProtoTCP, 443, 2)) // held for the NAT
+	// The gateway restarted: a new key in the next flow_created. The connection is replaced, everything
+	// through it waits for the new one, and the NAT is set up again.
+	g2 := g
+	g2.key = node.Key{0xEE}
+	h.tunIn(packet(clientV4, lan, ippacket.ProtoTCP, 443, 3))
+	h.actions = nil
+	h.portal(g2.flowCreated(rid(2)))
+	if ups := actionsOf[tunnel.NodeUpsert](h.actions); len(ups) != 1 || ups[0].Params.RemoteKey != g2.key {
+		t.Fatalf("upserts %+v", ups)
+	}
+	if st := h.c.Status(h.now); st.Gateways[0].State != "connecting" || st.Gateways[0].Buffered != 3 {
+		t.Fatalf("gateway %+v, want connecting with 3 packets waiting", st.Gateways[0])
+	}
+	h.establish(g.id)
+	out := h.takeOut()
+	if got := assignedIPs(t, out); len(got) != 1 || got[0].Seq == as[0].Seq {
+		t.Fatalf("NAT not set up again: %+v", got)
+	}
+	if d := dataOnly(out); len(d) != 1 || seqOf(d[0].pkt) != 3 {
+		t.Fatalf("data %+v, want the CIDR packet (the DNS ones wait for the NAT)", d)
+	}
+}
+
+func TestIPStackAndResourceChanges(t *testing.T) {
+	r := dnsRes(rid(1), "*.corp.test")
+	r.IPStack = portalapi.IPStackIPv4Only
+	h := started(t, r)
+	v4, v6 := h.resolve("a.corp.test")
+	if len(v4) != 4 || len(v6) != 0 {
+		t.Fatalf("ipv4_only: %v %v", v4, v6)
+	}
+	h.tunIn(packet(clientV4, v4[0], ippacket.ProtoTCP, 443, 1))
+	connect(t, h, rid(1), gw(1))
+	as := assignedIPs(t, h.takeOut())
+	if len(as) != 1 || len(as[0].ProxyIPs) != 4 {
+		t.Fatalf("AssignedIPs %+v, want the 4 IPv4 proxy IPs", as)
+	}
+	// Now dual stack: the resource's flow is dropped (its addressability changed), the name gets IPv6.
+	r.IPStack = portalapi.IPStackDual
+	h.actions = nil
+	h.portal(portalapi.ResourceCreatedOrUpdated{Resource: r})
+	if st := h.c.Status(h.now); st.Resources[0].Flow != "none" {
+		t.Fatalf("flow %q after the ip_stack change", st.Resources[0].Flow)
+	}
+	v4b, v6b := h.resolve("a.corp.test")
+	if !slices.Equal(v4, v4b) || len(v6b) != 4 {
+		t.Fatalf("dual: %v %v", v4b, v6b)
+	}
+	// A rename keeps the flow.
+	h.tunIn(packet(clientV4, v4[0], ippacket.ProtoTCP, 443, 2))
+	h.portal(gw(1).flowCreated(rid(1)))
+	r.Name = "renamed"
+	h.portal(portalapi.ResourceCreatedOrUpdated{Resource: r})
+	if st := h.c.Status(h.now); st.Resources[0].Flow != "up" || st.Resources[0].Name != "renamed" {
+		t.Fatalf("after rename: %+v", st.Resources[0])
+	}
+	// Invalid resources are ignored.
+	h.portal(portalapi.ResourceCreatedOrUpdated{Resource: cidrRes(rid(5), "not a prefix")})
+	if len(h.c.Status(h.now).Resources) != 1 {
+		t.Fatal("invalid resource accepted")
+	}
+}
+
+func TestUpsertFailureOtherThanNoRelays(t *testing.T) {
+	h := started(t, cidrRes(rid(1), "198.51.100.0/24"))
+	h.tunIn(packet(clientV4, lan, ippacket.ProtoUDP, 9, 1))
+	h.failUpsert = errors.New("wireguard peer: bad key")
+	h.portal(gw(1).flowCreated(rid(1)))
+	if h.reconnects != 0 {
+		t.Fatal("portal reconnected for an error other than no relays")
+	}
+	tun := h.takeTUN()
+	if len(tun) != 1 {
+		t.Fatalf("%d answers", len(tun))
+	}
+	if typ, code, _ := icmpError(t, tun[0]); !isUnreachable(true, typ, code) {
+		t.Fatalf("type %d code %d", typ, code)
+	}
+	// A failure report for an action that is no longer current is ignored.
+	h.c.HandleActionFailed(tunnel.NodeUpsert{Params: gw(2).params()}, node.ErrNoRelays, h.now)
+	h.run()
+	if h.reconnects != 0 {
+		t.Fatal("outdated failure acted upon")
+	}
+}
