@@ -9,18 +9,6 @@ import (
 // The client's own actions (besides tunnel's common ones). The driver carries them out with its
 // tunnel.DriverConfig.Exec, in the order the core emitted them.
 
-// SetInterface configures the tunnel interface's addresses (the portal's init or config_changed). The
-// driver assigns them to the TUN device (kernel: with the tunnel ranges' prefix lengths, or /32 and /128 and
-// the tunnel ranges as routes; netstack: as the stack's addresses). An invalid address means "none of that
-// family".
-type SetInterface struct {
-	IPv4 netip.Addr
-	IPv6 netip.Addr
-}
-
-// Kind returns "set_interface".
-func (SetInterface) Kind() string { return "set_interface" }
-
 // SetDNS points the system's resolver at the stub resolver: Servers are the sentinel addresses (port 53,
 // one per upstream, see dns.Resolver.Sentinels), SearchDomain the portal's search domain (empty: none). The
 // driver also listens for DNS over TCP on each sentinel (its tcpdns stack). Servers is empty while the core

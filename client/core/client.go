@@ -224,7 +224,13 @@ func (c *Client) PollTimeout() (time.Time, bool) {
 func (c *Client) HandleTimeout(now time.Time) {
 	c.touch()
 	if c.resolver != nil {
-		c.resolver.HandleTimeout(now)
+		if res := c.resolver.HandleTimeout(now); len(res.Expired) > 0 {
+			ids := make([]dns.ForwardID, len(res.Expired))
+			for i, id := range res.Expired {
+				ids[i] = c.encodeFwd(id)
+			}
+			c.emit(DNSCancel{IDs: ids}) // their upstream exchanges are abandoned
+		}
 		c.drainResolver(now)
 	}
 	if c.p2p != nil {

@@ -53,7 +53,7 @@ func actionsOf[T tunnel.Action](as []tunnel.Action) []T {
 func TestInitConfiguresInterfaceDNSRelaysRoutes(t *testing.T) {
 	h := newHarness(t, Config{})
 	h.portal(initMsg(cidrRes(rid(1), "198.51.100.0/24"), internetRes(rid(2))))
-	ifs := actionsOf[SetInterface](h.actions)
+	ifs := actionsOf[tunnel.SetInterface](h.actions)
 	if len(ifs) != 1 || ifs[0].IPv4 != clientV4 || ifs[0].IPv6 != clientV6 {
 		t.Fatalf("SetInterface = %+v", ifs)
 	}

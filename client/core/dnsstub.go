@@ -43,7 +43,7 @@ func (c *Client) applyInterface(iface portalapi.Interface, now time.Time) {
 		v6Changed := !c.ifaceSet || v6 != c.ipv6
 		c.ifaceSet = true
 		c.ipv4, c.ipv6 = v4, v6
-		c.emit(SetInterface{IPv4: v4, IPv6: v6})
+		c.emit(tunnel.SetInterface{IPv4: v4, IPv6: v6})
 		if v6Changed {
 			c.newP2P()
 		}

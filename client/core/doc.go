@@ -1,12 +1,12 @@
 // Package core is the client's sans-IO core, Firezone's ClientState in Go: a [Client] implements
 // tunnel.Core, so the tunnel.Driver runs it behind the TUN wrapper, and everything it decides comes out as
 // actions — tunnel's common ones (portal pushes, node calls, packets to the tunnel or the TUN device) and
-// the client's own ([SetInterface], [SetDNS], [SetRoutes], [DNSForward], [DNSCancel], [DNSRoam],
+// the client's own ([tunnel.SetInterface], [SetDNS], [SetRoutes], [DNSForward], [DNSCancel], [DNSRoam],
 // [DNSTCPPacket], [DNSTCPReply]), which the driver's Exec carries out.
 //
 // # Portal
 //
-// init sets the tunnel addresses ([SetInterface]), the stub resolver (client/dns, with the portal's
+// init sets the tunnel addresses ([tunnel.SetInterface]), the stub resolver (client/dns, with the portal's
 // upstreams, else Config.SystemResolvers; its sentinels go out as [SetDNS]), the resources and the relays
 // (tunnel.MergeRelays → tunnel.NodeRelays). A repeated init (portal reconnect) keeps connections, flows and
 // proxy IPs of the resources still present. resource_created_or_updated and resource_deleted apply at

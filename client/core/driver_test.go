@@ -124,11 +124,7 @@ func TestUnderTunnelDriver(t *testing.T) {
 	var own []tunnel.Action
 	drv, err := tunnel.NewDriver(tunnel.DriverConfig{
 		Core: c, Topic: portalapi.TopicClient,
-		// tunnel.Decoder takes []byte, portalapi.DecodeClientIngress json.RawMessage: a func value of one
-		// is not assignable to the other (reported to the lead).
-		Decode: func(event string, payload []byte) (portalapi.Message, error) {
-			return portalapi.DecodeClientIngress(event, payload)
-		},
+		Decode: portalapi.DecodeClientIngress,
 		Exec: func(_ context.Context, a tunnel.Action) error {
 			execMu.Lock()
 			defer execMu.Unlock()
