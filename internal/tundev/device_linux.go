@@ -300,45 +300,86 @@ func (d *Device) setAddresses(link netlink.Link, v4, v6 netip.Addr) error {
 // (192.0.2.7/24 means 192.0.2.0/24) and de-duplicated; 0.0.0.0/0 and ::/0 (the Internet resource)
 // are allowed. Prefixes of a family the device has no address for are skipped with a DEBUG log.
 func (d *Device) SetRoutes(prefixes []netip.Prefix) error {
-	want := map[netip.Prefix]bool{}
-	for _, p := range prefixes {
-		if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
-			return fmt.Errorf("tundev: set routes: invalid prefix %v", p)
+	return d.SetRoutesExcluding(prefixes, nil)
+}
+
+// routeKey names one route of the device's tables: a route through the TUN, or an exclusion.
+type routeKey struct {
+	p     netip.Prefix
+	throw bool
+}
+
+// SetRoutesExcluding is SetRoutes with exclusions: every prefix of excludes gets a "throw" route in the
+// default routes' table, so that traffic to it falls through to the main table (the physical network)
+// even while 0.0.0.0/0 or ::/0 goes through the TUN: the portal's and the relays' addresses stay outside
+// the tunnel for every program, not only for the daemon's marked sockets. Exclusions only override the
+// default routes; a more specific resource route still wins.
+func (d *Device) SetRoutesExcluding(prefixes, excludes []netip.Prefix) error {
+	want := map[routeKey]bool{}
+	for i, list := range [][]netip.Prefix{prefixes, excludes} {
+		for _, p := range list {
+			if !p.IsValid() || p.Addr().Is4In6() || p.Addr().Zone() != "" {
+				return fmt.Errorf("tundev: set routes: invalid prefix %v", p)
+			}
+			want[routeKey{p.Masked(), i == 1}] = true
 		}
-		p = p.Masked()
-		want[p] = true
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
 		return ErrClosed
 	}
-	current, err := d.routes()
+	current, other, err := d.routes()
 	if err != nil {
 		return err
 	}
 	var errs []error
 	added, removed := 0, 0
-	for p, r := range current {
-		if want[p] && d.isRouteFor(p, r) {
+	for _, r := range other {
+		if err := d.h.RouteDel(r); err != nil && !isNotFound(err) {
+			errs = append(errs, fmt.Errorf("tundev: delete stale route %v: %w", r.Dst, err))
+		}
+	}
+	for k, r := range current {
+		if want[k] {
 			continue
 		}
 		if err := d.h.RouteDel(r); err != nil && !isNotFound(err) {
-			errs = append(errs, fmt.Errorf("tundev: delete route %s: %w", p, err))
+			errs = append(errs, fmt.Errorf("tundev: delete route %s: %w", k.p, err))
 			continue
 		}
 		removed++
 	}
-	for _, p := range sortedPrefixes(want) {
-		if r, ok := current[p]; ok && d.isRouteFor(p, r) {
+	keys := make([]routeKey, 0, len(want))
+	for k := range want {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b routeKey) int {
+		if c := comparePrefix(a.p, b.p); c != 0 {
+			return c
+		}
+		if a.throw == b.throw {
+			return 0
+		}
+		if a.throw {
+			return 1
+		}
+		return -1
+	})
+	for _, k := range keys {
+		if _, ok := current[k]; ok {
 			continue
 		}
-		if !d.hasFamily(familyOf(p.Addr())) {
-			d.log.Debug("skipping route: the TUN has no address of its family", "route", p)
+		if !d.hasFamily(familyOf(k.p.Addr())) {
+			d.log.Debug("skipping route: the TUN has no address of its family", "route", k.p, "exclude", k.throw)
 			continue
 		}
-		if err := d.h.RouteReplace(d.route(p)); err != nil {
-			errs = append(errs, fmt.Errorf("tundev: add route %s: %w", p, err))
+		r := d.route(k.p)
+		if k.throw {
+			r = d.throwRoute(k.p)
+		}
+		if err := d.h.RouteReplace(r); err != nil {
+			errs = append(errs, fmt.Errorf("tundev: add route %s: %w", k.p, err))
 			continue
 		}
 		added++
@@ -356,33 +397,45 @@ func (d *Device) Routes() ([]netip.Prefix, error) {
 	if d.closed {
 		return nil, ErrClosed
 	}
-	current, err := d.routes()
+	current, _, err := d.routes()
 	if err != nil {
 		return nil, err
 	}
 	out := make([]netip.Prefix, 0, len(current))
-	for p, r := range current {
-		if d.isRouteFor(p, r) {
-			out = append(out, p)
+	for k := range current {
+		if !k.throw {
+			out = append(out, k.p)
 		}
 	}
 	slices.SortFunc(out, comparePrefix)
 	return out, nil
 }
 
-// routes lists the routes of the device's two tables by prefix.
-func (d *Device) routes() (map[netip.Prefix]*netlink.Route, error) {
+// routes lists the routes of the device's two tables that SetRoutesExcluding installs, by key; anything
+// else found there (stale or foreign) is in other, to be deleted.
+func (d *Device) routes() (map[routeKey]*netlink.Route, []*netlink.Route, error) {
 	list, err := ourRoutes(d.h, d.cfg)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	out := make(map[netip.Prefix]*netlink.Route, len(list))
+	var other []*netlink.Route
+	out := make(map[routeKey]*netlink.Route, len(list))
 	for i := range list {
-		if p, ok := routePrefix(&list[i]); ok {
-			out[p] = &list[i]
+		r := &list[i]
+		p, ok := routePrefix(r)
+		if !ok {
+			continue
+		}
+		switch {
+		case r.Type == unix.RTN_THROW && r.Table == internetTable(d.cfg):
+			out[routeKey{p, true}] = r
+		case d.isRouteFor(p, r):
+			out[routeKey{p, false}] = r
+		default:
+			other = append(other, r)
 		}
 	}
-	return out, nil
+	return out, other, nil
 }
 
 // tableFor returns the table a route to p belongs in: default routes have their own.
@@ -396,6 +449,17 @@ func (d *Device) tableFor(p netip.Prefix) int {
 // isRouteFor reports whether a listed route is the one SetRoutes would install for p.
 func (d *Device) isRouteFor(p netip.Prefix, r *netlink.Route) bool {
 	return r.LinkIndex == d.index && r.Table == d.tableFor(p)
+}
+
+// throwRoute is the exclusion of p from the default routes' table.
+func (d *Device) throwRoute(p netip.Prefix) *netlink.Route {
+	return &netlink.Route{
+		Dst:      ipNet(p),
+		Table:    internetTable(d.cfg),
+		Type:     unix.RTN_THROW,
+		Protocol: unix.RTPROT_STATIC,
+		Family:   familyOf(p.Addr()),
+	}
 }
 
 func (d *Device) route(p netip.Prefix) *netlink.Route {

@@ -199,6 +199,29 @@ func TestRoutingPolicy(t *testing.T) {
 	check("2001:db8:ffff::50", false, DefaultName) //
 	check("198.18.0.50", true, "nleth0")           // marked traffic never enters the tunnel
 	check("2001:db8:ffff::50", true, "nleth0")     //
+
+	// Exclusions (the portal's and relays' addresses under the Internet resource) leave the tunnel's
+	// default route for everyone, but a resource route still wins over them.
+	all := []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0"), netip.MustParsePrefix("192.0.2.64/26")}
+	ex := []netip.Prefix{netip.MustParsePrefix("192.0.2.7/32"), netip.MustParsePrefix("2001:db8:1::7/128"), netip.MustParsePrefix("192.0.2.70/32")}
+	if err := dev.SetRoutesExcluding(all, ex); err != nil {
+		t.Fatal(err)
+	}
+	check("192.0.2.7", false, "nleth0")
+	check("2001:db8:1::7", false, "nleth0")
+	check("192.0.2.8", false, DefaultName)
+	check("2001:db8:1::8", false, DefaultName)
+	check("192.0.2.70", false, DefaultName) // inside a resource
+	if got, _ := dev.Routes(); len(got) != 3 {
+		t.Errorf("Routes %v: exclusions must not be listed", got)
+	}
+	if err := dev.SetRoutesExcluding(all, ex); err != nil { // idempotent
+		t.Fatal(err)
+	}
+	if err := dev.SetRoutes(all); err != nil { // exclusions dropped
+		t.Fatal(err)
+	}
+	check("192.0.2.7", false, DefaultName)
 }
 
 func TestCloseLeavesNothing(t *testing.T) {
