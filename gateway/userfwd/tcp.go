@@ -2,11 +2,7 @@ package userfwd
 
 import (
 	"context"
-	"errors"
-	"io"
-	"net"
 	"net/netip"
-	"sync"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -16,12 +12,8 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/snowgate/snowgate/internal/dialerr"
+	"github.com/snowgate/snowgate/internal/splice"
 )
-
-// spliceBufSize is the copy buffer of each direction of a TCP flow.
-const spliceBufSize = 64 << 10
-
-var spliceBufs = sync.Pool{New: func() any { b := make([]byte, spliceBufSize); return &b }}
 
 // handleTCP is the stack's TCP handler for segments that match no endpoint. It keeps a copy of each new SYN
 // (to quote it in an ICMP error if the dial fails), enforces MaxPendingTCP and hands the segment to the
@@ -108,7 +100,11 @@ func (d *Device) forwardTCP(r *tcp.ForwarderRequest) {
 	d.c.proto[TCP].opened.Add(1)
 	d.c.proto[TCP].active.Add(1)
 	defer d.c.proto[TCP].active.Add(-1)
-	splice(cc, ep, hc)
+	// EOF half-closes (FIN), an error resets both sides.
+	splice.Conns(cc, hc, func() {
+		ep.Abort()
+		splice.Reset(hc)
+	})
 	d.release(cc, hc)
 }
 
@@ -149,46 +145,6 @@ func (d *Device) refuseTCP(r *tcp.ForwarderRequest, id stack.TransportEndpointID
 		return
 	}
 	d.replyICMPError(quote, icmpKind)
-}
-
-// splice copies both directions between the client's stack connection cc (endpoint ep) and the host
-// connection hc until both are done. A direction that ends with EOF half-closes the other side (FIN); one
-// that ends with an error aborts both (RST), so resets propagate.
-func splice(cc *gonet.TCPConn, ep tcpip.Endpoint, hc net.Conn) {
-	var once sync.Once
-	abort := func() {
-		once.Do(func() {
-			ep.Abort()
-			if tc, ok := hc.(*net.TCPConn); ok {
-				tc.SetLinger(0)
-			}
-			hc.Close()
-		})
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		copyHalf(hc, cc, abort)
-	}()
-	copyHalf(cc, hc, abort)
-	wg.Wait()
-}
-
-func copyHalf(dst, src net.Conn, abort func()) {
-	bp := spliceBufs.Get().(*[]byte)
-	_, err := io.CopyBuffer(dst, src, *bp)
-	spliceBufs.Put(bp)
-	if err != nil && !errors.Is(err, io.EOF) {
-		abort()
-		return
-	}
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
-		if cw.CloseWrite() == nil {
-			return
-		}
-	}
-	// No half-close: the other direction finishes when its peer closes.
 }
 
 func addrFrom(a tcpip.Address) netip.Addr {
