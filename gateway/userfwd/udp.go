@@ -2,12 +2,10 @@ package userfwd
 
 import (
 	"context"
-	"errors"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
@@ -102,19 +100,25 @@ func (d *Device) runUDP(cc *gonet.UDPConn, client, dst netip.AddrPort) {
 	go func() {
 		defer wg.Done()
 		defer stop()
-		d.copyUDP(hc, cc, &last, refused)
+		d.copyUDP(hc, cc, &last, nil, refused)
 	}()
-	d.copyUDP(cc, hc, &last, refused)
+	d.copyUDP(cc, hc, &last, refused, nil)
 	stop()
 	wg.Wait()
 }
 
 // copyUDP copies datagrams from src to dst until a read or write fails or the flow has been idle for
-// UDPIdleTimeout. refused is called when the host reports that the destination refused a datagram (an ICMP
-// port unreachable, seen as ECONNREFUSED on the connected socket's next read or write); the flow stays up.
-func (d *Device) copyUDP(dst, src net.Conn, last *atomic.Int64, refused func()) {
+// UDPIdleTimeout. A refusal (an ICMP port unreachable, reported as ECONNREFUSED by the host socket and as
+// "connection was refused" by the stack's) does not end the flow: srcRefused or dstRefused, when not nil,
+// is called when the refusal is reported on src's read or dst's write, and the copy goes on.
+func (d *Device) copyUDP(dst, src net.Conn, last *atomic.Int64, srcRefused, dstRefused func()) {
 	idle := d.cfg.UDPIdleTimeout
 	buf := make([]byte, udpBufSize)
+	call := func(f func()) {
+		if f != nil {
+			f()
+		}
+	}
 	for {
 		deadline := time.Unix(0, last.Load()).Add(idle)
 		if err := src.SetReadDeadline(deadline); err != nil {
@@ -122,11 +126,11 @@ func (d *Device) copyUDP(dst, src net.Conn, last *atomic.Int64, refused func()) 
 		}
 		n, err := src.Read(buf)
 		if err != nil {
-			switch {
-			case errors.Is(err, syscall.ECONNREFUSED):
-				refused()
+			switch dialerr.Classify(err) {
+			case dialerr.Refused:
+				call(srcRefused)
 				continue
-			case dialerr.Classify(err) == dialerr.Timeout:
+			case dialerr.Timeout:
 				if time.Since(time.Unix(0, last.Load())) < idle {
 					continue // the other direction was active
 				}
@@ -135,8 +139,8 @@ func (d *Device) copyUDP(dst, src net.Conn, last *atomic.Int64, refused func()) 
 		}
 		last.Store(time.Now().UnixNano())
 		if _, err := dst.Write(buf[:n]); err != nil {
-			if errors.Is(err, syscall.ECONNREFUSED) {
-				refused()
+			if dialerr.Classify(err) == dialerr.Refused {
+				call(dstRefused)
 				continue
 			}
 			return
