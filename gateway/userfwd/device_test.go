@@ -8,14 +8,16 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel/attribute"
 	sdkmetric "go.opentelemetry.io/otel/sdk/metric"
 	"go.opentelemetry.io/otel/sdk/metric/metricdata"
 	"go.uber.org/goleak"
 	"golang.zx2c4.com/wireguard/tun"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/snowgate/snowgate/internal/ippacket"
 )
@@ -373,5 +375,54 @@ func TestMetrics(t *testing.T) {
 			t.Errorf("%s = %d (present %v), want %d", key, v, ok, want)
 		}
 	}
-	_ = attribute.String
+}
+
+// tcpSYN builds a TCP SYN from src to dst.
+func tcpSYN(src, dst netip.AddrPort) []byte {
+	const tcpLen = header.TCPMinimumSize
+	s, d := tcpip.AddrFromSlice(src.Addr().AsSlice()), tcpip.AddrFromSlice(dst.Addr().AsSlice())
+	var b []byte
+	if src.Addr().Is4() {
+		b = make([]byte, header.IPv4MinimumSize+tcpLen)
+		ip := header.IPv4(b)
+		ip.Encode(&header.IPv4Fields{TotalLength: uint16(len(b)), TTL: 64, Protocol: uint8(header.TCPProtocolNumber), SrcAddr: s, DstAddr: d})
+		ip.SetChecksum(^ip.CalculateChecksum())
+	} else {
+		b = make([]byte, header.IPv6MinimumSize+tcpLen)
+		header.IPv6(b).Encode(&header.IPv6Fields{PayloadLength: tcpLen, TransportProtocol: header.TCPProtocolNumber, HopLimit: 64, SrcAddr: s, DstAddr: d})
+	}
+	t := header.TCP(b[len(b)-tcpLen:])
+	t.Encode(&header.TCPFields{SrcPort: src.Port(), DstPort: dst.Port(), SeqNum: 1000, DataOffset: tcpLen, Flags: header.TCPFlagSyn, WindowSize: 65535})
+	t.SetChecksum(^t.CalculateChecksum(header.PseudoHeaderChecksum(header.TCPProtocolNumber, s, d, tcpLen)))
+	return b
+}
+
+// TestTCPDialFailureICMPv6: over IPv6 the client gets an ICMPv6 destination unreachable (address unreachable
+// for a host failure, no route for a network one) that quotes its SYN.
+func TestTCPDialFailureICMPv6(t *testing.T) {
+	for _, tt := range []struct {
+		err  syscall.Errno
+		code uint8
+	}{{syscall.EHOSTUNREACH, 3}, {syscall.ENETUNREACH, 0}} {
+		d := newDevice(t, Config{Dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, &net.OpError{Op: "dial", Err: os.NewSyscallError("connect", tt.err)}
+		}})
+		src, dst := netip.MustParseAddrPort("[2001:db8::2]:40000"), netip.MustParseAddrPort("[2001:db8:1::1]:443")
+		d.Write([][]byte{tcpSYN(src, dst)}, 0)
+		p := readPacket(t, d)
+		typ, code, err := p.ICMP()
+		if err != nil || typ != 1 || code != tt.code || p.Src() != dst.Addr() || p.Dst() != src.Addr() {
+			t.Fatalf("%v: reply %v→%v ICMPv6 %d/%d (%v), want 1/%d", tt.err, p.Src(), p.Dst(), typ, code, err, tt.code)
+		}
+		q, err := p.Quoted()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sp, dp, err := q.Ports(); err != nil || sp != src.Port() || dp != dst.Port() {
+			t.Fatalf("quoted ports %d→%d (%v)", sp, dp, err)
+		}
+		if !validICMPChecksum(p) {
+			t.Fatal("bad ICMPv6 checksum")
+		}
+	}
 }
