@@ -64,8 +64,8 @@ func (d *Device) forwardTCP(r *tcp.ForwarderRequest) {
 	}
 	defer d.wg.Done()
 	if !d.acquireFlow() {
-		r.Complete(true)
 		d.c.proto[TCP].failed[FailLimit].Add(1)
+		r.Complete(true)
 		return
 	}
 	defer d.releaseFlow()
@@ -85,9 +85,9 @@ func (d *Device) forwardTCP(r *tcp.ForwarderRequest) {
 	var wq waiter.Queue
 	ep, tErr := r.CreateEndpoint(&wq)
 	if tErr != nil {
+		d.c.proto[TCP].failed[FailOther].Add(1)
 		r.Complete(true)
 		hc.Close()
-		d.c.proto[TCP].failed[FailOther].Add(1)
 		d.log.Debug("userfwd: completing TCP handshake", "dst", dst, "error", tErr.String())
 		return
 	}
