@@ -123,11 +123,11 @@ func (b *bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 }
 
 func (b *bind) makeReceive(s *socket, closed chan struct{}) conn.ReceiveFunc {
-	r := s.newReader(maxBatch)
+	r := s.io.NewReader(maxBatch)
 	from := make([]netip.AddrPort, maxBatch)
 	fn := func(packets [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
 		for {
-			n, err := r.read(packets, sizes, from)
+			n, err := r.Read(packets, sizes, from)
 			if err != nil {
 				select {
 				case <-closed:
