@@ -134,7 +134,7 @@ func (b *bind) makeReceive(s *socket, closed chan struct{}) conn.ReceiveFunc {
 					return 0, net.ErrClosed
 				default:
 				}
-				if errors.Is(err, net.ErrClosed) {
+				if errors.Is(err, net.ErrClosed) || s.closed.Load() {
 					return 0, net.ErrClosed
 				}
 				if errors.Is(err, os.ErrDeadlineExceeded) {

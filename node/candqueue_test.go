@@ -138,7 +138,7 @@ func TestCandidatesBeforeConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	a.n.mu.Lock()
-	left, applied := len(a.n.queued["c1"]), len(a.n.conns["c1"].remoteCands)
+	left, applied := len(a.n.queued["c1"]), len(a.n.conns["c1"].sm.RemoteCandidates())
 	a.n.mu.Unlock()
 	if left != 0 || applied == 0 {
 		t.Fatalf("queue not applied on upsert: %d left, %d remote candidates", left, applied)

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/snowgate/snowgate/node/idle"
+	"github.com/snowgate/snowgate/node/internal/connsm"
 	"pgregory.net/rapid"
 )
 
@@ -32,7 +33,15 @@ func newIdleCore(t0 time.Time) *idleCore {
 		notify: make(chan *connection, 256),
 		kick:   make(chan struct{}, 1),
 	}
-	ic := &idleCore{n: n, c: &connection{id: "c"}} // stateConnecting: no keepalives, no ICE
+	// A connection whose first ICE run never ends (its StartAgent is not
+	// carried out): no keepalives, no path checks.
+	c := &connection{id: "c", sm: connsm.New(connsm.Config{ID: "c"}, t0)}
+	for {
+		if _, ok := c.sm.PollAction(); !ok {
+			break
+		}
+	}
+	ic := &idleCore{n: n, c: c}
 	n.sched = idle.New(idle.Config{
 		IdleAfter: coreIdleAfter, KeepaliveInterval: coreKeepalive,
 		LastActivity: func(id string) time.Time {
@@ -55,7 +64,7 @@ func newIdleCore(t0 time.Time) *idleCore {
 func (ic *idleCore) packet(at time.Time) {
 	b := make([]byte, wgKeepaliveSize+16)
 	b[0] = 4
-	ic.n.noteRx(ic.c, b, at.UnixNano())
+	ic.n.noteRx(&endpoint{conn: ic.c}, b, at.UnixNano())
 }
 
 // idle is what Stats reports as ConnStats.Idle.

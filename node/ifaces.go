@@ -21,9 +21,9 @@ import (
 // The node drives three libraries, each behind one small interface: an ICE
 // agent per connection run (iceAgent, pion's ice.Agent), a TURN client per
 // relay allocation (turnClient, pion's turn.Client) and the WireGuard
-// device's peers (wgDevice, wireguard-go). The adapters below are the only
-// code that knows pion's and wireguard-go's types for them. (The
-// connection lifecycle moves onto them with its sans-IO core.)
+// device's peers (wgDevice, wireguard-go). The rest of the node only sees
+// these interfaces; the adapters below are the only code that knows pion's
+// and wireguard-go's types for them.
 
 // iceAgent is one ICE run of a connection.
 type iceAgent interface {
@@ -293,6 +293,36 @@ func fromPion(c ice.Candidate) (connsm.Candidate, bool) {
 	return connsm.Candidate{SDP: c.Marshal(), Addr: addr, Type: t}, true
 }
 
+func candidateAddr(c ice.Candidate) (netip.AddrPort, bool) {
+	ip, err := netip.ParseAddr(c.Address())
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(c.Port())), true
+}
+
+// parseRemoteCandidate parses a signalled SDP candidate (untrusted input from
+// the portal): a parser panic becomes an error, and only UDP candidates with
+// a literal IP address and a valid port are accepted.
+func parseRemoteCandidate(sdp string) (cand ice.Candidate, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			cand, err = nil, fmt.Errorf("parse candidate: %v", r)
+		}
+	}()
+	cand, err = ice.UnmarshalCandidate(trimCandidate(sdp))
+	if err != nil {
+		return nil, fmt.Errorf("parse candidate: %w", err)
+	}
+	if !cand.NetworkType().IsUDP() {
+		return nil, fmt.Errorf("parse candidate: %s is not UDP", cand.NetworkType())
+	}
+	if _, ok := candidateAddr(cand); !ok || cand.Port() <= 0 || cand.Port() > 65535 {
+		return nil, fmt.Errorf("parse candidate: bad address %s:%d", cand.Address(), cand.Port())
+	}
+	return cand, nil
+}
+
 // parseCandidate parses a signalled candidate into the core's form.
 func parseCandidate(sdp string) (connsm.Candidate, error) {
 	cand, err := parseRemoteCandidate(sdp)
@@ -307,6 +337,7 @@ func parseCandidate(sdp string) (connsm.Candidate, error) {
 	return c, nil
 }
 
+func trimCandidate(s string) string { return strings.TrimPrefix(s, "candidate:") }
 
 // ---- pion/turn ----
 

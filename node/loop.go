@@ -1,34 +1,68 @@
 package node
 
 import (
+	"sync"
 	"time"
 
-	"github.com/pion/ice/v4"
 	"github.com/snowgate/snowgate/node/idle"
-	"golang.zx2c4.com/wireguard/device"
 )
 
+// inputQueue carries work to the loop from goroutines that must not take
+// Node.mu or block: the ICE agents' callbacks and the goroutines of TURN
+// transactions and agent closes. It is unbounded (each producer posts a
+// bounded number of items per event) and never blocks.
+type inputQueue struct {
+	mu    sync.Mutex
+	fns   []func(now time.Time)
+	ready chan struct{}
+}
+
+func newInputQueue() inputQueue { return inputQueue{ready: make(chan struct{}, 1)} }
+
+// post queues fn for the loop, which runs it under n.mu with the time.
+func (n *Node) post(fn func(now time.Time)) {
+	n.inputs.mu.Lock()
+	n.inputs.fns = append(n.inputs.fns, fn)
+	n.inputs.mu.Unlock()
+	select {
+	case n.inputs.ready <- struct{}{}:
+	default:
+	}
+}
+
+// runInputs runs what was posted.
+func (n *Node) runInputs() {
+	n.inputs.mu.Lock()
+	fns := n.inputs.fns
+	n.inputs.fns = nil
+	n.inputs.mu.Unlock()
+	if len(fns) == 0 {
+		return
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return
+	}
+	now := time.Now()
+	for _, fn := range fns {
+		fn(now)
+	}
+	n.startDeferredLocked(now)
+}
+
 // loop is the node's single timer goroutine: it sleeps until the idle
-// scheduler says something is due, and otherwise only wakes for packets that
-// change a connection's state (idle → active, WireGuard reply after nomination)
-// and for inputs that move the next wake-up earlier.
+// scheduler or a connection's core says something is due, and otherwise only
+// wakes for posted inputs (agent callbacks, TURN results) and for packets
+// that change a connection's state (idle → active, a WireGuard handshake, a
+// roam).
 func (n *Node) loop() {
 	defer n.wg.Done()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
-	// strayTimer spaces stray resolutions by strayInterval (roam.go).
-	strayTimer := time.NewTimer(time.Hour)
-	strayTimer.Stop()
-	var strayC <-chan time.Time
-	var lastStray time.Time
-	resolve := func() {
-		lastStray = time.Now()
-		n.strayFlag.Store(false) // reports from now on wake the loop again
-		n.resolveStrays()
-	}
 	for {
 		n.mu.Lock()
-		next, ok := n.sched.NextWake()
+		next, ok := n.nextWakeLocked()
 		n.mu.Unlock()
 		var tc <-chan time.Time
 		if ok {
@@ -38,7 +72,6 @@ func (n *Node) loop() {
 		select {
 		case <-n.ctx.Done():
 			timer.Stop()
-			strayTimer.Stop()
 			return
 		case <-tc:
 			n.wakeups.Add(1)
@@ -48,23 +81,30 @@ func (n *Node) loop() {
 			n.onPoke(c)
 		case <-n.kick:
 			n.pokeAll()
-		case <-n.strays:
-			// strayFlag stays set until the resolution: no reports meanwhile.
-			if wait := strayInterval - time.Since(lastStray); wait > 0 {
-				strayTimer.Reset(wait)
-				strayC = strayTimer.C
-			} else {
-				resolve()
-			}
-		case <-strayC:
-			strayC = nil
-			resolve()
+		case <-n.inputs.ready:
+			n.runInputs()
 		}
 		timer.Stop()
 	}
 }
 
-// wakeLoop makes the loop re-read the scheduler's next wake-up.
+// nextWakeLocked is the earliest of the scheduler's next wake-up, the
+// connections' core timeouts and the ufrag gate's. n.mu is held.
+func (n *Node) nextWakeLocked() (time.Time, bool) {
+	next, ok := n.sched.NextWake()
+	earlier := func(t time.Time, has bool) {
+		if has && (!ok || t.Before(next)) {
+			next, ok = t, true
+		}
+	}
+	for _, c := range n.conns {
+		earlier(c.sm.PollTimeout())
+	}
+	earlier(n.ufrags.pollTimeout())
+	return next, ok
+}
+
+// wakeLoop makes the loop re-read its next wake-up.
 func (n *Node) wakeLoop() {
 	select {
 	case n.kick <- struct{}{}:
@@ -84,37 +124,38 @@ func (n *Node) isIdleLocked(c *connection) bool {
 // kicked the loop instead.
 func (n *Node) pokeAll() {
 	n.mu.Lock()
-	conns := make([]*connection, 0, len(n.conns))
-	for _, c := range n.conns {
-		conns = append(conns, c)
-	}
+	conns := n.sortedConnsLocked()
 	n.mu.Unlock()
 	for _, c := range conns {
 		n.onPoke(c)
 	}
 }
 
-// onPoke handles a connection the data path flagged.
+// handshakeDone is called on the data path when c's tracker saw a handshake
+// complete: the loop hands it to the core.
+func (n *Node) handshakeDone(c *connection) {
+	c.hsDone.Store(true)
+	n.updateIndices(c)
+	n.poke(c)
+}
+
+// onPoke handles what the data path flagged on c: a completed handshake, a
+// roam, a packet that woke it from idle.
 func (n *Node) onPoke(c *connection) {
-	if connState(c.state.Load()) == stateNominated && c.gotReply.Load() {
+	hs, roam := c.hsDone.Swap(false), c.roamTo.Swap(nil)
+	if hs || roam != nil {
 		n.mu.Lock()
-		gen, started := c.agentGen, c.runStarted
-		n.mu.Unlock()
-		// A reply only counts once wireguard-go authenticated it (a response
-		// with the wrong PSK is still a type-2 message). It processes packets
-		// asynchronously, so look again shortly if it has not yet.
-		if n.lastHandshakes()[c.remoteKey].After(started) {
-			n.establish(c, gen)
-		} else if tries := c.verifyTries.Add(1); tries <= 8 {
-			time.AfterFunc(time.Duration(tries)*10*time.Millisecond, func() {
-				if n.ctx.Err() == nil {
-					n.poke(c)
-				}
-			})
-		} else {
-			c.gotReply.Store(false)
-			c.verifyTries.Store(0)
+		if n.conns[c.id] == c {
+			now := time.Now()
+			if hs {
+				n.feedHandshakeLocked(c, now)
+			}
+			if roam != nil {
+				n.roamLocked(c, roam, now)
+			}
+			_ = n.driveLocked(c, now)
 		}
+		n.mu.Unlock()
 	}
 	if c.wakePending.Swap(false) {
 		// A packet woke c from idle (markActive): the scheduler learns it now.
@@ -135,9 +176,8 @@ func (n *Node) onPoke(c *connection) {
 
 // onTimer runs everything that is due, all in this one wake-up.
 func (n *Node) onTimer(now time.Time) {
-	var keepalive []*device.Peer
-	var agents []*ice.Agent
 	n.mu.Lock()
+	defer n.mu.Unlock()
 	for _, d := range n.sched.Poll(now) {
 		id := d.Job.Key
 		switch d.Job.Kind {
@@ -156,74 +196,36 @@ func (n *Node) onTimer(now time.Time) {
 				n.sched.Activity(id, last)
 				continue
 			}
-			if connState(c.state.Load()) == stateEstablished {
-				keepalive = append(keepalive, c.peer)
-				if c.agent != nil { // an ICE re-run must not keep an idle connection awake
-					agents = append(agents, c.agent)
-					c.agent = nil
-					c.agentGen++
-				}
-			}
+			c.sm.HandleWentIdle(now)
+			_ = n.driveLocked(c, now)
 		case idle.KindNATKeepalive:
 			if c := n.conns[id]; c != nil {
-				if connState(c.state.Load()) == stateEstablished {
-					keepalive = append(keepalive, c.peer)
-				}
-				n.checkPathLocked(c, now)
+				c.sm.HandleKeepaliveTick(unixTime(c.lastTx.Load()), unixTime(c.lastAnyRx.Load()), now)
+				_ = n.driveLocked(c, now)
 			}
 		case idle.KindActiveCheck:
 			if c := n.conns[id]; c != nil {
-				n.checkPathLocked(c, now)
+				c.sm.HandleActiveCheck(unixTime(c.lastTx.Load()), unixTime(c.lastAnyRx.Load()), now)
+				_ = n.driveLocked(c, now)
 			}
 		case idle.KindRelayKeepalive:
 			n.relayKeepaliveLocked(id)
 		}
 	}
-	for _, a := range agents {
-		n.closeAgentAsync(a)
-	}
-	n.mu.Unlock()
-	for _, p := range keepalive {
-		p.SendKeepalive()
-	}
-}
-
-// checkPathLocked re-runs ICE for an established connection whose traffic
-// stopped coming back (we kept sending, nothing was received).
-func (n *Node) checkPathLocked(c *connection, now time.Time) {
-	if connState(c.state.Load()) == stateNominated && !c.nominatedAt.IsZero() &&
-		now.Sub(c.nominatedAt) > n.cfg.ICEFailedTimeout {
-		n.handshakeFailedLocked(c)
-		return
-	}
-	if c.agent != nil || connState(c.state.Load()) != stateEstablished {
-		return
-	}
-	// A path failed when we kept sending but nothing came back for 1.5
-	// keepalive intervals: idle peers send each other a NAT keepalive every
-	// interval, and wireguard-go answers data within 10 s (passive keepalive).
-	limit := int64(max(n.cfg.KeepaliveInterval*3/2, 12*time.Second))
-	if n.cfg.KeepaliveInterval < 8*time.Second { // shortened timings (tests)
-		limit = int64(n.cfg.KeepaliveInterval * 3 / 2)
-	}
-	tx, rx := c.lastTx.Load(), c.lastAnyRx.Load()
-	if tx-rx > limit && now.UnixNano()-rx > limit {
-		n.log.Info("path failed: nothing received, re-running ICE", "connection", c.id)
-		if err := n.startAgentLocked(c, runPathFailed); err != nil {
-			n.log.Warn("re-run ICE failed", "connection", c.id, "error", err)
+	for _, c := range n.sortedConnsLocked() {
+		if t, ok := c.sm.PollTimeout(); ok && !now.Before(t) {
+			c.sm.HandleTimeout(now)
+			_ = n.driveLocked(c, now)
 		}
 	}
+	n.ufrags.handleTimeout(now)
+	n.startDeferredLocked(now)
 }
 
-// handshakeFailedLocked gives up on a connection whose nominated path never
-// carried a WireGuard reply.
-func (n *Node) handshakeFailedLocked(c *connection) {
-	c.state.Store(int32(stateFailed))
-	if c.agent != nil {
-		n.closeAgentAsync(c.agent)
-		c.agent = nil
+// unixTime converts a data-path timestamp (unix ns, 0: never).
+func unixTime(ns int64) time.Time {
+	if ns == 0 {
+		return time.Time{}
 	}
-	c.agentGen++
-	n.emit(Event{Kind: EventConnectionFailed, ConnectionID: c.id, Err: ErrHandshakeTimeout})
-	n.log.Warn("connection failed: no WireGuard handshake on the nominated path", "connection", c.id)
+	return time.Unix(0, ns)
 }

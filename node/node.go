@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -63,19 +62,32 @@ type Config struct {
 	Logger *slog.Logger
 	// MeterProvider provides the node's metrics; nil is a no-op provider.
 	MeterProvider metric.MeterProvider
+
+	// testAgents replaces pion's ICE agents (the node's own tests).
+	testAgents agentFactory
 }
 
 // Node is one peer of the overlay: sockets, relays, ICE and a WireGuard device.
+//
+// The node is the shell around the connections' sans-IO cores
+// (internal/connsm): under mu it feeds them what happened (API calls, the
+// agents' callbacks, timers, WireGuard handshakes and roams seen on the data
+// path) and carries out what they ask (driveLocked). The agents' callbacks
+// and the goroutines of blocking TURN transactions never take mu: they post
+// their results to the loop goroutine (post), which applies them.
 type Node struct {
 	cfg     Config
 	log     *slog.Logger
 	net     transport.Net
 	pionLog logging.LoggerFactory
 
+	newAgent agentFactory
+	newTURN  turnFactory
+
 	io    atomic.Pointer[ioSet] // sockets and mux; replaced by Reset
-	hosts atomic.Pointer[[]net.Addr]
+	hosts atomic.Pointer[[]netip.AddrPort]
 	bind  *bind
-	dev   *device.Device
+	dev   wgDevice
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -90,30 +102,37 @@ type Node struct {
 	noRelays bool
 	queued   map[string][]queuedCandidate // remote candidates of connections not created yet
 	clock    func() time.Time             // timestamps of queued candidates (tests replace it)
+	// ufrags tracks agents still closing per local ufrag: a new agent with
+	// the same ufrag waits for them (agents.go).
+	ufrags ufragGate
 
 	allocByAddr atomic.Pointer[map[netip.AddrPort]*allocation]
 	epMu        sync.Mutex // serialises copy-on-write of the endpoint maps
 	epDirect    atomic.Pointer[map[netip.AddrPort]*endpoint]
 	epRelay     atomic.Pointer[map[relayKey]*endpoint]
 
-	closingMu  sync.Mutex
-	closing    map[string]chan struct{} // local ufrag → agent close in flight
-	agentUfrag map[*ice.Agent]string
+	// roam.go: handshake messages on paths tied to no connection, and the
+	// peer's session indices of every connection.
+	strayMu   sync.Mutex
+	strayLog  map[relayKey][]strayMsg
+	idxMu     sync.Mutex
+	remoteIdx atomic.Pointer[map[uint32]*connection]
 
 	events chan Event
 	notify chan *connection
 	kick   chan struct{}
-	// strays wakes the loop to resolve stray endpoints (roam.go); strayFlag
-	// is set while a report is pending.
-	strays    chan struct{}
-	strayFlag atomic.Bool
+	inputs inputQueue
 
-	wakeups     atomic.Uint64
-	liveAgents  atomic.Int64 // ICE agents created and not yet closed
+	wakeups    atomic.Uint64
+	liveAgents atomic.Int64 // ICE agents created and not yet closed
+	// given counts the agents created and the local candidates the node gave
+	// them (tests: nothing is given twice).
+	given       struct{ agents, srflx, relay atomic.Uint64 }
 	established metric.Int64Counter
 	setupTime   metric.Float64Histogram
 }
 
+// relayKey names a path: through allocation a (nil: direct from our socket) to peer.
 type relayKey struct {
 	a    *allocation
 	peer netip.AddrPort
@@ -161,19 +180,25 @@ func New(cfg Config) (*Node, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	n := &Node{
 		cfg: cfg, log: log, net: nw, pionLog: pionLog,
-		ctx: ctx, cancel: cancel,
+		newAgent: cfg.testAgents,
+		newTURN:  pionTURN(nw, pionLog, cfg.RelayRTO),
+		ctx:      ctx, cancel: cancel,
 		priv: priv, conns: make(map[string]*connection), relays: make(map[string]*relayEntry), noRelays: true,
 		queued: make(map[string][]queuedCandidate), clock: time.Now,
-		events:     make(chan Event, 4096),
-		closing:    make(map[string]chan struct{}),
-		agentUfrag: make(map[*ice.Agent]string),
-		notify:     make(chan *connection, 256),
-		kick:       make(chan struct{}, 1),
-		strays:     make(chan struct{}, 1),
+		ufrags:   newUfragGate(),
+		strayLog: make(map[relayKey][]strayMsg),
+		events:   make(chan Event, 4096),
+		notify:   make(chan *connection, 256),
+		kick:     make(chan struct{}, 1),
+		inputs:   newInputQueue(),
+	}
+	if n.newAgent == nil {
+		n.newAgent = pionAgents(nw, pionLog, cfg.ICEFailedTimeout, cfg.IncludeLoopback)
 	}
 	n.allocByAddr.Store(&map[netip.AddrPort]*allocation{})
 	n.epDirect.Store(&map[netip.AddrPort]*endpoint{})
 	n.epRelay.Store(&map[relayKey]*endpoint{})
+	n.remoteIdx.Store(&map[uint32]*connection{})
 
 	meter := mp.Meter("github.com/snowgate/snowgate/node")
 	n.established, _ = meter.Int64Counter("node.connections.established",
@@ -194,7 +219,7 @@ func New(cfg Config) (*Node, error) {
 			counts := map[key]int64{}
 			n.mu.Lock()
 			for _, c := range n.conns {
-				counts[key{c.path, n.isIdleLocked(c)}]++
+				counts[key{Path(c.sm.Path().Kind), n.isIdleLocked(c)}]++
 			}
 			n.mu.Unlock()
 			for k, v := range counts {
@@ -229,15 +254,20 @@ func New(cfg Config) (*Node, error) {
 	n.io.Store(set)
 
 	n.bind = newBind(n)
-	n.dev = device.NewDevice(cfg.TUN, n.bind, wglog.New(log))
-	if err := n.dev.IpcSet("private_key=" + priv.hex() + "\n"); err != nil {
-		n.dev.Close()
+	dev := device.NewDevice(cfg.TUN, n.bind, wglog.New(log))
+	wga := wgAdapter{dev: dev}
+	if r, ok := nw.(peerRetainer); ok {
+		wga.retain = r.RetainWireGuardPeer
+	}
+	n.dev = wga
+	if err := n.dev.SetPrivateKey(priv); err != nil {
+		dev.Close()
 		n.cancel()
 		set.close()
-		return nil, fmt.Errorf("node: set private key: %w", err)
+		return nil, fmt.Errorf("node: %w", err)
 	}
-	if err := n.dev.Up(); err != nil {
-		n.dev.Close()
+	if err := dev.Up(); err != nil {
+		dev.Close()
 		n.cancel()
 		set.close()
 		return nil, fmt.Errorf("node: wireguard up: %w", err)
@@ -287,7 +317,7 @@ func (n *Node) Close() error {
 		return nil
 	}
 	n.closed = true
-	var agents []*ice.Agent
+	var agents []iceAgent
 	for _, c := range n.conns {
 		if c.agent != nil {
 			agents = append(agents, c.agent)
@@ -303,18 +333,14 @@ func (n *Node) Close() error {
 	n.mu.Unlock()
 
 	n.cancel()
-	for _, a := range agents {
-		_ = a.Close()
-	}
 	for _, a := range allocs {
 		a.close()
 	}
+	n.io.Load().close() // the bind's reads return net.ErrClosed
 	n.dev.Close()
-	n.cancel()
-	n.io.Load().close()
 	n.wg.Wait()
 	for _, a := range agents {
-		_ = a.GracefulClose()
+		a.Close()
 		n.liveAgents.Add(-1)
 	}
 	close(n.events)
@@ -343,6 +369,7 @@ func (s *ioSet) close() {
 	_ = s.mux.Close()
 	_ = s.muxConn.Close()
 	for _, so := range s.all {
+		so.closed.Store(true)
 		_ = so.pc.Close()
 	}
 }
@@ -381,7 +408,14 @@ func (n *Node) openIO() (*ioSet, error) {
 			UDPConn: set.muxConn,
 			Net:     n.net,
 		}),
-		addrs: func() []net.Addr { return *n.hosts.Load() },
+		addrs: func() []net.Addr {
+			hs := *n.hosts.Load()
+			out := make([]net.Addr, len(hs))
+			for i, h := range hs {
+				out[i] = net.UDPAddrFromAddrPort(h)
+			}
+			return out
+		},
 	}
 	return set, nil
 }
@@ -389,13 +423,13 @@ func (n *Node) openIO() (*ioSet, error) {
 func (n *Node) sockFor(dst netip.AddrPort) *socket { return n.io.Load().sockFor(dst) }
 
 // hostAddresses lists the interface addresses that become host candidates.
-func (n *Node) hostAddresses(set *ioSet) []net.Addr {
+func (n *Node) hostAddresses(set *ioSet) []netip.AddrPort {
 	ifaces, err := n.net.Interfaces()
 	if err != nil {
 		n.log.Warn("list interfaces failed", "error", err)
 		return nil
 	}
-	var out []net.Addr
+	var out []netip.AddrPort
 	for _, ifc := range ifaces {
 		if ifc.Flags&net.FlagUp == 0 {
 			continue
@@ -424,10 +458,10 @@ func (n *Node) hostAddresses(set *ioSet) []net.Addr {
 				continue
 			}
 			if ap.Is4() && set.v4 != nil {
-				out = append(out, &net.UDPAddr{IP: ap.AsSlice(), Port: int(set.v4.port)})
+				out = append(out, netip.AddrPortFrom(ap, set.v4.port))
 			}
 			if ap.Is6() && set.v6 != nil {
-				out = append(out, &net.UDPAddr{IP: ap.AsSlice(), Port: int(set.v6.port)})
+				out = append(out, netip.AddrPortFrom(ap, set.v6.port))
 			}
 		}
 	}
@@ -441,7 +475,7 @@ func (n *Node) demux(buf []byte, size *int, ep *wgconn.Endpoint, from netip.Addr
 	if isWireGuard(b) {
 		e := n.directEndpoint(from)
 		*ep = e
-		n.noteRx(e.conn, b, now)
+		n.noteRx(e, b, now)
 		return true
 	}
 	*size = 0
@@ -452,7 +486,7 @@ func (n *Node) demux(buf []byte, size *int, ep *wgconn.Endpoint, from netip.Addr
 					e := n.relayEndpoint(a, peer)
 					*size = copy(buf, payload)
 					*ep = e
-					n.noteRx(e.conn, buf[:*size], now)
+					n.noteRx(e, buf[:*size], now)
 					return true
 				}
 			}
@@ -473,11 +507,13 @@ func (n *Node) demux(buf []byte, size *int, ep *wgconn.Endpoint, from netip.Addr
 	return false
 }
 
-// noteRx accounts a received WireGuard message to its connection. A message
-// from an address tied to no connection may be a peer that roamed (roam.go).
-func (n *Node) noteRx(c *connection, b []byte, now int64) {
+// noteRx accounts a received WireGuard message to the connection of its
+// endpoint and follows its handshakes (wgtrack). A message along a path tied
+// to no connection goes to the stray log (roam.go).
+func (n *Node) noteRx(e *endpoint, b []byte, now int64) {
+	c := e.conn
 	if c == nil {
-		n.noteStray()
+		n.strayRx(e, b, now)
 		return
 	}
 	c.rxBytes.Add(uint64(len(b)))
@@ -486,9 +522,8 @@ func (n *Node) noteRx(c *connection, b []byte, now int64) {
 		c.lastRx.Store(now)
 		n.markActive(c)
 	}
-	if (b[0] == 2 || b[0] == 4) && connState(c.state.Load()) == stateNominated {
-		c.gotReply.Store(true)
-		n.poke(c)
+	if b[0] != 4 || c.hsAwaiting.Load() {
+		c.trackRx(n, b, now)
 	}
 }
 
@@ -546,14 +581,14 @@ func (n *Node) poke(c *connection) {
 }
 
 // sendTo writes WireGuard messages along an endpoint. A stray endpoint (a
-// peer roamed onto an address tied to no connection) counts for the
-// connection the node tied its address to since, if any (roam.go).
+// path tied to no connection, e.g. where a peer roamed) counts for the
+// connection the node tied its path to since, if any (roam.go).
 func (n *Node) sendTo(bufs [][]byte, e *endpoint) error {
 	if e.conn == nil {
 		if b := n.boundEndpoint(e); b != nil {
 			e = b
 		} else {
-			n.noteStray()
+			n.strayTx(e, bufs)
 		}
 	}
 	if c := e.conn; c != nil {
@@ -571,6 +606,11 @@ func (n *Node) sendTo(bufs [][]byte, e *endpoint) error {
 		if activity {
 			c.lastActTx.Store(now)
 			n.markActive(c)
+		}
+		for _, b := range bufs {
+			if len(b) > 0 && (b[0] != 4 || c.hsAwaiting.Load()) {
+				c.trackTx(n, b, now)
+			}
 		}
 	}
 	if e.alloc != nil {
@@ -658,5 +698,3 @@ func (n *Node) rebuildAllocIndex() {
 	}
 	n.allocByAddr.Store(&m)
 }
-
-func trimCandidate(s string) string { return strings.TrimPrefix(s, "candidate:") }

@@ -11,9 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pion/ice/v4"
 	"github.com/pion/stun/v4"
-	"github.com/pion/turn/v5"
 )
 
 // allocateTimeout bounds one Allocate transaction.
@@ -29,26 +27,28 @@ type relayEntry struct {
 	allocs []*allocation
 }
 
-// allocation is one turn.Client on the node's socket of its family (no
+// allocation is one TURN client on the node's socket of its family (no
 // Listen: the demux feeds HandleInbound) with its shared UDP allocation.
+//
+// The blocking TURN transactions (Allocate, the keepalive's binding request)
+// run on goroutines owned by the node; their results go to the node's loop.
+// Fields marked "loop" are only touched under Node.mu.
 type allocation struct {
 	n       *Node
 	relayID string
 	server  netip.AddrPort
 	sock    *socket
-	client  *turn.Client
+	client  turnClient
 
 	ready       atomic.Bool
-	relayed     net.PacketConn
+	relayed     relayedConn
 	relayedAddr netip.AddrPort
-	chans       interface {
-		FindAddrByChannelNumber(uint16) (net.Addr, bool)
-	}
-	rtt          atomic.Int64 // ns, from the last keepalive
-	mapped       atomic.Pointer[netip.AddrPort]
-	failures     atomic.Int32
-	busy         atomic.Bool // a keepalive or allocate is in flight
-	firstAttempt atomic.Bool // the first Allocate has not completed yet
+	rtt         atomic.Int64 // ns, from the last keepalive
+	mapped      atomic.Pointer[netip.AddrPort]
+	busy        atomic.Bool // a keepalive or allocate is in flight
+
+	failures     int  // loop: consecutive failed keepalives
+	firstAttempt bool // loop: the first Allocate has not completed yet
 
 	mu         sync.Mutex
 	views      map[*relayView]struct{}
@@ -56,8 +56,8 @@ type allocation struct {
 	closed     bool
 }
 
-// turnSockConn is the PacketConn given to turn.Client: writes go out on the
-// node socket; reads never happen (no Listen).
+// turnSockConn is the PacketConn given to the TURN client: writes go out on
+// the node socket; reads never happen (no Listen).
 type turnSockConn struct {
 	s    *socket
 	done <-chan struct{}
@@ -75,24 +75,9 @@ func (c *turnSockConn) SetReadDeadline(time.Time) error           { return nil }
 func (c *turnSockConn) SetWriteDeadline(time.Time) error          { return nil }
 
 func newAllocation(n *Node, r Relay, server netip.AddrPort, s *socket) (*allocation, error) {
-	fam := turn.RequestedAddressFamilyIPv4
-	if s.family == 6 {
-		fam = turn.RequestedAddressFamilyIPv6
-	}
-	c, err := turn.NewClient(&turn.ClientConfig{
-		STUNServerAddr:         server.String(),
-		TURNServerAddr:         server.String(),
-		Username:               r.Username,
-		Password:               r.Password,
-		Realm:                  r.Realm,
-		Conn:                   &turnSockConn{s: s, done: n.ctx.Done()},
-		Net:                    n.net,
-		LoggerFactory:          n.pionLog,
-		RequestedAddressFamily: fam,
-		RTO:                    n.cfg.RelayRTO,
-	})
+	c, err := n.newTURN(turnConfig{relay: r, server: server, conn: &turnSockConn{s: s, done: n.ctx.Done()}, ipv6: s.family == 6})
 	if err != nil {
-		return nil, fmt.Errorf("turn client for relay %s at %s: %w", r.ID, server, err)
+		return nil, err
 	}
 	return &allocation{
 		n: n, relayID: r.ID, server: server, sock: s, client: c,
@@ -106,11 +91,10 @@ func newAllocation(n *Node, r Relay, server netip.AddrPort, s *socket) (*allocat
 func (a *allocation) allocate(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, allocateTimeout)
 	defer cancel()
-	pc, err := a.client.AllocateWithContext(ctx)
+	pc, err := a.client.Allocate(ctx)
 	if err != nil {
 		return fmt.Errorf("allocate on relay %s at %s: %w", a.relayID, a.server, err)
 	}
-	relayed := addrPortOf(pc.LocalAddr())
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()
@@ -118,15 +102,9 @@ func (a *allocation) allocate(ctx context.Context) error {
 		return fmt.Errorf("allocate on relay %s: %w", a.relayID, ErrClosed)
 	}
 	a.relayed = pc
-	a.relayedAddr = relayed
-	if cl, ok := pc.(interface {
-		FindAddrByChannelNumber(uint16) (net.Addr, bool)
-	}); ok {
-		a.chans = cl
-	}
+	a.relayedAddr = addrPortOf(pc.LocalAddr())
 	a.mu.Unlock()
 	a.probe()
-	a.ready.Store(true)
 	return nil
 }
 
@@ -134,18 +112,15 @@ func (a *allocation) allocate(ctx context.Context) error {
 // binding, RTT measurement and liveness check. It blocks for the transaction.
 func (a *allocation) probe() bool {
 	start := time.Now()
-	mapped, err := a.client.SendBindingRequestTo(net.UDPAddrFromAddrPort(a.server))
+	m, err := a.client.Probe()
 	if err != nil {
-		a.failures.Add(1)
 		return false
 	}
 	a.rtt.Store(int64(time.Since(start)))
-	m := addrPortOf(mapped)
 	if m.IsValid() {
 		a.mapped.Store(&m)
 		a.sock.mapped.Store(&m)
 	}
-	a.failures.Store(0)
 	return true
 }
 
@@ -167,7 +142,7 @@ func (a *allocation) dispatch(b []byte, from netip.AddrPort) {
 		ep := a.n.relayEndpoint(a, from)
 		cp := make([]byte, len(b))
 		copy(cp, b)
-		a.n.noteRx(ep.conn, b, time.Now().UnixNano())
+		a.n.noteRx(ep, b, time.Now().UnixNano())
 		select {
 		case a.n.bind.relayIn <- relayedPacket{b: cp, ep: ep}:
 		default:
@@ -205,21 +180,15 @@ func (a *allocation) viewFor(b []byte, from netip.AddrPort) *relayView {
 	return a.lastWriter[from]
 }
 
-// handleInbound feeds a datagram from the relay server to the turn client.
-func (a *allocation) handleInbound(b []byte, from netip.AddrPort) {
-	_, _ = a.client.HandleInbound(b, net.UDPAddrFromAddrPort(from))
-}
+// handleInbound feeds a datagram from the relay server to the TURN client.
+func (a *allocation) handleInbound(b []byte, from netip.AddrPort) { a.client.HandleInbound(b, from) }
 
 // peerForChannel maps a bound channel number to the peer address.
 func (a *allocation) peerForChannel(ch uint16) (netip.AddrPort, bool) {
-	if a.chans == nil {
+	if !a.ready.Load() {
 		return netip.AddrPort{}, false
 	}
-	addr, ok := a.chans.FindAddrByChannelNumber(ch)
-	if !ok {
-		return netip.AddrPort{}, false
-	}
-	return addrPortOf(addr), true
+	return a.relayed.PeerForChannel(ch)
 }
 
 // writeTo sends through the allocation to a peer.
@@ -290,26 +259,14 @@ func (a *allocation) newView(ufrag string) (*relayView, error) {
 	return v, nil
 }
 
-// candidate builds the relay candidate of this allocation.
-func (a *allocation) candidate() (*ice.CandidateRelay, error) {
-	rel := netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
-	if a.sock.family == 6 {
-		rel = netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
-	}
+// candidateBase is the related address of this allocation's relay
+// candidate: our mapped address as the relay sees it, if known.
+func (a *allocation) candidateBase() netip.AddrPort {
 	if m := a.mapped.Load(); m != nil && m.IsValid() {
-		rel = *m
+		return *m
 	}
-	c, err := ice.NewCandidateRelay(&ice.CandidateRelayConfig{
-		Network:       "udp",
-		Address:       a.relayedAddr.Addr().String(),
-		Port:          int(a.relayedAddr.Port()),
-		Component:     1,
-		RelAddr:       rel.Addr().String(),
-		RelPort:       int(rel.Port()),
-		RelayProtocol: "udp",
-	})
-	if err != nil {
-		return nil, fmt.Errorf("relay candidate for %s: %w", a.relayID, err)
+	if a.sock.family == 6 {
+		return netip.AddrPortFrom(netip.IPv6Unspecified(), 0)
 	}
-	return c, nil
+	return netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
 }

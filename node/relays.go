@@ -2,6 +2,7 @@ package node
 
 import (
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/snowgate/snowgate/node/idle"
@@ -18,32 +19,33 @@ func (n *Node) UpdateRelays(remove []string, add []Relay) {
 		n.mu.Unlock()
 		return
 	}
+	now := time.Now()
 	var drop []*allocation
 	for _, id := range remove {
-		drop = append(drop, n.dropRelayLocked(id, "removed")...)
+		drop = append(drop, n.dropRelayLocked(id, "removed", now)...)
 	}
 	for _, r := range add {
 		if old := n.relays[r.ID]; old != nil {
 			if old.cfg == r {
 				continue
 			}
-			drop = append(drop, n.dropRelayLocked(r.ID, "replaced")...)
+			drop = append(drop, n.dropRelayLocked(r.ID, "replaced", now)...)
 		}
 		e := &relayEntry{cfg: r}
+		set := n.io.Load()
 		for _, server := range []struct {
 			addr netip.AddrPort
 			s    *socket
-		}{{r.Addr4, n.io.Load().v4}, {r.Addr6, n.io.Load().v6}} {
+		}{{r.Addr4, set.v4}, {r.Addr6, set.v6}} {
 			if !server.addr.IsValid() || server.s == nil {
 				continue
 			}
-			addr := unmapAddrPort(server.addr)
-			a, err := newAllocation(n, r, addr, server.s)
+			a, err := newAllocation(n, r, unmapAddrPort(server.addr), server.s)
 			if err != nil {
 				n.log.Warn("relay client failed", "relay", r.ID, "error", err)
 				continue
 			}
-			a.firstAttempt.Store(true)
+			a.firstAttempt = true
 			e.allocs = append(e.allocs, a)
 		}
 		if len(e.allocs) == 0 {
@@ -56,7 +58,6 @@ func (n *Node) UpdateRelays(remove []string, add []Relay) {
 		}
 		// Relay keepalives ride the idle batch's keepalive ticks: no wake-up of their own.
 		k := n.cfg.KeepaliveInterval
-		now := time.Now()
 		_ = n.sched.Every(idle.JobID{Kind: idle.KindRelayKeepalive, Key: r.ID}, n.sched.NextTick(now, k), k)
 	}
 	n.rebuildAllocIndex()
@@ -68,6 +69,8 @@ func (n *Node) UpdateRelays(remove []string, add []Relay) {
 	n.wakeLoop()
 }
 
+// startAllocateLocked runs a's Allocate on a goroutine owned by the node;
+// the loop learns the result (onAllocatedLocked).
 func (n *Node) startAllocateLocked(a *allocation) {
 	if !a.busy.CompareAndSwap(false, true) {
 		return
@@ -75,30 +78,20 @@ func (n *Node) startAllocateLocked(a *allocation) {
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
-		defer a.busy.Store(false)
 		err := a.allocate(n.ctx)
-		a.firstAttempt.Store(false)
-		n.onAllocated(a, err)
+		n.post(func(now time.Time) {
+			a.busy.Store(false)
+			n.onAllocatedLocked(a, err, now)
+		})
 	}()
 }
 
-func (n *Node) onAllocated(a *allocation, err error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	r := n.relays[a.relayID]
-	owned := false
-	if r != nil {
-		for _, x := range r.allocs {
-			owned = owned || x == a
-		}
-	}
-	if !owned || n.closed {
+// onAllocatedLocked applies the result of an Allocate. n.mu is held.
+func (n *Node) onAllocatedLocked(a *allocation, err error, now time.Time) {
+	a.firstAttempt = false
+	if n.closed || !n.ownsLocked(a) {
 		if err == nil {
-			n.wg.Add(1) // we run on a goroutine the node waits for
-			go func() {
-				defer n.wg.Done()
-				a.close()
-			}()
+			n.goClose(a.close)
 		}
 		return
 	}
@@ -107,6 +100,7 @@ func (n *Node) onAllocated(a *allocation, err error) {
 		n.checkNoRelaysLocked()
 		return
 	}
+	a.ready.Store(true)
 	n.wg.Add(1)
 	go func() {
 		defer n.wg.Done()
@@ -115,42 +109,31 @@ func (n *Node) onAllocated(a *allocation, err error) {
 	n.log.Info("relay allocation ready", "relay", a.relayID, "server", a.server, "relayed", a.relayedAddr,
 		"rtt", time.Duration(a.rtt.Load()))
 	n.emit(Event{Kind: EventRelayReady, RelayID: a.relayID, RelayedAddr: a.relayedAddr})
-	// Connections still looking for a path get the new candidates: the relay's, and the server-reflexive
-	// address its keepalive just learnt (node-wide, so a connection created before any relay answered still
-	// gets a direct path through an endpoint-independent NAT).
-	set := n.io.Load()
-	for _, c := range n.conns {
-		if c.agent == nil {
-			continue
-		}
-		n.addSrflxCandidatesLocked(c, set)
-		if c.relayID == "" || c.relayID == a.relayID || n.relays[c.relayID] == nil {
-			if c.relayID == "" {
-				c.relayID = a.relayID
-			}
-			if c.relayID == a.relayID {
-				n.addRelayAllocCandidateLocked(c, a)
-			}
-		}
+	n.checkNoRelaysLocked()
+	// Connections still looking for a path get the new candidates: the relay's (if it is theirs, or they have
+	// none), and the server-reflexive address its keepalive just learnt (node-wide, so a connection created
+	// before any relay answered still gets a direct path through an endpoint-independent NAT).
+	srflx := n.srflxAddrsLocked()
+	for _, c := range n.sortedConnsLocked() {
+		c.sm.HandleSrflx(srflx, now)
+		c.sm.HandleRelayReady(a.relayID, now)
+		n.driveLocked(c, now)
 	}
 }
 
-// addRelayAllocCandidateLocked adds one allocation's candidate to c's agent.
-func (n *Node) addRelayAllocCandidateLocked(c *connection, a *allocation) {
-	if c.agent == nil || !n.relayAllowed() || !a.ready.Load() {
-		return
-	}
-	cand, err := a.candidate()
-	if err != nil {
-		return
-	}
-	v, err := a.newView(c.local.Ufrag)
-	if err != nil {
-		return
-	}
-	if err := c.agent.AddVirtualCandidate(cand, v); err != nil {
-		_ = v.Close()
-	}
+// ownsLocked reports whether a is still one of the node's allocations.
+func (n *Node) ownsLocked(a *allocation) bool {
+	r := n.relays[a.relayID]
+	return r != nil && slices.Contains(r.allocs, a)
+}
+
+// goClose runs f on a goroutine owned by the node (Close waits for it).
+func (n *Node) goClose(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
 }
 
 // pickRelayLocked samples the relay for a new connection: the one with the
@@ -175,7 +158,7 @@ func (n *Node) pickRelayLocked() string {
 func (n *Node) relayPendingLocked() bool {
 	for _, r := range n.relays {
 		for _, a := range r.allocs {
-			if a.firstAttempt.Load() {
+			if a.firstAttempt {
 				return true
 			}
 		}
@@ -198,7 +181,7 @@ func (n *Node) checkNoRelaysLocked() {
 // dropRelayLocked forgets a relay: its candidates are invalidated and its
 // connections move to another relay (ICE re-runs if their path used it).
 // It returns the allocations the caller closes after unlocking.
-func (n *Node) dropRelayLocked(id, why string) []*allocation {
+func (n *Node) dropRelayLocked(id, why string, now time.Time) []*allocation {
 	r := n.relays[id]
 	if r == nil {
 		return nil
@@ -207,37 +190,13 @@ func (n *Node) dropRelayLocked(id, why string) []*allocation {
 	n.cancelRelayJobsLocked(id)
 	n.rebuildAllocIndex()
 	n.log.Info("relay dropped", "relay", id, "reason", why)
-	for _, c := range n.conns {
-		for sdp, rid := range c.relayCands {
-			if rid == id {
-				delete(c.relayCands, sdp)
-				delete(c.localCands, sdp)
-				n.emit(Event{Kind: EventCandidateInvalidated, ConnectionID: c.id, Candidate: sdp, RelayID: id})
-			}
-		}
-		if c.relayID != id {
-			continue
-		}
-		c.relayID = n.pickRelayLocked()
-		if c.agent != nil {
-			n.addRelayCandidatesLocked(c)
-			continue
-		}
-		if ep := c.currentEndpoint(); ep != nil && ep.alloc != nil && ep.alloc.relayID == id {
-			n.log.Info("path relay dropped: re-running ICE", "connection", c.id, "relay", id)
-			if err := n.startAgentLocked(c, runRelayMoved); err != nil {
-				n.log.Warn("re-run ICE failed", "connection", c.id, "error", err)
-			}
-		}
+	replacement := n.pickRelayLocked()
+	for _, c := range n.sortedConnsLocked() {
+		c.sm.HandleRelayDropped(id, replacement, now)
+		n.driveLocked(c, now)
 	}
 	n.checkNoRelaysLocked()
 	return r.allocs
-}
-
-func (c *connection) currentEndpoint() *endpoint {
-	c.pendMu.Lock()
-	defer c.pendMu.Unlock()
-	return c.nominated
 }
 
 func (n *Node) cancelRelayJobsLocked(id string) {
@@ -247,45 +206,85 @@ func (n *Node) cancelRelayJobsLocked(id string) {
 // relayKeepaliveLocked sends the STUN keepalive to a relay (one goroutine per
 // allocation for the transaction) and retries its failed allocations. pion's
 // turn client refreshes the allocation (lifetime/2), permissions (2 min) and
-// channel bindings itself.
+// channel bindings itself. A relay missing relayFailuresBeforeDrop
+// keepalives in a row is dropped.
 func (n *Node) relayKeepaliveLocked(id string) {
-	if r := n.relays[id]; r != nil {
-		for _, a := range r.allocs {
-			if !a.ready.Load() {
-				n.startAllocateLocked(a)
-				continue
-			}
-			if !a.busy.CompareAndSwap(false, true) {
-				continue
-			}
-			n.wg.Add(1)
-			go func() {
-				defer n.wg.Done()
-				defer a.busy.Store(false)
-				if a.probe() || a.failures.Load() < relayFailuresBeforeDrop {
-					return
-				}
-				n.mu.Lock()
-				var drop []*allocation
-				if cur := n.relays[a.relayID]; cur != nil && containsAlloc(cur.allocs, a) {
-					drop = n.dropRelayLocked(a.relayID, "unresponsive")
-				}
-				n.mu.Unlock()
-				for _, d := range drop {
-					d.close()
-				}
-			}()
+	r := n.relays[id]
+	if r == nil {
+		return
+	}
+	for _, a := range r.allocs {
+		if !a.ready.Load() {
+			n.startAllocateLocked(a)
+			continue
 		}
+		if !a.busy.CompareAndSwap(false, true) {
+			continue
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			ok := a.probe()
+			n.post(func(now time.Time) {
+				a.busy.Store(false)
+				n.onProbedLocked(a, ok, now)
+			})
+		}()
 	}
 }
 
-func containsAlloc(as []*allocation, a *allocation) bool {
-	for _, x := range as {
-		if x == a {
-			return true
+// onProbedLocked applies the result of a relay keepalive. n.mu is held.
+func (n *Node) onProbedLocked(a *allocation, ok bool, now time.Time) {
+	if n.closed || !n.ownsLocked(a) {
+		return
+	}
+	if ok {
+		a.failures = 0
+		srflx := n.srflxAddrsLocked()
+		for _, c := range n.sortedConnsLocked() {
+			c.sm.HandleSrflx(srflx, now)
+			n.driveLocked(c, now)
+		}
+		return
+	}
+	a.failures++
+	if a.failures < relayFailuresBeforeDrop {
+		return
+	}
+	for _, d := range n.dropRelayLocked(a.relayID, "unresponsive", now) {
+		n.goClose(d.close)
+	}
+}
+
+// srflxAddrsLocked returns the node-wide server-reflexive addresses: each
+// socket's mapped address as the relays see it, unless it is one of our host
+// addresses (not behind a NAT on that family).
+func (n *Node) srflxAddrsLocked() []netip.AddrPort {
+	if !n.candidateTypeAllowed(candSrflx) {
+		return nil
+	}
+	hosts := *n.hosts.Load()
+	var out []netip.AddrPort
+	for _, so := range n.io.Load().all {
+		m := so.mapped.Load()
+		if m == nil || !m.IsValid() || slices.Contains(hosts, *m) {
+			continue
+		}
+		out = append(out, *m)
+	}
+	return out
+}
+
+// allocByRelayedLocked returns the ready allocation whose relayed address is addr.
+func (n *Node) allocByRelayedLocked(addr netip.AddrPort) *allocation {
+	for _, r := range n.relays {
+		for _, a := range r.allocs {
+			if a.ready.Load() && a.relayedAddr == addr {
+				return a
+			}
 		}
 	}
-	return false
+	return nil
 }
 
 func unmapAddrPort(a netip.AddrPort) netip.AddrPort {

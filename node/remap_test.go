@@ -103,44 +103,21 @@ func TestRemoteRemapKeepsConnection(t *testing.T) {
 	}
 }
 
-// TestEndpointFromString checks that the endpoint strings wireguard-go
-// reports (DstToString) map back to the path they name.
-func TestEndpointFromString(t *testing.T) {
+// TestEndpointStrings: the endpoint strings wireguard-go logs name the path
+// (they are only logged: the node never parses them back).
+func TestEndpointStrings(t *testing.T) {
 	a4 := &allocation{relayID: "r1", relayedAddr: netip.MustParseAddrPort("198.51.100.7:40000")}
-	a6 := &allocation{relayID: "r1", relayedAddr: netip.MustParseAddrPort("[2001:db8::7]:40000")}
-	a4.ready.Store(true)
-	a6.ready.Store(true)
-	n := &Node{relays: map[string]*relayEntry{"r1": {allocs: []*allocation{a4, a6}}}}
 	for _, tc := range []struct {
-		name string
-		in   string
-		want *endpoint // nil: not a path
+		ep   *endpoint
+		want string
 	}{
-		{"direct v4", "192.0.2.1:52625", &endpoint{dst: netip.MustParseAddrPort("192.0.2.1:52625")}},
-		{"direct v6", "[2001:db8::1]:52625", &endpoint{dst: netip.MustParseAddrPort("[2001:db8::1]:52625")}},
-		{"direct v4-mapped", "[::ffff:192.0.2.1]:1", &endpoint{dst: netip.MustParseAddrPort("[::ffff:192.0.2.1]:1")}},
-		{"relay v4", "relay(r1)/203.0.113.9:3000", &endpoint{alloc: a4, dst: netip.MustParseAddrPort("203.0.113.9:3000")}},
-		{"relay v6", "relay(r1)/[2001:db8::9]:3000", &endpoint{alloc: a6, dst: netip.MustParseAddrPort("[2001:db8::9]:3000")}},
-		{"unknown relay", "relay(r2)/203.0.113.9:3000", nil},
-		{"relay without address", "relay(r1)/", nil},
-		{"relay unterminated", "relay(r1", nil},
-		{"pending", "pending", nil},
-		{"empty", "", nil},
+		{&endpoint{dst: netip.MustParseAddrPort("192.0.2.1:52625")}, "192.0.2.1:52625"},
+		{&endpoint{dst: netip.MustParseAddrPort("[2001:db8::1]:52625")}, "[2001:db8::1]:52625"},
+		{&endpoint{alloc: a4, dst: netip.MustParseAddrPort("203.0.113.9:3000")}, "relay(r1)/203.0.113.9:3000"},
+		{&endpoint{pending: true}, "pending"},
 	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, ok := n.endpointFromStringLocked(tc.in)
-			if tc.want == nil {
-				if ok {
-					t.Fatalf("%q → %s, want no path", tc.in, got.DstToString())
-				}
-				return
-			}
-			if !ok || got.alloc != tc.want.alloc || got.dst != tc.want.dst || got.conn != nil {
-				t.Fatalf("%q → %+v (%v), want %+v", tc.in, got, ok, tc.want)
-			}
-			if s := got.DstToString(); s != tc.in {
-				t.Fatalf("round trip %q → %q", tc.in, s)
-			}
-		})
+		if got := tc.ep.DstToString(); got != tc.want {
+			t.Errorf("DstToString = %q, want %q", got, tc.want)
+		}
 	}
 }

@@ -28,6 +28,9 @@ type socket struct {
 	// (learnt from their STUN keepalives): the node-wide srflx candidate,
 	// kept when relays go away.
 	mapped atomic.Pointer[netip.AddrPort]
+	// closed is set before the node closes pc: a read error after it is
+	// the end of the socket, whatever error the PacketConn returns.
+	closed atomic.Bool
 }
 
 // listenSockets opens the v4 socket and, when possible, a v6 socket on the same
