@@ -69,7 +69,9 @@
 // the data path (the bind's receive and send functions) only touches
 // atomics, the handshake tracker's small lock and copy-on-write maps, and
 // pokes the loop when a packet changes something (idle → active, a
-// handshake completed, a roam).
+// handshake completed, a roam). node/nodetest runs real nodes in a
+// simulated network with simulated time (synctest), so tests of minutes of
+// behaviour take milliseconds.
 //
 // # Connections
 //
