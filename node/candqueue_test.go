@@ -110,23 +110,22 @@ func TestCandidatesBeforeConnection(t *testing.T) {
 	if err := b.n.SetAllowedIPs("c1", []netip.Prefix{prefix32(a.ip)}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		a.n.mu.Lock()
-		var queued []string
-		for _, q := range a.n.queued["c1"] {
-			queued = append(queued, q.sdp)
-		}
-		a.n.mu.Unlock()
-		if len(queued) > 0 && strings.Contains(strings.Join(queued, "\n"), "typ relay") {
-			t.Logf("queued before the connection existed: %q", queued)
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("b's relay candidate was not queued at a: %q", queued)
-		}
-		time.Sleep(10 * time.Millisecond)
+	// b's pump forwards a candidate before it records the event.
+	if _, ok := b.waitEvent(5*time.Second, func(e Event) bool {
+		return e.Kind == EventCandidateAdded && strings.Contains(e.Candidate, "typ relay")
+	}); !ok {
+		t.Fatal("b signalled no relay candidate")
 	}
+	a.n.mu.Lock()
+	var queued []string
+	for _, q := range a.n.queued["c1"] {
+		queued = append(queued, q.sdp)
+	}
+	a.n.mu.Unlock()
+	if !strings.Contains(strings.Join(queued, "\n"), "typ relay") {
+		t.Fatalf("b's relay candidate was not queued at a: %q", queued)
+	}
+	t.Logf("queued before the connection existed: %q", queued)
 
 	a.mu.Lock()
 	a.peer = b

@@ -2,7 +2,6 @@ package node
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
@@ -140,39 +139,34 @@ func newTestNode(t testing.TB, ip string, mod func(*Config)) *testNode {
 	return tn
 }
 
-// pump records events and signals candidates to the peer like the portal would.
+// pump signals candidates to the peer like the portal would, then records
+// the event: once an event is recorded, its candidate reached the peer.
 func (tn *testNode) pump() {
 	defer close(tn.pumped)
 	for e := range tn.n.Events() {
 		tn.mu.Lock()
-		tn.events = append(tn.events, e)
 		peer := tn.peer
 		if r := tn.routes[e.ConnectionID]; r != nil {
 			peer = r
 		}
 		tn.mu.Unlock()
+		// Like the portal, forward at once: the peer queues candidates of a
+		// connection it does not have yet (and drops an invalidation of a
+		// candidate it never had).
+		if peer != nil {
+			switch e.Kind {
+			case EventCandidateAdded:
+				_ = peer.n.AddRemoteCandidate(e.ConnectionID, e.Candidate)
+			case EventCandidateInvalidated:
+				_ = peer.n.RemoveRemoteCandidate(e.ConnectionID, e.Candidate)
+			}
+		}
+		tn.mu.Lock()
+		tn.events = append(tn.events, e)
+		tn.mu.Unlock()
 		select {
 		case tn.changed <- struct{}{}:
 		default:
-		}
-		if peer == nil {
-			continue
-		}
-		// Like the portal, forward at once: the peer queues candidates of a
-		// connection it does not have yet. An invalidation it cannot place
-		// (ErrUnknownConnection) is retried for a while.
-		for try := 0; try < 200; try++ {
-			var err error
-			switch e.Kind {
-			case EventCandidateAdded:
-				err = peer.n.AddRemoteCandidate(e.ConnectionID, e.Candidate)
-			case EventCandidateInvalidated:
-				err = peer.n.RemoveRemoteCandidate(e.ConnectionID, e.Candidate)
-			}
-			if !errors.Is(err, ErrUnknownConnection) {
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
 		}
 	}
 }
@@ -205,7 +199,6 @@ func (tn *testNode) waitCount(timeout time.Duration, k int, f func(Event) bool) 
 	for tn.countEvents(f) < k {
 		select {
 		case <-tn.changed:
-		case <-time.After(20 * time.Millisecond):
 		case <-deadline:
 			return false
 		}
