@@ -49,10 +49,29 @@ func binaryDir(bin string) (string, bool) {
 	return dir, err == nil && !st.IsDir()
 }
 
-// stringLiterals returns every string literal in the non-test Go files of dir. Environment variable names
-// and flag names appear there as literals ("SNOWGATE_TOKEN", "api-url"), so membership in this set is how
-// the tests check that a deployment file names only settings the binary reads.
+// stringLiterals returns every string literal in the non-test Go files of the binary in dir and of the
+// packages of this module it links (the daemons share their flags through internal/cliconf). Environment
+// variable names and flag names appear there as literals ("SNOWGATE_TOKEN", "api-url"), so membership in
+// this set is how the tests check that a deployment file names only settings the binary reads.
 func stringLiterals(t *testing.T, dir string) map[string]bool {
+	t.Helper()
+	set := map[string]bool{}
+	cmd := exec.Command("go", "list", "-deps", "-f", "{{if .Module}}{{if .Module.Main}}{{.Dir}}{{end}}{{end}}", ".")
+	cmd.Dir = dir
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list -deps in %s: %v", dir, err)
+	}
+	for _, d := range strings.Fields(string(out)) {
+		for k := range dirLiterals(t, d) {
+			set[k] = true
+		}
+	}
+	return set
+}
+
+// dirLiterals returns every string literal in the non-test Go files of dir.
+func dirLiterals(t *testing.T, dir string) map[string]bool {
 	t.Helper()
 	entries, err := os.ReadDir(dir)
 	if err != nil {

@@ -47,7 +47,7 @@ func TestClientInit(t *testing.T) {
 			t.Errorf("resource %s sites = %v", r.ID, r.Sites)
 		}
 	}
-	if want := []string{resCIDR, resDNS, resHost, resInet}; !slices.Equal(ids, want) {
+	if want := []string{resCIDR, resDNS, resHost, resDemo, resInet}; !slices.Equal(ids, want) {
 		t.Errorf("resources = %v, want %v", ids, want)
 	}
 	dns := init.Resources[1]
@@ -62,7 +62,7 @@ func TestClientInit(t *testing.T) {
 	// client-2 has no policy for the internet resource.
 	c2 := connectPeer(t, s, "client", DefaultClientToken2, newKey(t))
 	init2 := expectAs[portalapi.ClientInit](c2, portalapi.EventInit)
-	if len(init2.Resources) != 3 || init2.Interface.IPv4 != netip.MustParseAddr("100.64.0.2") {
+	if len(init2.Resources) != 4 || init2.Interface.IPv4 != netip.MustParseAddr("100.64.0.2") {
 		t.Errorf("client-2 init = %+v", init2)
 	}
 }
@@ -440,7 +440,7 @@ func TestAdminAPI(t *testing.T) {
 		}
 	}
 	var list []ResourceConfig
-	if err := json.NewDecoder(adminDo(t, fs.s, "GET", "/v1/resources", DefaultAdminToken, nil).Body).Decode(&list); err != nil || len(list) != 4 {
+	if err := json.NewDecoder(adminDo(t, fs.s, "GET", "/v1/resources", DefaultAdminToken, nil).Body).Decode(&list); err != nil || len(list) != 5 {
 		t.Errorf("GET resources: %d, %v", len(list), err)
 	}
 	var st State
