@@ -55,7 +55,7 @@ type Config struct {
 	// ResolvConf is the resolv.conf kernel mode reads (and rewrites under etc-resolv-conf); default
 	// /etc/resolv.conf. Userspace mode reads it for the system's resolvers.
 	ResolvConf string
-	// Port is the node's UDP port (node.DefaultPort; 0 for any).
+	// Port is the node's UDP port (0: a fresh one on every start; see node.DefaultPort).
 	Port int
 	// NodeNet replaces the host network of the node (tests).
 	NodeNet transport.Net

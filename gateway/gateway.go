@@ -66,7 +66,7 @@ type Config struct {
 	// AllowLoopback lets userspace-mode flows reach the host's loopback addresses (the dev stack's demo
 	// resources live there); off by default.
 	AllowLoopback bool
-	// Port is the node's UDP port (node.DefaultPort; 0 for any).
+	// Port is the node's UDP port (0: a fresh one on every start; see node.DefaultPort).
 	Port int
 	// NodeNet replaces the host network of the node (tests).
 	NodeNet transport.Net

@@ -29,8 +29,8 @@ import (
 type Config struct {
 	// PrivateKey is the node's static WireGuard key; zero generates one.
 	PrivateKey Key
-	// Port is the UDP port of both sockets; 0 picks any free port. Daemons
-	// pass DefaultPort.
+	// Port is the UDP port of both sockets; 0 picks any free port (the
+	// daemons' default, see DefaultPort).
 	Port int
 	// TUN is the tunnel device wireguard-go reads and writes (kernel TUN,
 	// netstack or an in-memory TUN in tests). The node takes ownership: Close

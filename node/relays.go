@@ -1,9 +1,12 @@
 package node
 
 import (
+	"errors"
 	"net/netip"
 	"slices"
 	"time"
+
+	"github.com/pion/stun/v4"
 
 	"github.com/snowgate/snowgate/node/idle"
 )
@@ -96,6 +99,16 @@ func (n *Node) onAllocatedLocked(a *allocation, err error, now time.Time) {
 		return
 	}
 	if err != nil {
+		if te := (*stun.TurnError)(nil); errors.As(err, &te) && te.ErrorCodeAttr.Code == stun.CodeAllocMismatch {
+			// 437: the relay still holds an allocation for this address and port, made by an earlier run
+			// with another key (killed without releasing it). Only its owner can delete it, so it stays
+			// until it expires; a node on port 0 gets a fresh port on every start and never meets this.
+			n.log.Warn("relay allocation failed: the relay still holds an allocation of an earlier run on this port "+
+				"(it expires within its lifetime, at most 10 min; use port 0 to avoid this); retrying with the next keepalive",
+				"relay", a.relayID, "server", a.server, "error", err)
+			n.checkNoRelaysLocked()
+			return
+		}
 		n.log.Warn("relay allocation failed: retrying with the next keepalive", "relay", a.relayID, "server", a.server, "error", err)
 		n.checkNoRelaysLocked()
 		return

@@ -12,7 +12,10 @@ import (
 	"golang.org/x/crypto/curve25519"
 )
 
-// DefaultPort is the UDP port nodes listen on by default (both families).
+// DefaultPort is the conventional UDP port to pin a node to (both families), e.g. a gateway behind a
+// port forward. The daemons default to port 0 (a fresh port on every start, as Firezone's clients and
+// gateways do): a pinned port that a killed process left allocations on gets 437 Allocation Mismatch
+// from every relay until those allocations expire, since only their owner's key can delete them.
 const DefaultPort = 52625
 
 // ErrNoRelays is returned by UpsertConnection when the node has no relay

@@ -57,7 +57,7 @@ func TestPhoenixJSClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	init, ok := m.(portalapi.ClientInit)
-	if !ok || init.Interface.IPv4.String() != "100.64.0.1" || len(init.Resources) != 4 {
+	if !ok || init.Interface.IPv4.String() != "100.64.0.1" || len(init.Resources) != 5 {
 		t.Errorf("init = %+v", m)
 	}
 

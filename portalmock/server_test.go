@@ -47,7 +47,7 @@ func TestClientInit(t *testing.T) {
 			t.Errorf("resource %s sites = %v", r.ID, r.Sites)
 		}
 	}
-	if want := []string{resCIDR, resDNS, resHost, resDemo, resInet}; !slices.Equal(ids, want) {
+	if want := []string{resCIDR, resDNS, resHost, resInet, resDemo}; !slices.Equal(ids, want) {
 		t.Errorf("resources = %v, want %v", ids, want)
 	}
 	dns := init.Resources[1]

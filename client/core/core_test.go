@@ -1184,3 +1184,35 @@ func TestUpsertFailureOtherThanNoRelays(t *testing.T) {
 		t.Fatal("outdated failure acted upon")
 	}
 }
+
+// A second ErrNoRelays within the reconnect interval (the relays the fresh init named refuse us too) must
+// not turn into a create_flow loop: the flow waits FlowRetryInterval before it is requested again.
+func TestNoRelaysTwiceDoesNotLoopCreateFlow(t *testing.T) {
+	h := started(t, cidrRes(rid(1), "198.51.100.0/24"))
+	g := gw(1)
+	h.tunIn(packet(clientV4, lan, ippacket.ProtoUDP, 9, 1))
+	h.failUpsert = node.ErrNoRelays
+	h.portal(g.flowCreated(rid(1)))
+	h.c.HandlePortalState(tunnel.PortalDisconnected, h.now)
+	h.portal(initMsg(cidrRes(rid(1), "198.51.100.0/24")))
+	before := len(h.pushes)
+	h.failUpsert = node.ErrNoRelays
+	h.portal(g.flowCreated(rid(1))) // fails again, within DefaultReconnectInterval: no reconnect
+	h.tunIn(packet(clientV4, lan, ippacket.ProtoUDP, 9, 2))
+	h.tunIn(packet(clientV4, lan, ippacket.ProtoUDP, 9, 3))
+	if h.reconnects != 1 {
+		t.Fatalf("%d reconnects, want 1", h.reconnects)
+	}
+	if got := h.createFlows(before); len(got) != 0 {
+		t.Fatalf("create_flow pushed at once after the second ErrNoRelays: %v", got)
+	}
+	h.advance(DefaultFlowRetryInterval)
+	h.c.HandleTimeout(h.now)
+	h.run()
+	if got := h.createFlows(before); !slices.Equal(got, []string{rid(1)}) {
+		t.Fatalf("create_flow after the retry interval = %v, want one", got)
+	}
+	if st := h.c.Status(h.now); len(st.PendingFlows) != 1 || st.PendingFlows[0].Buffered != 3 {
+		t.Fatalf("pending flows %+v, want one with 3 packets", st.PendingFlows)
+	}
+}

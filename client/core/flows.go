@@ -315,7 +315,10 @@ func (c *Client) dropGateway(g *gateway, mode dropMode, reason string, now time.
 		var held [][]byte
 		for rid := range g.resources {
 			if f := c.flows[rid]; f != nil && f.authorized && f.gw == g.id {
-				f.authorized, f.gw, f.sent = false, "", false
+				// f.sent and f.lastSent stay: within this portal session the flow is requested again
+				// only after FlowRetryInterval (a new session, after the reconnect, asks at once), so
+				// relays that keep failing cannot turn create_flow → ErrNoRelays into a busy loop.
+				f.authorized, f.gw = false, ""
 				c.ctr.flows[outcome].Add(1)
 			}
 		}

@@ -34,7 +34,6 @@ import (
 	"github.com/snowgate/snowgate/internal/phoenix"
 	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/internal/tunnel"
-	"github.com/snowgate/snowgate/node"
 )
 
 func main() {
@@ -60,7 +59,7 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		fs.PrintDefaults()
 	}
 	env := &cliconf.Env{Getenv: getenv}
-	o := &options{common: cliconf.RegisterCommon(fs, env, "client", tunnel.DefaultStatusSocket("client"), node.DefaultPort)}
+	o := &options{common: cliconf.RegisterCommon(fs, env, "client", tunnel.DefaultStatusSocket("client"), 0)}
 	fs.StringVar(&o.socksAddr, "socks-addr", env.Str("SNOWGATE_SOCKS_ADDR", client.DefaultSOCKSAddr), "userspace mode: SOCKS5 proxy address [SNOWGATE_SOCKS_ADDR]; empty: none")
 	fs.StringVar(&o.tunName, "tun-name", env.Str("SNOWGATE_TUN_NAME", ""), "kernel TUN device name [SNOWGATE_TUN_NAME] (default tun-snowgate)")
 	fs.StringVar(&o.dnsControl, "dns-control", env.Str("SNOWGATE_DNS_CONTROL", "disabled"), "kernel mode: etc-resolv-conf or disabled [SNOWGATE_DNS_CONTROL]")

@@ -34,7 +34,6 @@ import (
 	"github.com/snowgate/snowgate/internal/phoenix"
 	"github.com/snowgate/snowgate/internal/telemetry"
 	"github.com/snowgate/snowgate/internal/tunnel"
-	"github.com/snowgate/snowgate/node"
 )
 
 func main() {
@@ -63,7 +62,7 @@ func parse(args []string, getenv func(string) string, stdout, stderr io.Writer) 
 		fs.PrintDefaults()
 	}
 	env := &cliconf.Env{Getenv: getenv}
-	o := &options{common: cliconf.RegisterCommon(fs, env, "gateway", tunnel.DefaultStatusSocket("gateway"), node.DefaultPort)}
+	o := &options{common: cliconf.RegisterCommon(fs, env, "gateway", tunnel.DefaultStatusSocket("gateway"), 0)}
 	fs.StringVar(&o.tunName, "tun-name", env.Str("SNOWGATE_TUN_NAME", gateway.DefaultTUNName), "kernel TUN device name [SNOWGATE_TUN_NAME]")
 	fs.BoolVar(&o.allowLoopback, "allow-loopback", env.Bool("SNOWGATE_ALLOW_LOOPBACK", false), "userspace mode: let clients reach this host's loopback addresses [SNOWGATE_ALLOW_LOOPBACK]")
 	code, ok := cliconf.Parse(fs, args, stderr)

@@ -39,7 +39,7 @@ func RegisterCommon(fs *flag.FlagSet, env *Env, role, defaultStatus string, defa
 	fs.StringVar(&c.IDFile, "id-file", env.Str("SNOWGATE_ID_FILE", DefaultIDFile(role)), "where the generated device id is kept [SNOWGATE_ID_FILE]")
 	fs.StringVar(&c.Name, "name", env.Str("SNOWGATE_NAME", Hostname("snowgate-"+role)), "name shown in the portal [SNOWGATE_NAME]")
 	fs.BoolVar(&c.Userspace, "userspace", env.Bool("SNOWGATE_USERSPACE", false), "userspace networking, no root and no kernel TUN [SNOWGATE_USERSPACE]")
-	fs.IntVar(&c.Port, "port", env.Int("SNOWGATE_PORT", defaultPort), "UDP port of the node's sockets, 0 for any [SNOWGATE_PORT]")
+	fs.IntVar(&c.Port, "port", env.Int("SNOWGATE_PORT", defaultPort), "UDP port of the node's sockets, 0 for a fresh one on every start; a pinned port waits up to 10 min for the relays after a crash [SNOWGATE_PORT]")
 	fs.StringVar(&c.StatusSocket, "status-socket", env.Str("SNOWGATE_STATUS_SOCKET", defaultStatus), "status socket (owner only) [SNOWGATE_STATUS_SOCKET]; empty: off")
 	fs.StringVar(&c.HealthAddr, "health-check-addr", env.Str("HEALTH_CHECK_ADDR", ""), "address of /healthz, /readyz and /metrics [HEALTH_CHECK_ADDR]; empty: off")
 	fs.StringVar(&c.MetricsAddr, "metrics-addr", env.Str("METRICS_ADDR", ""), "address of /metrics (and /healthz, /readyz) if different [METRICS_ADDR]; empty: off")

@@ -43,6 +43,9 @@ type Device struct {
 	mu     sync.Mutex
 	closed bool
 	v4, v6 netip.Addr // tunnel addresses currently configured
+	// wantRoutes and wantExcludes are the last SetRoutesExcluding's: routes of a family the TUN had no
+	// address for were skipped, and SetAddresses adds them once it has one.
+	wantRoutes, wantExcludes []netip.Prefix
 }
 
 // Create sets up the TUN described by cfg in the network namespace of the calling OS thread: it
@@ -233,6 +236,19 @@ func (d *Device) SetAddresses(v4, v6 netip.Addr) error {
 			}
 		}
 	}
+	// Routes of a family that just got its address were skipped until now.
+	if (d.v4.IsValid() && !had4) || (d.v6.IsValid() && !had6) {
+		want := map[routeKey]bool{}
+		for _, p := range d.wantRoutes {
+			want[routeKey{p.Masked(), false}] = true
+		}
+		for _, p := range d.wantExcludes {
+			want[routeKey{p.Masked(), true}] = true
+		}
+		if err := d.applyRoutesLocked(want); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	return errors.Join(errs...)
 }
 
@@ -329,6 +345,12 @@ func (d *Device) SetRoutesExcluding(prefixes, excludes []netip.Prefix) error {
 	if d.closed {
 		return ErrClosed
 	}
+	d.wantRoutes, d.wantExcludes = slices.Clone(prefixes), slices.Clone(excludes)
+	return d.applyRoutesLocked(want)
+}
+
+// applyRoutesLocked makes the device's tables hold exactly want. d.mu is held.
+func (d *Device) applyRoutesLocked(want map[routeKey]bool) error {
 	current, other, err := d.routes()
 	if err != nil {
 		return err

@@ -375,3 +375,26 @@ func TestPacketsThroughTUN(t *testing.T) {
 		})
 	}
 }
+
+// TestRoutesBeforeAddresses: a daemon creates its TUN before the portal names the tunnel addresses and may
+// set routes before them; the routes appear once the addresses do.
+func TestRoutesBeforeAddresses(t *testing.T) {
+	lab := netlab.New(t)
+	h := lab.Host("c", lab.Internet())
+	cfg := testConfig(t, DNSModeDisabled)
+	cfg.IPv4, cfg.IPv6 = netip.Addr{}, netip.Addr{}
+	dev := create(t, h.Namespace, cfg)
+	routes := []netip.Prefix{netip.MustParsePrefix("100.64.0.0/11"), netip.MustParsePrefix("fd00:2021:1111::/107")}
+	if err := dev.SetRoutes(routes); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dev.Routes(); len(got) != 0 {
+		t.Fatalf("routes without addresses: %v", got)
+	}
+	if err := dev.SetAddresses(tunV4, tunV6); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := dev.Routes(); !slices.Equal(got, routes) {
+		t.Fatalf("routes after the addresses came: %v, want %v", got, routes)
+	}
+}
