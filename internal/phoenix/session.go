@@ -1,6 +1,7 @@
 package phoenix
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -213,8 +214,10 @@ type session struct {
 	publicKey string
 	dialAt    time.Time
 	attempts  int
-	ref       uint64
-	fatalErr  error
+	// dialFailures counts the dials failed since a socket was last up (the first one warns).
+	dialFailures int
+	ref          uint64
+	fatalErr     error
 
 	topics   []*topicState
 	queue    []queuedPush
@@ -355,6 +358,7 @@ func (s *session) HandleDialed(now time.Time) {
 		return
 	}
 	s.state = stConnected
+	s.dialFailures = 0
 	s.hbNext, s.hbMissed = now.Add(s.cfg.HeartbeatInterval), 0
 	for _, t := range s.topics {
 		t.phase, t.rejoinAt, t.attempts = tUnjoined, now, 0
@@ -376,7 +380,14 @@ func (s *session) HandleDialFailed(err error, now time.Time) {
 	}
 	s.dropSocket(err)
 	s.scheduleRedial(now)
-	s.log.Warn("phoenix dial failed", telemetry.Err(err), "retry_in", s.dialAt.Sub(now).String())
+	// One outage is one warning: the retries that follow are INFO until a socket is up again.
+	level := slog.LevelInfo
+	if s.dialFailures == 0 {
+		level = slog.LevelWarn
+	}
+	s.dialFailures++
+	s.log.Log(context.Background(), level, "phoenix dial failed", telemetry.Err(err), "failures", s.dialFailures,
+		"retry_in", s.dialAt.Sub(now).String())
 }
 
 // HandleClosed reports that the current socket was lost (read or write error).

@@ -1,10 +1,13 @@
 package phoenix
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -491,4 +494,39 @@ func FuzzSessionHandleFrame(f *testing.F) {
 			t.Fatalf("timer due at %v not fired at %v", at, h.now)
 		}
 	})
+}
+
+// A portal that stays down is one problem, not one per retry: the first failed dial is a WARN, the retries
+// after it are INFO, and once a socket is up again the next outage warns again.
+func TestSessionDialFailuresWarnOncePerOutage(t *testing.T) {
+	var buf bytes.Buffer
+	logger := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	h := newHarness(t, sessionConfig{Backoff: Backoff{Initial: 100 * time.Millisecond, Max: time.Second}, Logger: logger})
+	h.s.Join("client", nil, h.now)
+	_ = h.s.Connect("k", h.now)
+	h.cmds()
+	fail := func(n int) {
+		for range n {
+			h.s.HandleDialFailed(errors.New("refused"), h.now)
+			at, _ := h.s.PollTimeout()
+			h.advance(at.Sub(h.now))
+			h.cmds()
+		}
+	}
+	fail(5)
+	if got := strings.Count(buf.String(), "level=WARN"); got != 1 {
+		t.Fatalf("%d WARN lines for one outage of 5 failed dials, want 1:\n%s", got, buf.String())
+	}
+	if got := strings.Count(buf.String(), "phoenix dial failed"); got != 5 {
+		t.Fatalf("%d dial failure lines, want 5", got)
+	}
+	h.s.HandleDialed(h.now)
+	h.s.HandleClosed(errors.New("eof"), h.now)
+	at, _ := h.s.PollTimeout()
+	h.advance(at.Sub(h.now))
+	h.cmds()
+	fail(2)
+	if got := strings.Count(buf.String(), "level=WARN"); got != 2 {
+		t.Fatalf("%d WARN lines after a second outage, want 2:\n%s", got, buf.String())
+	}
 }
