@@ -14,6 +14,7 @@ package devstack
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -25,6 +26,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/snowgate/snowgate/client"
@@ -43,7 +45,8 @@ const (
 	GatewayToken2 = "dev-gateway-token-2"
 )
 
-// ClientTokens are the dev clients' tokens, in order.
+// ClientTokens are the tokens of the embedded configuration's two clients, in order (Start gives that
+// configuration further clients, dev-client-token-3 and so on, when Options.Clients asks for more).
 var ClientTokens = []string{"dev-client-token-1", "dev-client-token-2"}
 
 // DemoAddr4 is the demo server's address in the virtual site (inside the "lab network" CIDR resource).
@@ -60,16 +63,28 @@ type Options struct {
 	// PortalAddr, AdminAddr: listen addresses of the portal's WebSocket and admin API ("127.0.0.1:0" and
 	// "" (off) by default).
 	PortalAddr, AdminAddr string
-	// PortalFile is the portal configuration (nil: the embedded development configuration).
+	// MetricsAddr serves /healthz, /readyz (Stack.Joined) and /metrics (MetricsHandler) ("": off).
+	MetricsAddr    string
+	MetricsHandler http.Handler
+	// Fallback names the listen addresses that move to a free port of the same host when they are busy
+	// (Stack.Moved lists those that did); the others fail Start.
+	Fallback Fallback
+	// PortalFile is the portal configuration (nil: the embedded development configuration). The stack's
+	// relays use its first relay token, the gateway is the first account's first gateway, and the clients
+	// its first Clients clients.
 	PortalFile *portalmock.File
 	// Relays is the number of relays (0 means none).
 	Relays int
-	// Clients is the number of clients (at most len(ClientTokens) with the default configuration).
+	// Clients is the number of clients: up to MaxClients with the embedded configuration, which is given
+	// the clients it lacks; up to the number of clients the first account names with PortalFile.
 	Clients int
 	// SOCKSAddrs are the clients' SOCKS5 addresses, in order ("127.0.0.1:0" where missing).
 	SOCKSAddrs []string
-	// Relayed forces every connection through a relay (no direct candidates).
+	// Relayed forces every connection through a relay (no direct candidates on the gateway and clients).
 	Relayed bool
+	// ClientRelayed[i] makes client i relay-only (its local candidates are relay candidates only), so
+	// that one stack has direct and relayed connections side by side.
+	ClientRelayed []bool
 	// StateDir holds the status sockets and device ids (a temporary directory by the caller).
 	StateDir string
 	// Logger and MeterProvider: telemetry of every component.
@@ -77,12 +92,25 @@ type Options struct {
 	MeterProvider metric.MeterProvider
 }
 
+// Fallback says which listen addresses of Options may move to a free port when busy.
+type Fallback struct{ Portal, Admin, Metrics, SOCKS bool }
+
+// Moved is a listen address that was busy and moved to a free port (Options.Fallback).
+type Moved struct {
+	// What names the listener ("portal", "admin API", "metrics", "client-1 SOCKS5").
+	What   string
+	Wanted string
+	Got    net.Addr
+}
+
 // Client is one running client.
 type Client struct {
 	Name         string
 	SOCKS        net.Addr
 	StatusSocket string
-	Daemon       *tunnel.Daemon
+	// Relayed says the client is relay-only (Options.Relayed or ClientRelayed).
+	Relayed bool
+	Daemon  *tunnel.Daemon
 }
 
 // Stack is the running system. Stop (or the context of Start) ends it.
@@ -92,9 +120,19 @@ type Stack struct {
 	Gateway       *tunnel.Daemon
 	GatewaySocket string
 	Clients       []*Client
+	// GatewayName is the gateway's name in the portal configuration; Relayed says it is relay-only.
+	GatewayName    string
+	GatewayRelayed bool
 	// Demo is the demo HTTP server's loopback address.
 	Demo net.Addr
+	// Metrics is the address of /healthz, /readyz and /metrics (nil when off).
+	Metrics net.Addr
+	// Moved lists the listen addresses that were busy and moved to a free port.
+	Moved []Moved
+	// AdminToken is the portal configuration's admin API token.
+	AdminToken string
 
+	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
@@ -114,14 +152,16 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	if o.StateDir == "" {
 		return nil, errors.New("devstack: Options.StateDir is required")
 	}
-	if o.Clients > len(ClientTokens) {
-		return nil, fmt.Errorf("devstack: at most %d clients", len(ClientTokens))
+	ros, err := newRoster(o.PortalFile, o.Relays, o.Clients)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithCancel(ctx)
-	st = &Stack{cancel: cancel}
+	st = &Stack{ctx: ctx, cancel: cancel, GatewayName: ros.gatewayName, GatewayRelayed: o.Relayed, AdminToken: ros.file.AdminToken}
+	stack := st // the returns below set st to nil
 	defer func() {
 		if err != nil {
-			st.Stop()
+			_ = stack.Stop() // its components' errors are in err already
 		}
 	}()
 
@@ -141,22 +181,22 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	context.AfterFunc(ctx, func() { _ = demo.Close() })
 
 	// Portal.
-	portal, err := portalmock.New(portalmock.Config{File: o.PortalFile, Logger: telemetry.Component(log, "portal"), MeterProvider: o.MeterProvider})
+	portal, err := portalmock.New(portalmock.Config{File: ros.file, Logger: telemetry.Component(log, "portal"), MeterProvider: o.MeterProvider})
 	if err != nil {
 		return nil, fmt.Errorf("devstack: portal: %w", err)
 	}
 	st.Portal = portal
-	ln, err := net.Listen("tcp", o.PortalAddr)
+	ln, err := st.listen("portal", o.PortalAddr, o.Fallback.Portal)
 	if err != nil {
-		return nil, fmt.Errorf("devstack: portal listen on %s: %w", o.PortalAddr, err)
+		return nil, err
 	}
 	if err := portal.Start(ln); err != nil {
 		return nil, fmt.Errorf("devstack: portal: %w", err)
 	}
 	if o.AdminAddr != "" {
-		aln, err := net.Listen("tcp", o.AdminAddr)
+		aln, err := st.listen("admin API", o.AdminAddr, o.Fallback.Admin)
 		if err != nil {
-			return nil, fmt.Errorf("devstack: admin listen on %s: %w", o.AdminAddr, err)
+			return nil, err
 		}
 		if err := portal.StartAdmin(aln); err != nil {
 			return nil, fmt.Errorf("devstack: portal admin: %w", err)
@@ -171,7 +211,7 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 			// Every peer of the dev stack is on loopback, which a real relay refuses.
 			AllowPeers:   []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
 			DrainTimeout: -1,
-			Portal:       &relay.PortalConfig{APIURL: portal.URL(), Token: RelayToken, Name: "relay-" + strconv.Itoa(i+1)},
+			Portal:       &relay.PortalConfig{APIURL: portal.URL(), Token: ros.relayToken, Name: "relay-" + strconv.Itoa(i+1)},
 			Logger:       telemetry.Component(log, "relay").With("relay", i+1), MeterProvider: o.MeterProvider,
 		})
 		if err != nil {
@@ -210,7 +250,7 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	gwStarted := make(chan *tunnel.Daemon, 1)
 	st.goRun(func() error {
 		return gateway.Run(ctx, gateway.Config{
-			APIURL: portal.URL(), Token: GatewayToken1, ID: "devstack-gateway-1", Name: "gateway-1",
+			APIURL: portal.URL(), Token: ros.gatewayTok, ID: "devstack-gateway-1", Name: ros.gatewayName,
 			Userspace: true, Port: 0, IncludeLoopback: true, RelayOnly: o.Relayed,
 			ForwardDial: forwardDial, LookupNetIP: demoLookup,
 			StatusSocket: st.GatewaySocket,
@@ -227,17 +267,21 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 	}
 
 	// Clients.
-	for i := range o.Clients {
+	for i, cc := range ros.clients {
 		socks := "127.0.0.1:0"
 		if i < len(o.SOCKSAddrs) && o.SOCKSAddrs[i] != "" {
 			socks = o.SOCKSAddrs[i]
 		}
-		c := &Client{Name: fmt.Sprintf("client-%d", i+1), StatusSocket: filepath.Join(o.StateDir, fmt.Sprintf("client-%d.sock", i+1))}
+		c := &Client{Name: cc.Name, StatusSocket: filepath.Join(o.StateDir, fmt.Sprintf("client-%d.sock", i+1)),
+			Relayed: o.Relayed || i < len(o.ClientRelayed) && o.ClientRelayed[i]}
+		if socks, err = st.freeSOCKS(c.Name+" SOCKS5", socks, o.Fallback.SOCKS); err != nil {
+			return nil, err
+		}
 		started := make(chan net.Addr, 1)
 		st.goRun(func() error {
 			return client.Run(ctx, client.Config{
-				APIURL: portal.URL(), Token: ClientTokens[i], ID: "devstack-" + c.Name, Name: c.Name,
-				Userspace: true, SOCKSAddr: socks, Port: 0, IncludeLoopback: true, RelayOnly: o.Relayed,
+				APIURL: portal.URL(), Token: cc.Token, ID: "devstack-" + c.Name, Name: c.Name,
+				Userspace: true, SOCKSAddr: socks, Port: 0, IncludeLoopback: true, RelayOnly: c.Relayed,
 				ResolvConf:   filepath.Join(o.StateDir, "no-resolv.conf"),
 				StatusSocket: c.StatusSocket,
 				Started: func(d *tunnel.Daemon, addr net.Addr) {
@@ -259,17 +303,52 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		}
 		st.Clients = append(st.Clients, c)
 	}
+
+	if o.MetricsAddr != "" {
+		addr, err := telemetry.Serve(ctx, o.MetricsAddr, st.Joined, o.MetricsHandler, log)
+		if err != nil && o.Fallback.Metrics && errors.Is(err, syscall.EADDRINUSE) {
+			var moved error
+			if addr, moved = telemetry.Serve(ctx, anyPort(o.MetricsAddr), st.Joined, o.MetricsHandler, log); moved == nil {
+				st.Moved = append(st.Moved, Moved{What: "metrics", Wanted: o.MetricsAddr, Got: addr})
+				err = nil
+			}
+		}
+		if err != nil {
+			return nil, fmt.Errorf("devstack: metrics: %w", err)
+		}
+		st.Metrics = addr
+	}
 	return st, nil
 }
 
-// WaitReady waits until the gateway and every client joined the portal.
+// Joined reports whether every relay, the gateway and every client joined the portal (/readyz).
+func (st *Stack) Joined() bool {
+	for _, r := range st.Relays {
+		if !r.Ready() {
+			return false
+		}
+	}
+	if st.Gateway == nil || st.Gateway.PortalState() != tunnel.PortalJoined {
+		return false
+	}
+	for _, c := range st.Clients {
+		if c.Daemon == nil || c.Daemon.PortalState() != tunnel.PortalJoined {
+			return false
+		}
+	}
+	return true
+}
+
+// WaitReady waits until the gateway and every client joined the portal and every client has its
+// resources (the portal's init): from then on a request through a client's SOCKS5 proxy finds them.
 func (st *Stack) WaitReady(ctx context.Context, timeout time.Duration) error {
 	err := waitFor(ctx, timeout, func() bool {
-		if st.Gateway.PortalState() != tunnel.PortalJoined {
+		if !st.Joined() {
 			return false
 		}
 		for _, c := range st.Clients {
-			if c.Daemon.PortalState() != tunnel.PortalJoined {
+			s, err := c.Status(ctx)
+			if err != nil || len(s.Resources) == 0 {
 				return false
 			}
 		}
@@ -279,6 +358,63 @@ func (st *Stack) WaitReady(ctx context.Context, timeout time.Duration) error {
 		return errors.Join(fmt.Errorf("devstack: waiting for the daemons to join the portal: %w", err), st.Err())
 	}
 	return nil
+}
+
+// Status reads the client's status document from its status socket (what `snowgate-client status`
+// shows).
+func (c *Client) Status(ctx context.Context) (client.Status, error) {
+	var s client.Status
+	b, err := tunnel.FetchStatus(ctx, c.StatusSocket)
+	if err != nil {
+		return s, fmt.Errorf("devstack: %s status: %w", c.Name, err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("devstack: %s status: %w", c.Name, err)
+	}
+	return s, nil
+}
+
+// listen listens on addr, or, when it is busy and fallback is set, on a free port of the same host
+// (recorded in st.Moved).
+func (st *Stack) listen(what, addr string, fallback bool) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr)
+	if err != nil && fallback && errors.Is(err, syscall.EADDRINUSE) {
+		if ln, err = net.Listen("tcp", anyPort(addr)); err == nil {
+			st.Moved = append(st.Moved, Moved{What: what, Wanted: addr, Got: ln.Addr()})
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("devstack: %s: %w", what, err)
+	}
+	return ln, nil
+}
+
+// freeSOCKS returns the SOCKS5 address a client should listen on: addr, or a free port of the same host
+// when addr is busy and fallback is set; a busy addr without fallback is an error naming it. The client
+// listens itself (and only logs when it cannot), so this probes: the port is free when this returns, and a
+// process taking it in the moment before the client does makes Start fail with "no SOCKS5 proxy".
+func (st *Stack) freeSOCKS(what, addr string, fallback bool) (string, error) {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "0" {
+		return addr, nil
+	}
+	ln, err := st.listen(what, addr, fallback)
+	if err != nil {
+		return "", err
+	}
+	got := ln.Addr().String()
+	if err := ln.Close(); err != nil {
+		return "", fmt.Errorf("devstack: %s: %w", what, err)
+	}
+	return got, nil
+}
+
+// anyPort is addr with port 0.
+func anyPort(addr string) string {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	return net.JoinHostPort(host, "0")
 }
 
 // goRun runs f on a goroutine the stack owns; its error is kept for Err.
@@ -319,11 +455,16 @@ func (st *Stack) Stop() error {
 	return st.Err()
 }
 
-// Done returns a channel closed when the stack has stopped (a component failed, or Stop).
+// Wait waits until every component stopped (after Stop, the end of Start's context, or a component's
+// failure, which stops the others) and returns the errors they stopped with.
 func (st *Stack) Wait() error {
 	st.wg.Wait()
 	return st.Err()
 }
+
+// Done is closed when the stack begins to stop: Stop, the end of Start's context, or a component's
+// failure (Err then says which).
+func (st *Stack) Done() <-chan struct{} { return st.ctx.Done() }
 
 var errConnRefused = errors.New("connection refused")
 
