@@ -164,7 +164,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 	if cfg.Started != nil {
 		cfg.Started(d)
 	}
-	runErr := driver.Run(runCtx, n, portal, d.Wrapper)
+	// The portal connection outlives runCtx: on a graceful stop the daemon still has to leave the portal
+	// (and push what Stop pushes) over it; the deferred portal.Close ends it.
+	runErr := driver.Run(runCtx, n, detachedPortal{portal}, d.Wrapper)
 	if runErr != nil {
 		return runErr
 	}
@@ -220,6 +222,15 @@ func waitInjected(w *tunwrap.Wrapper, timeout time.Duration) {
 	}
 	// wireguard-go encrypts and sends on its own goroutines after taking a packet.
 	time.Sleep(20 * time.Millisecond)
+}
+
+// detachedPortal is the portal client with Connect detached from the driver's context: the connection
+// lives until the client is closed, so leaving the portal after the run context ended still works.
+type detachedPortal struct{ *phoenix.Client }
+
+// Connect connects with a context that is never cancelled (Close ends the connection).
+func (p detachedPortal) Connect(_ context.Context, publicKey string) error {
+	return p.Client.Connect(context.Background(), publicKey)
 }
 
 // portalStateCore records the portal state for Daemon.PortalState before passing it on.
