@@ -100,17 +100,46 @@ func dirLiterals(t *testing.T, dir string) map[string]bool {
 	return set
 }
 
+// sourceIndex caches, for one test, the string literals of each binary (stringLiterals takes a second or two
+// per binary: go list plus parsing every package it links).
+type sourceIndex struct {
+	t    *testing.T
+	bins map[string]map[string]bool
+}
+
+func newSourceIndex(t *testing.T) *sourceIndex {
+	return &sourceIndex{t: t, bins: map[string]map[string]bool{}}
+}
+
+// literals returns the string literals of binary bin ("snowgate-client"); a missing binary is fatal.
+func (ix *sourceIndex) literals(bin string) map[string]bool {
+	ix.t.Helper()
+	if lits, ok := ix.bins[bin]; ok {
+		return lits
+	}
+	dir, ok := binaryDir(bin)
+	if !ok {
+		ix.t.Fatalf("binary %s: %s/main.go does not exist", bin, dir)
+	}
+	lits := stringLiterals(ix.t, dir)
+	ix.bins[bin] = lits
+	return lits
+}
+
 // checkEnvNames fails for every name in names that the binary's sources do not mention.
 func checkEnvNames(t *testing.T, where, bin string, names []string) {
 	t.Helper()
-	dir, ok := binaryDir(bin)
-	if !ok {
-		t.Fatalf("%s: names binary %s, but %s/main.go does not exist", where, bin, dir)
-	}
-	lits := stringLiterals(t, dir)
+	newSourceIndex(t).checkEnvNames(where, bin, names)
+}
+
+// checkEnvNames is the package function with the index's cache.
+func (ix *sourceIndex) checkEnvNames(where, bin string, names []string) {
+	ix.t.Helper()
+	dir, _ := binaryDir(bin)
+	lits := ix.literals(bin)
 	for _, n := range names {
 		if !lits[n] {
-			t.Errorf("%s: environment variable %s is not read by %s (no %q literal in %s)", where, n, bin, n, dir)
+			ix.t.Errorf("%s: environment variable %s is not read by %s (no %q literal in %s)", where, n, bin, n, dir)
 		}
 	}
 }
@@ -118,11 +147,14 @@ func checkEnvNames(t *testing.T, where, bin string, names []string) {
 // checkFlagNames fails for every --flag / -flag in args that the binary's sources do not define.
 func checkFlagNames(t *testing.T, where, bin string, args []string) {
 	t.Helper()
-	dir, ok := binaryDir(bin)
-	if !ok {
-		t.Fatalf("%s: names binary %s, but %s/main.go does not exist", where, bin, dir)
-	}
-	lits := stringLiterals(t, dir)
+	newSourceIndex(t).checkFlagNames(where, bin, args)
+}
+
+// checkFlagNames is the package function with the index's cache.
+func (ix *sourceIndex) checkFlagNames(where, bin string, args []string) {
+	ix.t.Helper()
+	dir, _ := binaryDir(bin)
+	lits := ix.literals(bin)
 	for _, a := range args {
 		if !strings.HasPrefix(a, "-") {
 			continue
@@ -130,7 +162,7 @@ func checkFlagNames(t *testing.T, where, bin string, args []string) {
 		name := strings.TrimLeft(a, "-")
 		name, _, _ = strings.Cut(name, "=")
 		if !lits[name] {
-			t.Errorf("%s: flag %s is not defined by %s (no %q literal in %s)", where, a, bin, name, dir)
+			ix.t.Errorf("%s: flag %s is not defined by %s (no %q literal in %s)", where, a, bin, name, dir)
 		}
 	}
 }
