@@ -82,9 +82,14 @@ func (e *Env) Err() error { return errors.Join(e.errs...) }
 // exit code for the caller: 0 and ok=false after -h/--help (usage printed), 2 and ok=false for a bad flag or
 // stray arguments (one line on out naming the problem), ok=true otherwise.
 func Parse(fs *flag.FlagSet, args []string, out io.Writer) (code int, ok bool) {
+	// The flag package calls Usage itself on -h; silence it (a custom Usage may ignore Output) and print
+	// the usage once below.
+	usage := fs.Usage
+	fs.Usage = func() {}
 	fs.SetOutput(io.Discard)
 	err := fs.Parse(args)
 	fs.SetOutput(out)
+	fs.Usage = usage
 	switch {
 	case errors.Is(err, flag.ErrHelp):
 		fs.Usage()

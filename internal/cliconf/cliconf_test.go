@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"flag"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -120,5 +121,18 @@ func TestDeviceID(t *testing.T) {
 	_ = os.WriteFile(path, []byte("../../etc\n"), 0o600)
 	if _, err := DeviceID("", path); err == nil {
 		t.Fatal("malformed persisted id accepted")
+	}
+}
+
+// A custom Usage runs once for -h: the flag package must not call it during Parse as well.
+func TestParseHelpPrintsUsageOnce(t *testing.T) {
+	fs := flag.NewFlagSet("x", flag.ContinueOnError)
+	calls := 0
+	fs.Usage = func() { calls++ }
+	if code, ok := Parse(fs, []string{"-h"}, io.Discard); code != 0 || ok {
+		t.Fatalf("Parse(-h) = %d, %v", code, ok)
+	}
+	if calls != 1 {
+		t.Fatalf("usage printed %d times, want 1", calls)
 	}
 }
