@@ -48,6 +48,9 @@ type sysctl struct {
 	key  string
 	f    *os.File
 	prev string
+	// readOnly: /proc/sys is mounted read-only (a container without privileges) and the value is
+	// already "1", so every write of the value it holds is a no-op.
+	readOnly bool
 }
 
 // Enable turns the host (the network namespace of the calling OS thread) into the tunnel's
@@ -212,8 +215,20 @@ func readState(nft *nftables.Conn, table *nftables.Table) (priorSysctls, error) 
 }
 
 func openSysctl(key string) (*sysctl, error) {
+	return openSysctlWith(key, os.OpenFile)
+}
+
+// openSysctlWith opens /proc/sys/key with open. Where /proc/sys is read-only (Docker without
+// privileges, with the forwarding sysctls set by the container's sysctls option) a value already "1"
+// is accepted read-only: forwarding is on and nothing needs writing.
+func openSysctlWith(key string, open func(string, int, os.FileMode) (*os.File, error)) (*sysctl, error) {
 	path := filepath.Join("/proc/sys", key)
-	f, err := os.OpenFile(path, os.O_RDWR|unix.O_CLOEXEC, 0)
+	readOnly := false
+	f, err := open(path, os.O_RDWR|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.EROFS) || errors.Is(err, unix.EACCES) || errors.Is(err, unix.EPERM) {
+		readOnly = true
+		f, err = open(path, os.O_RDONLY|unix.O_CLOEXEC, 0)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("open sysctl %s: %w", key, err)
 	}
@@ -228,10 +243,20 @@ func openSysctl(key string) (*sysctl, error) {
 		f.Close()
 		return nil, fmt.Errorf("sysctl %s has unexpected value %q", key, v)
 	}
-	return &sysctl{key: key, f: f, prev: v}, nil
+	if readOnly && v != "1" {
+		f.Close()
+		return nil, fmt.Errorf("sysctl %s is %s and /proc/sys is read-only here: set it to 1 (e.g. the container's sysctls option)", key, v)
+	}
+	return &sysctl{key: key, f: f, prev: v, readOnly: readOnly}, nil
 }
 
 func (s *sysctl) write(v string) error {
+	if s.readOnly {
+		if v == s.prev {
+			return nil
+		}
+		return fmt.Errorf("write sysctl %s=%s: /proc/sys is read-only", s.key, v)
+	}
 	if _, err := s.f.WriteAt([]byte(v+"\n"), 0); err != nil {
 		return fmt.Errorf("write sysctl %s=%s: %w", s.key, v, err)
 	}

@@ -435,3 +435,35 @@ func TestCrashRecovery(t *testing.T) {
 		t.Errorf("Cleanup of a clean namespace logged:\n%s", quiet.String())
 	}
 }
+
+// Docker without privileges mounts /proc/sys read-only; with the forwarding sysctls already 1 (compose's
+// sysctls option) the gateway needs to write nothing and must start; with 0 it must say what to set.
+func TestReadOnlySysctlAlreadyOn(t *testing.T) {
+	dir := t.TempDir()
+	roOpen := func(value string) func(string, int, os.FileMode) (*os.File, error) {
+		return func(_ string, flag int, _ os.FileMode) (*os.File, error) {
+			if flag&(os.O_RDWR|os.O_WRONLY) != 0 {
+				return nil, &os.PathError{Op: "open", Path: "/proc/sys/x", Err: syscall.EROFS}
+			}
+			p := filepath.Join(dir, "v")
+			if err := os.WriteFile(p, []byte(value+"\n"), 0o644); err != nil {
+				return nil, err
+			}
+			return os.Open(p)
+		}
+	}
+	s, err := openSysctlWith("net/ipv4/ip_forward", roOpen("1"))
+	if err != nil {
+		t.Fatalf("read-only sysctl already 1: %v", err)
+	}
+	defer s.f.Close()
+	if err := s.write("1"); err != nil {
+		t.Fatalf("writing the value it holds: %v", err)
+	}
+	if err := s.write("0"); err == nil {
+		t.Fatal("writing another value to a read-only sysctl succeeded")
+	}
+	if _, err := openSysctlWith("net/ipv4/ip_forward", roOpen("0")); err == nil || !strings.Contains(err.Error(), "set it to 1") {
+		t.Fatalf("read-only sysctl at 0: error %v, want one saying to set it to 1", err)
+	}
+}
