@@ -358,20 +358,15 @@ func (c *Client) handleInit(m portalapi.ClientInit, now time.Time) {
 		c.log.Debug("resources of unknown types ignored", "types", m.IgnoredResources)
 	}
 	c.applyInterface(m.Interface, now)
-	// Relays: every id not in the new set goes, all of the new set is (re)added.
+	// Relays: all of the new set is (re)added and none is removed, as in Firezone's connlib. A restarted portal
+	// knows no relay until the relays register again, so an init may name fewer relays than are up; removing
+	// the others would tear down working allocations and the relayed connections on them. Relays that are
+	// really gone leave through relays_presence or the node's liveness checks.
 	merged := tunnel.MergeRelays(m.Relays)
-	keep := make(map[string]node.Relay, len(merged))
 	for _, r := range merged {
-		keep[r.ID] = r
+		c.relays[r.ID] = r
 	}
-	var remove []string
-	for _, id := range sortedKeys(c.relays) {
-		if _, ok := keep[id]; !ok {
-			remove = append(remove, id)
-		}
-	}
-	c.relays = keep
-	c.emit(tunnel.NodeRelays{Remove: remove, Add: merged})
+	c.emit(tunnel.NodeRelays{Add: merged})
 	// Resources: replace the set.
 	present := make(map[string]bool, len(m.Resources))
 	for _, r := range m.Resources {

@@ -1216,3 +1216,38 @@ func TestNoRelaysTwiceDoesNotLoopCreateFlow(t *testing.T) {
 		t.Fatalf("pending flows %+v, want one with 3 packets", st.PendingFlows)
 	}
 }
+
+// A repeated init removes no relay, as Firezone's connlib (update_relays with nothing to remove): a restarted
+// portal knows no relay until the relays register again, and a client that rejoins before them gets an init
+// with fewer relays, or none. Dropping the missing ones would tear down working allocations (and the
+// relayed connections on them) and make the node report no relays; relays_presence and the node's own
+// liveness checks remove relays that are really gone.
+func TestRepeatedInitKeepsRelaysItDoesNotName(t *testing.T) {
+	h := newHarness(t, Config{})
+	h.portal(initMsg(cidrRes(rid(1), "198.51.100.0/24")))
+	h.c.HandlePortalState(tunnel.PortalDisconnected, h.now)
+	h.c.HandlePortalState(tunnel.PortalJoined, h.now)
+	h.actions = nil
+	again := initMsg(cidrRes(rid(1), "198.51.100.0/24"))
+	again.Relays = nil
+	h.portal(again)
+	for _, r := range actionsOf[tunnel.NodeRelays](h.actions) {
+		if len(r.Remove) != 0 {
+			t.Fatalf("init without relays removed %v", r.Remove)
+		}
+	}
+	// The relay still counts as the client's: its address stays outside the tunnel under the Internet resource.
+	h.actions = nil
+	h.portal(portalapi.ResourceCreatedOrUpdated{Resource: internetRes(rid(2))})
+	routes := actionsOf[SetRoutes](h.actions)
+	if len(routes) == 0 || !slices.Contains(routes[len(routes)-1].Excludes, netip.MustParsePrefix("198.18.0.10/32")) {
+		t.Fatalf("routes after the repeated init: %+v, want relay-1 excluded", routes)
+	}
+	// relays_presence still removes it.
+	h.actions = nil
+	h.portal(portalapi.RelaysPresence{DisconnectedIDs: []string{"relay-1"}})
+	rels := actionsOf[tunnel.NodeRelays](h.actions)
+	if len(rels) != 1 || !slices.Equal(rels[0].Remove, []string{"relay-1"}) {
+		t.Fatalf("relays_presence: %+v", rels)
+	}
+}

@@ -9,7 +9,8 @@
 // init sets the tunnel addresses ([tunnel.SetInterface]), the stub resolver (client/dns, with the portal's
 // upstreams, else Config.SystemResolvers; its sentinels go out as [SetDNS]), the resources and the relays
 // (tunnel.MergeRelays → tunnel.NodeRelays). A repeated init (portal reconnect) keeps connections, flows and
-// proxy IPs of the resources still present. resource_created_or_updated and resource_deleted apply at
+// proxy IPs of the resources still present, and adds relays without removing any (Firezone's connlib: a
+// restarted portal names only the relays registered again so far; relays_presence removes relays). resource_created_or_updated and resource_deleted apply at
 // once: routing is recomputed (overlapping CIDRs: the most specific prefix wins), DNS resources are given
 // to the resolver (proxy IPs already handed out never change), and nothing is routed to a removed resource
 // from the next packet on (its gateway's AllowedIPs shrink). A change of a resource's address, type, IP

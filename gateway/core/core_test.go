@@ -45,12 +45,19 @@ func TestInitRelaysAndRepeatedInitKeepsClients(t *testing.T) {
 	}
 	c := mkClient(1)
 	h.msg(c.authorize("r1", cidrRes(1, "198.51.100.0/24"), time.Time{}))
-	// The portal comes back with only relay B: A is removed, B added again; the client is kept.
+	// The portal comes back with only relay B (a restarted portal names only the relays registered again so
+	// far): B is added again and A is kept, as in Firezone's connlib; the client is kept.
 	h.g.HandlePortalState(tunnel.PortalDisconnected, h.now)
 	as = h.initGateway(relayB)
 	rel = ofKind[tunnel.NodeRelays](as)
-	if len(rel) != 1 || !slices.Equal(rel[0].Remove, []string{"relay-a"}) || len(rel[0].Add) != 1 || rel[0].Add[0].ID != "relay-b" {
+	if len(rel) != 1 || len(rel[0].Remove) != 0 || len(rel[0].Add) != 1 || rel[0].Add[0].ID != "relay-b" {
 		t.Fatalf("second init: %+v", rel)
+	}
+	// Nor does an init without relays remove any.
+	h.g.HandlePortalState(tunnel.PortalDisconnected, h.now)
+	as = h.initGateway()
+	if rel = ofKind[tunnel.NodeRelays](as); len(rel) > 1 || len(rel) == 1 && len(rel[0].Remove) != 0 {
+		t.Fatalf("init without relays: %+v", rel)
 	}
 	if len(ofKind[tunnel.NodeRemove](as)) != 0 {
 		t.Fatalf("repeated init removed a connection: %v", as)

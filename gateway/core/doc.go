@@ -7,8 +7,9 @@
 // # Portal
 //
 // init gives the gateway its tunnel addresses (its IPv6 is the source of its control packets) and relays
-// (tunnel.NodeRelays: the ids no longer present are removed, all are added). A repeated init, after a
-// portal reconnect, keeps every client and flow: existing connections keep working across portal outages.
+// (tunnel.NodeRelays: all are added, none removed, as in Firezone's connlib: a restarted portal names only
+// the relays registered again so far; relays_presence removes relays). A repeated init, after a portal
+// reconnect, keeps every client and flow: existing connections keep working across portal outages.
 //
 // authorize_flow upserts the client's connection (tunnel.NodeUpsert with the gateway's credentials as
 // Local, the client's as Remote, RoleControlled, AllowedIPs the client's tunnel /32 and /128) and

@@ -78,20 +78,14 @@ func (g *Gateway) handleInit(m portalapi.GatewayInit) {
 	} else {
 		g.v4 = v4
 	}
+	// Relays are added, none removed (Firezone's connlib): a restarted portal names only the relays that
+	// registered again so far, and removing the others would tear down working allocations and the relayed
+	// connections on them. relays_presence and the node's liveness checks remove relays that are gone.
 	relays := tunnel.MergeRelays(m.Relays)
-	fresh := make(map[string]struct{}, len(relays))
 	for _, r := range relays {
-		fresh[r.ID] = struct{}{}
+		g.relays[r.ID] = struct{}{}
 	}
-	var remove []string
-	for id := range g.relays {
-		if _, ok := fresh[id]; !ok {
-			remove = append(remove, id)
-		}
-	}
-	slices.Sort(remove)
-	g.relays = fresh
-	g.emit(tunnel.NodeRelays{Remove: remove, Add: relays})
+	g.emit(tunnel.NodeRelays{Add: relays})
 	g.reconnectAsked = false
 	g.log.Info("portal init", "ipv4", g.v4, "ipv6", g.v6, "relays", len(relays), "clients_kept", len(g.clients))
 	g.portalUp()
