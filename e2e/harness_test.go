@@ -76,13 +76,20 @@ const (
 	clientToken  = "e2e-client-token"
 	gatewayToken = "e2e-gateway-token-1"
 	gateway2Tok  = "e2e-gateway-token-2"
+	gateway3Tok  = "e2e-gateway-token-3"
+	legacyToken  = "e2e-legacy-client-token"
 	webName      = "web.corp.test"
 	// bigFile is the size of the download scenarios' file.
 	bigFile = 10 << 20
 )
 
 // portalConfig is the lab's portal configuration: one site with two gateways, the resources network as a
-// CIDR resource, DNS resources for the resource host's names, and policies for the client.
+// CIDR resource, DNS resources for the resource host's names, and policies for the client. The scenarios of
+// dns_test.go, policy_test.go and failover_test.go add: an old-protocol client (legacy_gateway_protocol);
+// site B with gateway 3, carrying the more specific 203.0.113.101/32 inside the /24; and two filtered
+// IPv6 /128 resources on extra addresses of the resource host (IPv6 because the IPv4 /24 covers the whole
+// resources network, and overlapping CIDR resources' filters are the union of theirs: an unfiltered /24
+// would allow everything). Every policy is for "*".
 const portalConfig = `
 admin_token: e2e-admin-token
 relays:
@@ -95,10 +102,16 @@ accounts:
     sites:
       - id: 5173e000-0000-4000-8000-0000000000e2
         name: e2e-site
+      - id: 5173e000-0000-4000-8000-0000000000eb
+        name: e2e-site-b
     clients:
       - id: c11e0000-0000-4000-8000-0000000000e2
         name: client-1
         token: e2e-client-token
+      - id: c11e0000-0000-4000-8000-0000000000e3
+        name: legacy-client
+        token: e2e-legacy-client-token
+        legacy_gateway_protocol: true
     gateways:
       - id: 9a7e0000-0000-4000-8000-0000000000e1
         name: gateway-1
@@ -108,6 +121,10 @@ accounts:
         name: gateway-2
         site: 5173e000-0000-4000-8000-0000000000e2
         token: e2e-gateway-token-2
+      - id: 9a7e0000-0000-4000-8000-0000000000e3
+        name: gateway-3
+        site: 5173e000-0000-4000-8000-0000000000eb
+        token: e2e-gateway-token-3
     resources:
       - id: 2e50c000-0000-4000-8000-0000000000e1
         type: cidr
@@ -119,6 +136,26 @@ accounts:
         name: corp web
         address: "*.corp.test"
         sites: [5173e000-0000-4000-8000-0000000000e2]
+      - id: 2e50c000-0000-4000-8000-0000000000e3
+        type: cidr
+        name: resource host via site B
+        address: 203.0.113.101/32
+        sites: [5173e000-0000-4000-8000-0000000000eb]
+      - id: 2e50c000-0000-4000-8000-0000000000e4
+        type: cidr
+        name: web and ping only
+        address: 2001:db8:3::102/128
+        sites: [5173e000-0000-4000-8000-0000000000e2]
+        filters:
+          - {protocol: tcp, port_range_start: 80, port_range_end: 80}
+          - {protocol: icmp}
+      - id: 2e50c000-0000-4000-8000-0000000000e5
+        type: cidr
+        name: web only
+        address: 2001:db8:3::103/128
+        sites: [5173e000-0000-4000-8000-0000000000e2]
+        filters:
+          - {protocol: tcp, port_range_start: 80, port_range_end: 80}
     policies:
       - id: 9011c000-0000-4000-8000-0000000000e1
         client: "*"
@@ -126,6 +163,15 @@ accounts:
       - id: 9011c000-0000-4000-8000-0000000000e2
         client: "*"
         resource: 2e50c000-0000-4000-8000-0000000000e2
+      - id: 9011c000-0000-4000-8000-0000000000e3
+        client: "*"
+        resource: 2e50c000-0000-4000-8000-0000000000e3
+      - id: 9011c000-0000-4000-8000-0000000000e4
+        client: "*"
+        resource: 2e50c000-0000-4000-8000-0000000000e4
+      - id: 9011c000-0000-4000-8000-0000000000e5
+        client: "*"
+        resource: 2e50c000-0000-4000-8000-0000000000e5
 `
 
 // lab is one end-to-end world: netlab's standard topology with the snowgate binaries running in it as
@@ -138,6 +184,8 @@ type lab struct {
 	// expected are log lines (regexps) of WARN or ERROR level a scenario expects; any other fails it.
 	expected []*regexp.Regexp
 	payload  []byte // the big file the HTTP server serves
+	// gwHosts are the hosts of gateways 2 and 3, created on first use (gatewayHost).
+	gwHosts map[int]*netlab.Host
 }
 
 // proc is one process of the lab.
@@ -167,8 +215,15 @@ func (l *lockedBuffer) String() string {
 	return l.b.String()
 }
 
-// newLab builds the topology, starts the resource host's services and the portal and relays.
+// newLab builds the topology, starts the resource host's services and the portal (with portalConfig) and
+// relays.
 func newLab(t *testing.T, opts netlab.StandardOptions) *lab {
+	t.Helper()
+	return newLabConfig(t, opts, portalConfig)
+}
+
+// newLabConfig is newLab with another portal configuration (a variant of portalConfig).
+func newLabConfig(t *testing.T, opts netlab.StandardOptions, config string) *lab {
 	t.Helper()
 	skipUnlessLab(t)
 	l := &lab{t: t, Standard: netlab.StandardTopology(t, opts), dir: t.TempDir()}
@@ -178,19 +233,25 @@ func newLab(t *testing.T, opts netlab.StandardOptions) *lab {
 	}
 	l.startResourceServices()
 	cfg := filepath.Join(l.dir, "portal.yaml")
-	if err := os.WriteFile(cfg, []byte(portalConfig), 0o600); err != nil {
+	if err := os.WriteFile(cfg, []byte(config), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	// The gateway resolves DNS resource names with the resource host's DNS server.
 	l.resolvConf(l.Gateway.Namespace, "nameserver 203.0.113.100\n")
 	l.resolvConf(l.Client.Namespace, "nameserver 198.18.0.100\n")
-	l.start(l.Portal.Namespace, "portal", nil, "snowgate-portal", "--config", cfg,
-		"--listen", "198.18.0.100:8081", "--admin-addr", "198.18.0.100:8082", "--metrics-addr", "")
-	l.waitTCP(l.Portal.Namespace, "198.18.0.100:8081")
+	l.startPortal()
 	l.startRelay(1)
 	l.startRelay(2)
 	t.Cleanup(l.cleanup)
 	return l
+}
+
+// startPortal starts the portal with the lab's configuration and waits until it listens.
+func (l *lab) startPortal() *proc {
+	p := l.start(l.Portal.Namespace, "portal", nil, "snowgate-portal", "--config", filepath.Join(l.dir, "portal.yaml"),
+		"--listen", "198.18.0.100:8081", "--admin-addr", "198.18.0.100:8082", "--metrics-addr", "")
+	l.waitTCP(l.Portal.Namespace, "198.18.0.100:8081")
+	return p
 }
 
 // startRelay starts relay n (1 or 2) as an operator would.
@@ -210,22 +271,58 @@ func (l *lab) startRelay(n int) *proc {
 	return p
 }
 
-// startGateway starts gateway n (1 or 2; gateway 2 shares the gateway host, with its own TUN; both on port 0).
+// startGateway starts gateway n: 1 and 2 are the site's two gateways, 3 is site B's. Gateway 1 runs on the
+// gateway host; 2 and 3 on hosts of their own (gatewayHost), because a kernel-mode gateway owns its network
+// namespace's tunnel routing table, policy rules and nftables table (internal/hostfwd: one gateway per
+// namespace). All use port 0.
 func (l *lab) startGateway(n int, extra ...string) *proc {
 	tok, name, tunName := gatewayToken, "gateway-1", "tun-sg-gw1"
-	if n == 2 {
+	switch n {
+	case 2:
 		tok, name, tunName = gateway2Tok, "gateway-2", "tun-sg-gw2"
+	case 3:
+		tok, name, tunName = gateway3Tok, "gateway-3", "tun-sg-gw3"
 	}
 	env := []string{"SNOWGATE_API_URL=ws://198.18.0.100:8081", "SNOWGATE_TOKEN=" + tok, "SNOWGATE_NAME=" + name,
 		"SNOWGATE_ID_FILE=" + filepath.Join(l.dir, name+"-id"), "LOG_LEVEL=info"}
 	args := append([]string{"--tun-name", tunName, "--status-socket", l.socket(name)}, extra...)
-	return l.start(l.Gateway.Namespace, name, env, "snowgate-gateway", args...)
+	return l.start(l.gatewayHost(n).Namespace, name, env, "snowgate-gateway", args...)
+}
+
+// gatewayHost returns the host of gateway n, creating hosts 2 and 3 on first use: on the gateway LAN
+// (198.51.100.2n) and the resources network (203.0.113.n, 2001:db8:3::n), resolving with the resource
+// host's DNS server like the gateway host.
+func (l *lab) gatewayHost(n int) *netlab.Host {
+	if n == 1 {
+		return l.Gateway
+	}
+	if h := l.gwHosts[n]; h != nil {
+		return h
+	}
+	lan := []string{fmt.Sprintf("198.51.100.%d", 20+n)}
+	res := []string{fmt.Sprintf("203.0.113.%d", n)}
+	if l.Resources.Prefix6().IsValid() {
+		lan = append(lan, fmt.Sprintf("2001:db8:2::%d", 20+n))
+		res = append(res, fmt.Sprintf("2001:db8:3::%d", n))
+	}
+	h := l.Lab.Host(fmt.Sprintf("gateway%d", n), l.GatewayLAN, lan...)
+	l.Lab.Attach(h, l.Resources, res...)
+	l.resolvConf(h.Namespace, "nameserver 203.0.113.100\n")
+	if l.gwHosts == nil {
+		l.gwHosts = map[int]*netlab.Host{}
+	}
+	l.gwHosts[n] = h
+	return h
 }
 
 // startClient starts the client in kernel mode with resolv.conf control.
-func (l *lab) startClient(extra ...string) *proc {
-	env := []string{"SNOWGATE_API_URL=ws://198.18.0.100:8081", "SNOWGATE_TOKEN=" + clientToken,
-		"SNOWGATE_ID_FILE=" + filepath.Join(l.dir, "client-id"), "SNOWGATE_DNS_CONTROL=etc-resolv-conf", "LOG_LEVEL=info"}
+func (l *lab) startClient(extra ...string) *proc { return l.startClientToken(clientToken, extra...) }
+
+// startClientToken is startClient with another token (another client of the configuration, or a bad one).
+func (l *lab) startClientToken(token string, extra ...string) *proc {
+	env := []string{"SNOWGATE_API_URL=ws://198.18.0.100:8081", "SNOWGATE_TOKEN=" + token,
+		"SNOWGATE_ID_FILE=" + filepath.Join(l.dir, "client-id"), "SNOWGATE_DNS_CONTROL=etc-resolv-conf",
+		"SNOWGATE_RESOLV_CONF=" + l.resolvConfPath(l.Client.Namespace), "LOG_LEVEL=info"}
 	args := append([]string{"--status-socket", l.socket("client")}, extra...)
 	return l.start(l.Client.Namespace, "client", env, "snowgate-client", args...)
 }
@@ -298,7 +395,7 @@ func (l *lab) cleanup() {
 	}
 	// Stop in dependency order: clients and gateways first, then relays, the portal last (a portal gone
 	// before its peers would make them log reconnect warnings).
-	for _, group := range [][]string{{"client"}, {"gateway-1", "gateway-2"}, {"relay-1", "relay-2"}, {"portal"}} {
+	for _, group := range [][]string{{"client"}, {"gateway-1", "gateway-2", "gateway-3"}, {"relay-1", "relay-2"}, {"portal"}} {
 		for _, p := range l.procs {
 			if slices.Contains(group, p.name) && p.running() {
 				p.signal(syscall.SIGTERM)
@@ -331,7 +428,7 @@ func (l *lab) cleanup() {
 
 // report prints every process's log and the daemons' status.
 func (l *lab) report() {
-	for _, name := range []string{"client", "gateway-1", "gateway-2"} {
+	for _, name := range []string{"client", "gateway-1", "gateway-2", "gateway-3"} {
 		for _, p := range l.procs {
 			if p.name == name && p.running() {
 				out, err := l.statusJSON(p)
@@ -343,7 +440,13 @@ func (l *lab) report() {
 	for _, p := range l.procs {
 		l.t.Logf("---- log of %s ----\n%s", p.name, p.log.String())
 	}
-	for _, ns := range []*netlab.Namespace{l.Client.Namespace, l.Gateway.Namespace} {
+	nss := []*netlab.Namespace{l.Client.Namespace, l.Gateway.Namespace}
+	for _, n := range []int{2, 3} {
+		if h := l.gwHosts[n]; h != nil {
+			nss = append(nss, h.Namespace)
+		}
+	}
+	for _, ns := range nss {
 		var b strings.Builder
 		for _, args := range [][]string{{"-br", "addr"}, {"rule"}, {"-6", "rule"}, {"route", "show", "table", "all"}} {
 			out, _ := l.run(ns, 5*time.Second, "ip", args...)
@@ -373,15 +476,27 @@ func (l *lab) statusJSON(p *proc) (string, error) {
 }
 
 // resolvConf gives a namespace its own resolv.conf (ip netns exec bind-mounts /etc/netns/<ns>/resolv.conf).
+// The file lives in the lab's directory (resolvConfPath) and /etc/netns/<ns>/resolv.conf is a symbolic link to
+// it: the client is pointed at that file (SNOWGATE_RESOLV_CONF) and keeps its backup next to it. Through
+// /etc/resolv.conf the backup would be the host's /etc/resolv.conf.snowgate-backup (ip netns exec binds only
+// resolv.conf itself), shared by every lab's client and by other test binaries running at the same time.
 func (l *lab) resolvConf(ns *netlab.Namespace, content string) {
 	dir := filepath.Join("/etc/netns", ns.Name())
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		l.t.Fatal(err)
 	}
 	l.t.Cleanup(func() { _ = os.RemoveAll(dir) })
-	if err := os.WriteFile(filepath.Join(dir, "resolv.conf"), []byte(content), 0o644); err != nil {
+	if err := os.WriteFile(l.resolvConfPath(ns), []byte(content), 0o644); err != nil {
 		l.t.Fatal(err)
 	}
+	if err := os.Symlink(l.resolvConfPath(ns), filepath.Join(dir, "resolv.conf")); err != nil {
+		l.t.Fatal(err)
+	}
+}
+
+// resolvConfPath is the file behind ns's /etc/resolv.conf.
+func (l *lab) resolvConfPath(ns *netlab.Namespace) string {
+	return filepath.Join(l.dir, "resolv-"+ns.Node()+".conf")
 }
 
 // run runs a command in ns and returns its combined output.
@@ -483,6 +598,9 @@ func (l *lab) dnsServer(ns *netlab.Namespace, addr string, names map[string][]ne
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
+		if opt := q.IsEdns0(); opt != nil {
+			m.SetEdns0(opt.UDPSize(), opt.Do()) // RFC 6891: an EDNS query gets an OPT record back
+		}
 		if len(q.Question) == 1 {
 			qn := strings.ToLower(q.Question[0].Name)
 			qt := q.Question[0].Qtype
@@ -491,7 +609,7 @@ func (l *lab) dnsServer(ns *netlab.Namespace, addr string, names map[string][]ne
 			case qt == dns.TypeTXT && strings.HasPrefix(qn, "big."):
 				for i := range 12 {
 					m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: qn, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
-						Txt: []string{strings.Repeat(strconv.Itoa(i), 200)}})
+						Txt: []string{strings.Repeat(strconv.Itoa(i%10), 200)}}) // a string holds at most 255 bytes
 				}
 			case !known:
 				m.Rcode = dns.RcodeNameError
