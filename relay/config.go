@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.opentelemetry.io/otel/metric"
+
+	"github.com/snowgate/snowgate/relay/kernelpath"
 )
 
 // Defaults and limits (Firezone's relay and RFC 8656).
@@ -85,6 +87,17 @@ type Config struct {
 	// handling instead of the relay's own ChannelData forwarding (for
 	// comparisons; see fastPath).
 	DisableFastPath bool
+
+	// DisableKernelPath keeps channel data out of the kernel: no XDP
+	// program is attached (see the kernelpath package; for comparisons, or
+	// hosts where it misbehaves). Where the program cannot be attached (not
+	// Linux, no BPF capability, loopback only) the relay runs without it
+	// anyway.
+	DisableKernelPath bool
+	// KernelPathMaxChannels is the capacity of the kernel path's maps
+	// (default kernelpath.DefaultMaxChannels); channels beyond it stay in
+	// userspace.
+	KernelPathMaxChannels int
 
 	// AllocationLifetime applies when the client requests none (default
 	// 600 s, at most MaxAllocationLifetime).
@@ -188,6 +201,12 @@ func (c *Config) Validate() error {
 	}
 	if c.BatchRead < 1 || c.BatchRead > 1024 {
 		return bad("batch read %d out of range 1-1024", c.BatchRead)
+	}
+	if c.KernelPathMaxChannels == 0 {
+		c.KernelPathMaxChannels = kernelpath.DefaultMaxChannels
+	}
+	if c.KernelPathMaxChannels < 0 || c.KernelPathMaxChannels > 1<<24 {
+		return bad("kernel path max channels %d out of range 1-%d", c.KernelPathMaxChannels, 1<<24)
 	}
 	if c.AllocationLifetime == 0 {
 		c.AllocationLifetime = DefaultAllocationLifetime

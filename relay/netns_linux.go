@@ -6,9 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/snowgate/snowgate/internal/threadns"
 )
 
 // socketOpener opens the relay sockets of allocations in the network
@@ -43,11 +44,9 @@ type openResult struct {
 
 // newSocketOpener must run on the goroutine (thread) that started the server.
 func newSocketOpener() (*socketOpener, error) {
-	runtime.LockOSThread() // the namespace opened below must be this thread's
-	fd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	runtime.UnlockOSThread()
+	fd, err := threadns.Current()
 	if err != nil {
-		return nil, fmt.Errorf("open network namespace: %w", err)
+		return nil, err
 	}
 	o := &socketOpener{reqs: make(chan openRequest), stop: make(chan struct{}), done: make(chan struct{})}
 	ready := make(chan error, 1)
@@ -59,18 +58,18 @@ func newSocketOpener() (*socketOpener, error) {
 	return o, nil
 }
 
-// serve opens sockets on a thread in the namespace of fd until close. The
-// thread stays locked: if it had to switch namespaces, Go ends it with the
-// goroutine instead of reusing it elsewhere.
+// serve opens sockets on a thread in the namespace of fd until close
+// (threadns.Enter: the thread goes back to its namespace and to the pool
+// at the end).
 func (o *socketOpener) serve(fd int, ready chan<- error) {
 	defer close(o.done)
-	runtime.LockOSThread()
-	err := enterNamespace(fd)
+	release, err := threadns.Enter(fd)
 	_ = unix.Close(fd)
 	if err != nil {
-		ready <- err
+		ready <- fmt.Errorf("enter the server's network namespace: %w", err)
 		return
 	}
+	defer release()
 	ready <- nil
 	for {
 		select {
@@ -81,25 +80,6 @@ func (o *socketOpener) serve(fd int, ready chan<- error) {
 			return
 		}
 	}
-}
-
-// enterNamespace switches the calling (locked) thread into the network
-// namespace fd unless it is there already.
-func enterNamespace(fd int) error {
-	var want, here unix.Stat_t
-	if err := unix.Fstat(fd, &want); err != nil {
-		return fmt.Errorf("stat the server's network namespace: %w", err)
-	}
-	if err := unix.Stat("/proc/thread-self/ns/net", &here); err != nil {
-		return fmt.Errorf("stat this thread's network namespace: %w", err)
-	}
-	if want.Dev == here.Dev && want.Ino == here.Ino {
-		return nil
-	}
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("enter the server's network namespace: %w", err)
-	}
-	return nil
 }
 
 var errOpenerClosed = errors.New("relay socket opener closed")

@@ -16,6 +16,7 @@ import (
 	"github.com/pion/turn/v5"
 
 	"github.com/snowgate/snowgate/internal/telemetry"
+	"github.com/snowgate/snowgate/relay/kernelpath"
 )
 
 // ErrStarted is returned by Start when the server already started (or closed).
@@ -32,7 +33,13 @@ type Server struct {
 	guard       *sendGuard
 	stats       *stats
 	quota       *quota
-	fast        *fastPath // nil when disabled
+	fast        *fastPath        // nil when disabled
+	kernel      *kernelpath.Path // nil when disabled or unavailable
+
+	kernelFullWarned atomic.Bool
+	// onKernelUnbind, if set (tests, before Start), receives each channel
+	// leaving the kernel path with its final counters.
+	onKernelUnbind func(kernelpath.Binding, kernelpath.Counters)
 
 	draining atomic.Bool
 	portalUp atomic.Bool
@@ -201,6 +208,7 @@ func (s *Server) Start(ctx context.Context) error {
 			})
 		}
 	}
+	s.openKernelPath()
 	ts, err := turn.NewServer(turn.ServerConfig{
 		PacketConnConfigs:  pcs,
 		LoggerFactory:      telemetry.PionLoggerFactory(s.log),
@@ -213,6 +221,7 @@ func (s *Server) Start(ctx context.Context) error {
 		AllocationLifetime: s.cfg.AllocationLifetime,
 	})
 	if err != nil {
+		s.closeKernelPath()
 		return fail(fmt.Errorf("start TURN server: %w", err))
 	}
 	s.turn = ts
@@ -299,6 +308,7 @@ func (s *Server) Close() error {
 			}
 		}
 		s.closeWorkers()
+		s.closeKernelPath()
 		s.stats.unregister()
 	})
 	return s.closeErr
@@ -447,16 +457,22 @@ func (s *Server) events() turn.EventHandler {
 		OnPermissionDeleted: func(net.Addr, net.Addr, string, string, string, net.Addr, net.IP) {
 			s.stats.permissions.Add(-1)
 		},
-		OnChannelCreated: func(src, _ net.Addr, _, _, _ string, relayAddr, peer net.Addr, number uint16) {
+		OnChannelCreated: func(src, dst net.Addr, _, _, _ string, relayAddr, peer net.Addr, number uint16) {
 			s.stats.channels.Add(1)
 			if s.fast != nil && !s.guard.refusesAddr(peer) {
 				s.fast.bind(src, relayAddr, peer, number)
 			}
+			if s.kernel != nil && !s.guard.refusesAddr(peer) {
+				s.kernelBind(src, dst, relayAddr, peer, number)
+			}
 		},
-		OnChannelDeleted: func(src, _ net.Addr, _, _, _ string, relayAddr, peer net.Addr, number uint16) {
+		OnChannelDeleted: func(src, dst net.Addr, _, _, _ string, relayAddr, peer net.Addr, number uint16) {
 			s.stats.channels.Add(-1)
 			if s.fast != nil {
 				s.fast.unbind(src, relayAddr, peer, number)
+			}
+			if s.kernel != nil {
+				s.kernelUnbind(src, dst, relayAddr, peer, number)
 			}
 		},
 	}

@@ -8,6 +8,8 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/metric/noop"
+
+	"github.com/snowgate/snowgate/relay/kernelpath"
 )
 
 // Auth failure reasons (metric attribute "reason").
@@ -52,6 +54,11 @@ type stats struct {
 	authFailures               [4]atomic.Uint64 // indexed like authReasons
 	dropped                    [dropReasons]atomic.Uint64
 
+	// kernel is the kernel path while attached; kernelRetired what it
+	// relayed in total once detached.
+	kernel        atomic.Pointer[kernelpath.Path]
+	kernelRetired atomic.Pointer[kernelpath.Counters]
+
 	reg metric.Registration
 }
 
@@ -75,8 +82,33 @@ func (s *stats) readError(error) { s.dropped[dropRead].Add(1) }
 
 type trafficTotals struct{ toPeerPackets, toPeerBytes, toClientPackets, toClientBytes uint64 }
 
+// kernelTotals is what the kernel path relayed (zero without one).
+func (s *stats) kernelTotals() kernelpath.Counters {
+	if k := s.kernel.Load(); k != nil {
+		return k.Totals()
+	}
+	if c := s.kernelRetired.Load(); c != nil {
+		return *c
+	}
+	return kernelpath.Counters{}
+}
+
+// retireKernel keeps the kernel path's final totals before it is closed.
+func (s *stats) retireKernel() {
+	if k := s.kernel.Load(); k != nil {
+		c := k.Totals()
+		s.kernelRetired.Store(&c)
+		s.kernel.Store(nil)
+	}
+}
+
+// traffic sums what userspace and the kernel path relayed.
 func (s *stats) traffic() trafficTotals {
-	var t trafficTotals
+	k := s.kernelTotals()
+	t := trafficTotals{
+		toPeerPackets: k.ToPeerPackets, toPeerBytes: k.ToPeerBytes,
+		toClientPackets: k.ToClientPackets, toClientBytes: k.ToClientBytes,
+	}
 	for i := range s.shards {
 		sh := &s.shards[i]
 		t.toPeerPackets += sh.toPeerPackets.Load()
@@ -133,6 +165,26 @@ func (s *stats) register(mp metric.MeterProvider) error {
 	if err != nil {
 		return fmt.Errorf("create instrument: %w", err)
 	}
+	kChans, err := m.Int64ObservableGauge("relay.kernel.channels",
+		metric.WithDescription("Channel bindings installed in the kernel path (XDP)"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	kPkts, err := m.Int64ObservableCounter("relay.kernel.relayed.packets",
+		metric.WithDescription("Datagrams relayed by the kernel path, by direction (included in relay.relayed.packets)"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	kBytes, err := m.Int64ObservableCounter("relay.kernel.relayed.bytes", metric.WithUnit("By"),
+		metric.WithDescription("Payload bytes relayed by the kernel path, by direction (included in relay.relayed.bytes)"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
+	kPassed, err := m.Int64ObservableCounter("relay.kernel.passed",
+		metric.WithDescription("Datagrams of installed channels the kernel path left to userspace, by reason"))
+	if err != nil {
+		return fmt.Errorf("create instrument: %w", err)
+	}
 	v4 := metric.WithAttributes(attribute.String("family", "ipv4"))
 	v6 := metric.WithAttributes(attribute.String("family", "ipv6"))
 	toPeer := metric.WithAttributes(attribute.String("direction", "client_to_peer"))
@@ -163,8 +215,29 @@ func (s *stats) register(mp metric.MeterProvider) error {
 		for i := range dropOpts {
 			o.ObserveInt64(dropped, int64(s.dropped[i].Load()), dropOpts[i]) //nolint:gosec
 		}
+		k := s.kernelTotals()
+		o.ObserveInt64(kPkts, int64(k.ToPeerPackets), toPeer)     //nolint:gosec
+		o.ObserveInt64(kPkts, int64(k.ToClientPackets), toClient) //nolint:gosec
+		o.ObserveInt64(kBytes, int64(k.ToPeerBytes), toPeer)      //nolint:gosec
+		o.ObserveInt64(kBytes, int64(k.ToClientBytes), toClient)  //nolint:gosec
+		if kp := s.kernel.Load(); kp != nil {
+			o.ObserveInt64(kChans, int64(kp.Status().Bindings))
+			p := kp.Passed()
+			for _, r := range []struct {
+				reason string
+				n      uint64
+			}{
+				{"partial_checksum", p.PartialChecksum}, {"no_checksum", p.NoChecksum}, {"other_interface", p.OtherInterface},
+				{"mtu", p.MTU}, {"malformed", p.Malformed}, {"destination", p.Destination},
+				{"adjust_failed", p.AdjustFailed}, {"tail_failed", p.TailFailed},
+			} {
+				o.ObserveInt64(kPassed, int64(r.n), metric.WithAttributes(attribute.String("reason", r.reason))) //nolint:gosec
+			}
+		} else {
+			o.ObserveInt64(kChans, 0)
+		}
 		return nil
-	}, allocs, perms, chans, pkts, bytes, authFail, refused, quota, dropped)
+	}, allocs, perms, chans, pkts, bytes, authFail, refused, quota, dropped, kChans, kPkts, kBytes, kPassed)
 	if err != nil {
 		return fmt.Errorf("register metrics callback: %w", err)
 	}

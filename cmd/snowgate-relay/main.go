@@ -197,6 +197,10 @@ func parse(args []string, getenv func(string) string, out io.Writer) (*options, 
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "write a CPU profile to this file until exit (development)")
 	fs.BoolVar(&c.DisableGSO, "no-gso", getenv("NO_GSO") != "", "send relayed datagrams one by one, without UDP GSO (comparisons) [NO_GSO]")
 	fs.BoolVar(&c.DisableFastPath, "no-fast-path", getenv("NO_FAST_PATH") != "", "send channel data through pion's generic handling (comparisons) [NO_FAST_PATH]")
+	fs.BoolVar(&c.DisableKernelPath, "no-kernel-path", getenv("NO_KERNEL_PATH") != "",
+		"relay channel data in userspace only, without the XDP program (comparisons) [NO_KERNEL_PATH]")
+	fs.IntVar(&c.KernelPathMaxChannels, "kernel-path-max-channels", envInt("KERNEL_PATH_MAX_CHANNELS", 0),
+		"channels the XDP program's maps hold; more stay in userspace (0: 65536) [KERNEL_PATH_MAX_CHANNELS]")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}

@@ -45,6 +45,11 @@ import (
 // ErrUnavailable wraps the reasons Open cannot offer a kernel path.
 var ErrUnavailable = errors.New("kernel path unavailable")
 
+// ErrNoInterface (wrapped with ErrUnavailable) means the relay's addresses
+// are only on loopback, where the program is not attached: nothing is wrong,
+// there is just nothing to accelerate.
+var ErrNoInterface = errors.New("no interface to attach to (loopback is not supported)")
+
 // ErrFull is returned by Add when MaxChannels bindings are installed.
 var ErrFull = errors.New("kernel path full")
 
@@ -59,8 +64,6 @@ const (
 
 // Config configures Open.
 type Config struct {
-	// ListenPort is the relay's TURN port; ChannelData is expected there.
-	ListenPort uint16
 	// LowestPort and HighestPort bound the relay ports (allocations).
 	LowestPort, HighestPort uint16
 	// Addrs are the relay's bound addresses. The program is attached to the

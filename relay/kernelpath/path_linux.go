@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"sync"
 	"time"
@@ -19,6 +18,8 @@ import (
 	"github.com/cilium/ebpf/rlimit"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
+
+	"github.com/snowgate/snowgate/internal/threadns"
 )
 
 // Event indexes of the program's events map (enum event in turnrouter.c).
@@ -101,11 +102,9 @@ type hop struct {
 // namespace) the relay's sockets live in. Errors wrap ErrUnavailable.
 func Open(cfg Config) (*Path, error) {
 	cfg.normalize()
-	runtime.LockOSThread() // the namespace opened below must be this thread's
-	nsfd, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-	runtime.UnlockOSThread()
+	nsfd, err := threadns.Current()
 	if err != nil {
-		return nil, fmt.Errorf("%w: open network namespace: %w", ErrUnavailable, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	p := &Path{
 		cfg:      cfg,
@@ -145,7 +144,7 @@ func (p *Path) setup() error {
 		return err
 	}
 	if len(ifaces) == 0 {
-		return errors.New("no interface to attach to (loopback is not supported)")
+		return ErrNoInterface
 	}
 	if err := rlimit.RemoveMemlock(); err != nil {
 		return fmt.Errorf("raise RLIMIT_MEMLOCK: %w", err)
@@ -154,9 +153,7 @@ func (p *Path) setup() error {
 	if err != nil {
 		return fmt.Errorf("load BPF object: %w", err)
 	}
-	for name, v := range map[string]uint16{
-		"listen_port": p.cfg.ListenPort, "relay_port_low": p.cfg.LowestPort, "relay_port_high": p.cfg.HighestPort,
-	} {
+	for name, v := range map[string]uint16{"relay_port_low": p.cfg.LowestPort, "relay_port_high": p.cfg.HighestPort} {
 		if err := spec.Variables[name].Set(v); err != nil {
 			return fmt.Errorf("set %s: %w", name, err)
 		}
@@ -244,17 +241,16 @@ func maskBits(n *net.IPNet) int {
 }
 
 // loop is the namespace goroutine: it runs requests and resolves due
-// directions until Close. Its thread stays locked: if it had to switch
-// namespaces, Go ends the thread with the goroutine.
+// directions until Close, on a thread in the relay's network namespace.
 func (p *Path) loop(nsfd int, ready chan<- error) {
 	defer close(p.done)
-	runtime.LockOSThread()
-	err := enterNamespace(nsfd)
+	release, err := threadns.Enter(nsfd)
 	_ = unix.Close(nsfd)
 	ready <- err
 	if err != nil {
 		return
 	}
+	defer release()
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	for {
@@ -274,25 +270,6 @@ func (p *Path) loop(nsfd int, ready chan<- error) {
 			timer.Stop()
 		}
 	}
-}
-
-// enterNamespace switches the calling (locked) thread into the network
-// namespace fd unless it is there already (as relay's socket opener does).
-func enterNamespace(fd int) error {
-	var want, here unix.Stat_t
-	if err := unix.Fstat(fd, &want); err != nil {
-		return fmt.Errorf("stat the relay's network namespace: %w", err)
-	}
-	if err := unix.Stat("/proc/thread-self/ns/net", &here); err != nil {
-		return fmt.Errorf("stat this thread's network namespace: %w", err)
-	}
-	if want.Dev == here.Dev && want.Ino == here.Ino {
-		return nil
-	}
-	if err := unix.Setns(fd, unix.CLONE_NEWNET); err != nil {
-		return fmt.Errorf("enter the relay's network namespace: %w", err)
-	}
-	return nil
 }
 
 // do runs f on the namespace goroutine and waits; false if closed.
@@ -350,7 +327,7 @@ func (p *Path) Add(b Binding) error {
 	err := p.objs.ChanStats.Update(slot, zero, ebpf.UpdateAny)
 	p.mu.Unlock()
 	if err != nil {
-		p.Remove(b)
+		_, _ = p.Remove(b)
 		return fmt.Errorf("kernel path: reset counters: %w", err)
 	}
 
@@ -379,14 +356,19 @@ func (p *Path) Add(b Binding) error {
 	return nil
 }
 
-// Remove uninstalls b (a no-op if it is not installed).
-func (p *Path) Remove(b Binding) {
+// Remove uninstalls b and returns its final counters; false if b was not
+// added.
+func (p *Path) Remove(b Binding) (Counters, bool) {
 	b = normalize(b)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if e := p.bindings[b]; e != nil {
-		p.removeLocked(e)
+	e := p.bindings[b]
+	if e == nil {
+		return Counters{}, false
 	}
+	c := p.slotCounters(e.slot)
+	p.removeLocked(e)
+	return c, true
 }
 
 func (p *Path) removeLocked(e *entry) {
@@ -610,18 +592,23 @@ func (p *Path) Counters(b Binding) (Counters, bool) {
 	if e == nil || p.closed {
 		return Counters{}, false
 	}
-	var per []turnrouterChanStats
-	if err := p.objs.ChanStats.Lookup(e.slot, &per); err != nil {
-		return Counters{}, false
-	}
+	return p.slotCounters(e.slot), true
+}
+
+// slotCounters sums a slot's per-CPU counters (p.mu held).
+func (p *Path) slotCounters(slot uint32) Counters {
 	var c Counters
+	var per []turnrouterChanStats
+	if p.closed || p.objs.ChanStats.Lookup(slot, &per) != nil {
+		return c
+	}
 	for _, s := range per {
 		c.ToPeerPackets += s.C2pPackets
 		c.ToPeerBytes += s.C2pBytes
 		c.ToClientPackets += s.P2cPackets
 		c.ToClientBytes += s.P2cBytes
 	}
-	return c, true
+	return c
 }
 
 // events sums the events map over CPUs.
@@ -793,7 +780,7 @@ func p2cKey(b Binding) turnrouterP2cKey {
 
 func c2pValue(e *entry, h hop) turnrouterC2pVal {
 	v := turnrouterC2pVal{
-		Listen: addr16(e.b.Listen.Addr()), Peer: addr16(e.b.Peer.Addr()),
+		Listen: addr16(e.b.Listen.Addr()), Peer: addr16(e.b.Peer.Addr()), ListenPort: be16(e.b.Listen.Port()),
 		PeerPort: be16(e.b.Peer.Port()), RelayPort: be16(e.b.Relay.Port()), Slot: e.slot,
 	}
 	v.Hop.Src, v.Hop.Smac, v.Hop.Dmac, v.Hop.Ifindex, v.Hop.Mtu = h.Src, h.Smac, h.Dmac, h.Ifindex, h.Mtu

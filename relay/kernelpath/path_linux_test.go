@@ -61,7 +61,7 @@ func newBed(t *testing.T, max int) *bed {
 	err := b.relay.Do(func() error {
 		var err error
 		b.path, err = Open(Config{
-			ListenPort: 3478, LowestPort: 49152, HighestPort: 65535,
+			LowestPort: 49152, HighestPort: 65535,
 			Addrs: []netip.Addr{b.relay.Addr4(), b.relay.Addr6()}, MaxChannels: max,
 		})
 		return err
@@ -71,29 +71,35 @@ func newBed(t *testing.T, max int) *bed {
 	}
 	t.Cleanup(func() { _ = b.path.Close() })
 	// Resolve the neighbours both ways (the relay's sockets send first, as
-	// the relay does before any channel data).
+	// the relay does before any channel data). A first datagram may wait
+	// for ARP/ND, so each exchange is tried a few times.
 	for _, h := range []*netlab.Host{b.client, b.peer} {
 		for _, a := range []netip.Addr{h.Addr4(), h.Addr6()} {
 			c := b.socket(t, h, a)
-			from := b.listen4
-			if a.Is6() {
-				from = b.listen6
-			}
-			if _, err := from.WriteToUDPAddrPort([]byte("hello"), localAddr(c)); err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := read(c, time.Second); err != nil {
-				t.Fatalf("prime neighbour %s: %v", a, err)
-			}
-			if _, err := c.WriteToUDPAddrPort([]byte("hello"), localAddr(from)); err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := read(from, time.Second); err != nil {
-				t.Fatalf("prime neighbour %s: %v", a, err)
-			}
+			from := b.listenSock(a)
+			exchange(t, from, c)
+			exchange(t, c, from)
 		}
 	}
 	return b
+}
+
+// exchange sends from one socket to the other until a datagram arrives
+// (at most 5 tries of a second).
+func exchange(t *testing.T, from, to *net.UDPConn) {
+	t.Helper()
+	for try := 0; ; try++ {
+		if _, err := from.WriteToUDPAddrPort([]byte("hello"), localAddr(to)); err != nil {
+			t.Fatal(err)
+		}
+		_, _, err := read(to, time.Second)
+		if err == nil {
+			return
+		}
+		if try == 4 {
+			t.Fatalf("%v → %v: %v", localAddr(from), localAddr(to), err)
+		}
+	}
 }
 
 func (b *bed) socket(t *testing.T, h *netlab.Host, a netip.Addr) *net.UDPConn {
@@ -247,7 +253,9 @@ func TestKernelPathCombinations(t *testing.T) {
 				if got, ok := b.path.Counters(bind); !ok || got != want {
 					t.Fatalf("counters %+v (%v), want %+v", got, ok, want)
 				}
-				b.path.Remove(bind)
+				if c, ok := b.path.Remove(bind); !ok || c != want {
+					t.Fatalf("Remove returned %+v (%v), want %+v", c, ok, want)
+				}
 				if c2p, p2c := b.path.MapEntries(); c2p != 0 || p2c != 0 {
 					t.Fatalf("after Remove the maps hold %d and %d entries", c2p, p2c)
 				}
@@ -405,7 +413,7 @@ func TestKernelPathFull(t *testing.T) {
 	if err := b.path.Add(mk(0x4002)); !errors.Is(err, ErrFull) {
 		t.Fatalf("third binding: %v, want ErrFull", err)
 	}
-	b.path.Remove(mk(0x4000))
+	_, _ = b.path.Remove(mk(0x4000))
 	if err := b.path.Add(mk(0x4002)); err != nil {
 		t.Fatal(err)
 	}

@@ -19,7 +19,7 @@ func Open(Config) (*Path, error) {
 func (*Path) Add(Binding) error { return ErrClosed }
 
 // Remove does nothing.
-func (*Path) Remove(Binding) {}
+func (*Path) Remove(Binding) (Counters, bool) { return Counters{}, false }
 
 // Counters reports nothing.
 func (*Path) Counters(Binding) (Counters, bool) { return Counters{}, false }

@@ -31,11 +31,13 @@ type turnrouterC2pVal struct {
 		Mtu     uint16
 		Pad     uint16
 	}
-	Listen    [16]uint8
-	Peer      [16]uint8
-	PeerPort  uint16
-	RelayPort uint16
-	Slot      uint32
+	Listen     [16]uint8
+	Peer       [16]uint8
+	ListenPort uint16
+	PeerPort   uint16
+	RelayPort  uint16
+	Pad        uint16
+	Slot       uint32
 }
 
 type turnrouterChanStats struct {
@@ -82,7 +84,6 @@ const (
 	turnrouterMapEvents        = "events"
 	turnrouterMapP2c           = "p2c"
 	turnrouterProgTurnRouter   = "turn_router"
-	turnrouterVarListenPort    = "listen_port"
 	turnrouterVarRelayPortHigh = "relay_port_high"
 	turnrouterVarRelayPortLow  = "relay_port_low"
 )
@@ -146,7 +147,6 @@ type turnrouterMapSpecs struct {
 //
 // It can be passed ebpf.CollectionSpec.Assign.
 type turnrouterVariableSpecs struct {
-	ListenPort    *ebpf.VariableSpec `ebpf:"listen_port"`
 	RelayPortHigh *ebpf.VariableSpec `ebpf:"relay_port_high"`
 	RelayPortLow  *ebpf.VariableSpec `ebpf:"relay_port_low"`
 }
@@ -190,7 +190,6 @@ func (m *turnrouterMaps) Close() error {
 //
 // It can be passed to loadTurnrouterObjects or ebpf.CollectionSpec.LoadAndAssign.
 type turnrouterVariables struct {
-	ListenPort    *ebpf.Variable `ebpf:"listen_port"`
 	RelayPortHigh *ebpf.Variable `ebpf:"relay_port_high"`
 	RelayPortLow  *ebpf.Variable `ebpf:"relay_port_low"`
 }

@@ -44,8 +44,9 @@
 #define PROTO_UDP 17
 #define OUT_TTL 64
 
-// Configuration, set by the loader before loading (host byte order).
-volatile const __u16 listen_port = 3478;
+// Configuration, set by the loader before loading (host byte order):
+// datagrams to these ports are looked up as peer datagrams, all others as
+// possible ChannelData.
 volatile const __u16 relay_port_low = 49152;
 volatile const __u16 relay_port_high = 65535;
 
@@ -74,8 +75,10 @@ struct c2p_val {
 	struct hop hop;
 	__u8 listen[16]; // the relay address the client sends to (zero: any)
 	__u8 peer[16];
+	__be16 listen_port; // the relay port the client sends to
 	__be16 peer_port;
 	__be16 relay_port;
+	__u16 pad;
 	__u32 slot; // index into chan_stats
 };
 
@@ -493,7 +496,7 @@ static __always_inline int client_to_peer(struct xdp_md *ctx, struct parsed *p)
 	struct c2p_val *v = bpf_map_lookup_elem(&c2p, &key);
 	if (!v)
 		return XDP_PASS;
-	if (!is_zero(v->listen) && !addr_eq(v->listen, p->dst)) {
+	if (v->listen_port != p->dport || (!is_zero(v->listen) && !addr_eq(v->listen, p->dst))) {
 		count(EV_PASS_DEST);
 		return XDP_PASS;
 	}
@@ -662,11 +665,9 @@ int turn_router(struct xdp_md *ctx)
 	if (parse(ctx, &p))
 		return XDP_PASS;
 	__u16 dport = bpf_ntohs(p.dport);
-	if (dport == listen_port)
-		return client_to_peer(ctx, &p);
 	if (dport >= relay_port_low && dport <= relay_port_high)
 		return peer_to_client(ctx, &p);
-	return XDP_PASS;
+	return client_to_peer(ctx, &p);
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
