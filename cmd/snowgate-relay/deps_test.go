@@ -11,6 +11,10 @@ import (
 // use for WireGuard or a userspace TCP/IP stack, which would only grow the binary and its attack surface. A
 // dependency sneaking in through a shared package (as wireguard-go once did through internal/telemetry's log
 // adapter) fails this test.
+//
+// Allowed on purpose: github.com/cilium/ebpf, with which relay/kernelpath loads and attaches the XDP program
+// that relays channel data in the kernel (pure Go over golang.org/x/sys; the program itself is a committed
+// object, so building needs no C toolchain).
 var forbiddenDeps = []string{"golang.zx2c4.com/wireguard", "gvisor.dev/"}
 
 // TestRelayDependencyFence lists the packages linked into snowgate-relay (go list -deps) and fails on any
