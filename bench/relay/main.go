@@ -29,6 +29,23 @@
 // counters (max seen while sampling every 200 ms) of the server's listener
 // sockets (L), its relay sockets (R), the peer (P) and the client (C).
 //
+// Network namespaces: --netns runs each server in a namespace of its own
+// ("relay", 198.18.0.1) and uclient (198.18.0.2) and turnutils_peer
+// (198.18.0.3) in another ("outside"), joined by one veth pair, so that
+// snowgate-relay attaches its XDP kernel path (on loopback it does not).
+// The outside end has transmit checksum offload off (its datagrams carry
+// complete checksums, as from a NIC) and an XDP_PASS program (so that veth
+// delivers the relay's XDP_TX frames; see internal/xdppass). Its default
+// servers are snowgate (kernel path on), snowgate-user (--no-kernel-path)
+// and coturn. Needs root. Work done by the XDP program runs in softirq
+// context and is not charged to the relay process, so besides the server's
+// own CPU the table reports host CPU per round trip (all cores, every
+// process and softirq, load generator included; from /proc/stat) and the
+// softirq share of it, and "xdp µs/rt", the XDP program's own run time
+// per round trip (BPF run-time statistics, enabled while the benchmark
+// runs; it leaves out the driver's work around the program, such as the
+// XDP_TX transmit).
+//
 // A/B: --baseline-bin PATH --servers snowgate,baseline,coturn also runs a
 // snowgate-relay binary built elsewhere (e.g. from the previous commit with
 // go build -o /tmp/base ./cmd/snowgate-relay) with the same flags,
@@ -69,6 +86,9 @@ type runResult struct {
 	peakRate      float64
 	steadyRate    float64 // 0: no steady window
 	cpu           time.Duration
+	hostCPU       time.Duration // all cores, everything but idle and iowait
+	softirqCPU    time.Duration
+	xdpCPU        time.Duration // the XDP program's run time (--netns, snowgate)
 	dropL, dropR  uint64
 	dropP, dropC  uint64
 	err           error
@@ -90,7 +110,13 @@ func main() {
 	noFast := flag.Bool("no-fast-path", false, "snowgate --no-fast-path")
 	profDir := flag.String("cpu-profile-dir", "", "write snowgate-relay CPU profiles (one per run) into this directory")
 	gomaxprocs := flag.Int("gomaxprocs", 0, "GOMAXPROCS for snowgate-relay (0: Go's default)")
+	netns := flag.Bool("netns", false, "run in network namespaces over veth (root), so that snowgate's XDP kernel path is used")
 	flag.Parse()
+	serversSet := false
+	flag.Visit(func(f *flag.Flag) { serversSet = serversSet || f.Name == "servers" })
+	if *netns && !serversSet {
+		*servers = "snowgate,snowgate-user,coturn"
+	}
 	if *quick {
 		*reps, *clientsFlag, *msgs = 1, "10,50", 10000
 	}
@@ -133,6 +159,15 @@ func main() {
 		}
 	}
 	env := benchEnv{dir: dir, relayBin: relayBin, baselineBin: *baseline, sockets: *sockets, batch: *batch, noFast: *noFast, profDir: *profDir, gomaxprocs: *gomaxprocs}
+	if *netns {
+		lab, err := newNetnsLab()
+		if err != nil {
+			fatal(err)
+		}
+		cleanup = lab.close
+		defer lab.close()
+		env.lab = lab
+	}
 	fmt.Fprintf(os.Stderr, "bench: %d configurations × %d reps × %v, %d msgs/client\n", len(cfgs), *reps, srvs, *msgs)
 	var results []runResult
 	for _, c := range cfgs {
@@ -157,7 +192,11 @@ func main() {
 	printTable(os.Stdout, results)
 }
 
+// cleanup undoes --netns set-up (fatal runs it before exiting).
+var cleanup = func() {}
+
 func fatal(err error) {
+	cleanup()
 	fmt.Fprintln(os.Stderr, "bench/relay:", err)
 	os.Exit(1)
 }
@@ -184,6 +223,16 @@ type benchEnv struct {
 	profDir     string
 	// gomaxprocs, if > 0, is snowgate-relay's GOMAXPROCS.
 	gomaxprocs int
+	// lab, if set, runs everything in network namespaces (--netns).
+	lab *netnsLab
+}
+
+// command is name with args, run inside namespace ns (empty: here).
+func command(ns, name string, args ...string) (string, []string) {
+	if ns == "" {
+		return name, args
+	}
+	return "ip", append([]string{"netns", "exec", ns, name}, args...)
 }
 
 func freePort(network, host string) int {
@@ -204,7 +253,8 @@ func start(name string, args []string, out io.Writer) (*proc, error) {
 	return startEnv(name, args, out)
 }
 
-// startEnv starts name with extra environment variables.
+// startEnv starts name with extra environment variables. ip netns exec
+// execs the command itself, so the pid is the command's either way.
 func startEnv(name string, args []string, out io.Writer, env ...string) (*proc, error) {
 	cmd := exec.Command(name, args...)
 	if len(env) > 0 {
@@ -276,11 +326,12 @@ type udpSock struct {
 	drops uint64
 }
 
-// udpTable reads /proc/net/udp and udp6: inode → local port and drops.
-func udpTable() map[string]udpSock {
+// udpTable reads the UDP sockets of pid's network namespace
+// (/proc/<pid>/net/udp and udp6): inode → local port and drops.
+func udpTable(pid int) map[string]udpSock {
 	out := map[string]udpSock{}
-	for _, f := range []string{"/proc/net/udp", "/proc/net/udp6"} {
-		b, err := os.ReadFile(f)
+	for _, f := range []string{"udp", "udp6"} {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/net/%s", pid, f))
 		if err != nil {
 			continue
 		}
@@ -311,10 +362,10 @@ type dropSampler struct {
 func sampleDrops(roles func() map[string]int, listenPort int) *dropSampler {
 	d := &dropSampler{max: map[string]uint64{}, stop: make(chan struct{}), done: make(chan struct{})}
 	sample := func() {
-		tab := udpTable()
 		d.mu.Lock()
 		defer d.mu.Unlock()
 		for role, pid := range roles() {
+			tab := udpTable(pid)
 			for ino := range socketInodes(pid) {
 				s, ok := tab[ino]
 				if !ok {
@@ -372,11 +423,24 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		return res
 	}
 	defer logf.Close()
-	port := freePort("udp4", "127.0.0.1")
-	// The peer is on 127.0.0.2: snowgate-relay delivers to its own address
-	// (127.0.0.1) only on relay ports.
-	peerPort := freePort("udp4", peerIP)
-	peer, err := start("turnutils_peer", []string{"-L", peerIP, "-p", strconv.Itoa(peerPort)}, logf)
+	bootAtStart := bootClock()
+	relayIP, peerAddr, srvNS, outNS := "127.0.0.1", peerIP, "", ""
+	var port, peerPort int
+	if e.lab != nil {
+		relayIP, peerAddr, srvNS, outNS = netnsRelayIP, netnsPeerIP, e.lab.relay, e.lab.outside
+		port, peerPort = 3478, 3480 // fresh namespaces: nothing else binds there
+		if err := e.lab.prime(); err != nil {
+			res.err = err
+			return res
+		}
+	} else {
+		port = freePort("udp4", "127.0.0.1")
+		// The peer is on 127.0.0.2: snowgate-relay delivers to its own
+		// address (127.0.0.1) only on relay ports.
+		peerPort = freePort("udp4", peerIP)
+	}
+	name, args := command(outNS, "turnutils_peer", "-L", peerAddr, "-p", strconv.Itoa(peerPort))
+	peer, err := start(name, args, logf)
 	if err != nil {
 		res.err = err
 		return res
@@ -384,9 +448,9 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	defer peer.stop()
 	var srv *proc
 	switch server {
-	case "snowgate", "baseline":
-		args := []string{"--listen-port", strconv.Itoa(port), "--public-ip4", "127.0.0.1", "--listen-addr4", "127.0.0.1",
-			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", peerIP + "/32",
+	case "snowgate", "snowgate-user", "baseline":
+		args := []string{"--listen-port", strconv.Itoa(port), "--public-ip4", relayIP, "--listen-addr4", relayIP,
+			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", peerAddr + "/32",
 			"--turn-rest-secret", secret, "--health-check-addr", "", "--drain-timeout", "0s",
 			"--max-allocations-per-user", "10000", "--log-level", "warn"}
 		if e.sockets > 0 {
@@ -394,6 +458,9 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		}
 		if e.noFast {
 			args = append(args, "--no-fast-path")
+		}
+		if server == "snowgate-user" {
+			args = append(args, "--no-kernel-path")
 		}
 		if e.batch > 0 {
 			args = append(args, "--batch-read", strconv.Itoa(e.batch))
@@ -410,19 +477,21 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		if server == "baseline" {
 			bin = e.baselineBin
 		}
-		srv, err = startEnv(bin, args, logf, env...)
+		name, args := command(srvNS, bin, args...)
+		srv, err = startEnv(name, args, logf, env...)
 	case "coturn":
 		tdir, derr := os.MkdirTemp(e.dir, "coturn-")
 		if derr != nil {
 			res.err = derr
 			return res
 		}
-		srv, err = start("turnserver", []string{"-n", "--listening-ip", "127.0.0.1", "--listening-port", strconv.Itoa(port),
-			"--relay-ip", "127.0.0.1", "--min-port", "61000", "--max-port", "65535",
+		name, args := command(srvNS, "turnserver", "-n", "--listening-ip", relayIP, "--listening-port", strconv.Itoa(port),
+			"--relay-ip", relayIP, "--min-port", "61000", "--max-port", "65535",
 			"--use-auth-secret", "--static-auth-secret", secret, "--realm", "firezone",
 			"--allow-loopback-peers", "--no-tcp", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
 			"--pidfile", filepath.Join(tdir, "turnserver.pid"), "--userdb", filepath.Join(tdir, "turndb"),
-			"--log-file", filepath.Join(tdir, "turn.log"), "--simple-log", "--no-stdout-log"}, logf)
+			"--log-file", filepath.Join(tdir, "turn.log"), "--simple-log", "--no-stdout-log")
+		srv, err = start(name, args, logf)
 	default:
 		res.err = fmt.Errorf("unknown server %q", server)
 		return res
@@ -437,12 +506,18 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		return res
 	}
 	cpu0, _ := cpuTime(srv.pid())
+	host0, soft0 := hostCPU()
+	xdp0 := time.Duration(0)
+	if e.lab != nil {
+		xdp0, _, _ = xdpRuntime(bootAtStart)
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
 	defer cancel()
-	uc := exec.CommandContext(ctx, "turnutils_uclient", "-W", secret, "-u", "bench", "-e", peerIP,
+	ucName, ucArgs := command(outNS, "turnutils_uclient", "-W", secret, "-u", "bench", "-e", peerAddr,
 		"-r", strconv.Itoa(peerPort), "-p", strconv.Itoa(port), "-n", strconv.Itoa(msgs), "-m", strconv.Itoa(clients),
-		"-l", strconv.Itoa(size), "-z", strconv.Itoa(interval), "-c", "127.0.0.1")
+		"-l", strconv.Itoa(size), "-z", strconv.Itoa(interval), "-c", relayIP)
+	uc := exec.CommandContext(ctx, ucName, ucArgs...)
 	stdout, err := uc.StdoutPipe()
 	if err != nil {
 		res.err = err
@@ -490,6 +565,13 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	drops := sampler.finish()
 	cpu1, _ := cpuTime(srv.pid())
 	res.cpu = cpu1 - cpu0
+	host1, soft1 := hostCPU()
+	res.hostCPU, res.softirqCPU = host1-host0, soft1-soft0
+	if e.lab != nil {
+		if xdp1, _, ok := xdpRuntime(bootAtStart); ok {
+			res.xdpCPU = xdp1 - xdp0
+		}
+	}
 	res.dropL, res.dropR, res.dropP, res.dropC = drops["L"], drops["R"], drops["P"], drops["C"]
 	if werr != nil {
 		res.err = fmt.Errorf("turnutils_uclient: %w", werr)
@@ -549,7 +631,7 @@ const uclientRamp = 6 * time.Second
 func waitUDP(pid, port int, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for time.Now().Before(deadline) {
-		tab := udpTable()
+		tab := udpTable(pid)
 		for ino := range socketInodes(pid) {
 			if s, ok := tab[ino]; ok && s.port == port {
 				return nil
@@ -564,7 +646,8 @@ type agg struct {
 	n                   int
 	sent, recv          int
 	peaks, steadies     []float64
-	cpu                 time.Duration
+	cpu, host, softirq  time.Duration
+	xdp                 time.Duration
 	dropL, dropR, dropP uint64
 	dropC               uint64
 	errs                int
@@ -593,6 +676,9 @@ func printTable(w io.Writer, results []runResult) {
 			a.steadies = append(a.steadies, r.steadyRate)
 		}
 		a.cpu += r.cpu
+		a.host += r.hostCPU
+		a.softirq += r.softirqCPU
+		a.xdp += r.xdpCPU
 		a.dropL += r.dropL
 		a.dropR += r.dropR
 		a.dropP += r.dropP
@@ -614,37 +700,60 @@ func printTable(w io.Writer, results []runResult) {
 		}
 		return serverOrder(a.server) < serverOrder(b.server)
 	})
-	fmt.Fprintln(w, "| clients | size B | -z ms | server | runs | rt/s steady (median) | rt/s peak (median) | sent | loss | cpu µs/rt | drops L/R/P/C | errors |")
-	fmt.Fprintln(w, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---|---:|")
+	fmt.Fprintln(w, "| clients | size B | -z ms | server | runs | rt/s steady (median) | rt/s peak (median) | sent | loss | cpu µs/rt | xdp µs/rt | host cpu µs/rt | softirq µs/rt | drops L/R/P/C | errors |")
+	fmt.Fprintln(w, "|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
 	for _, k := range keys {
 		a := aggs[k]
 		loss := 0.0
 		if a.sent > 0 {
 			loss = 100 * (1 - float64(a.recv)/float64(a.sent))
 		}
-		cpuPer := math.NaN()
+		cpuPer, hostPer, softPer, xdpPer := math.NaN(), math.NaN(), math.NaN(), math.NaN()
 		if a.recv > 0 {
+			xdpPer = float64(a.xdp.Nanoseconds()) / 1000 / float64(a.recv)
 			cpuPer = float64(a.cpu.Microseconds()) / float64(a.recv)
+			hostPer = float64(a.host.Microseconds()) / float64(a.recv)
+			softPer = float64(a.softirq.Microseconds()) / float64(a.recv)
 		}
 		steady := "-"
 		if len(a.steadies) > 0 {
 			steady = fmt.Sprintf("%.0f", median(a.steadies))
 		}
-		fmt.Fprintf(w, "| %d | %d | %d | %s | %d | %s | %.0f | %d | %.2f%% | %.1f | %d/%d/%d/%d | %d |\n",
-			k.clients, k.size, k.interval, k.server, a.n, steady, median(a.peaks), a.sent, loss, cpuPer,
+		fmt.Fprintf(w, "| %d | %d | %d | %s | %d | %s | %.0f | %d | %.2f%% | %.1f | %.2f | %.1f | %.1f | %d/%d/%d/%d | %d |\n",
+			k.clients, k.size, k.interval, k.server, a.n, steady, median(a.peaks), a.sent, loss, cpuPer, xdpPer, hostPer, softPer,
 			a.dropL, a.dropR, a.dropP, a.dropC, a.errs)
 	}
 }
 
-// serverOrder sorts the table's rows: snowgate, baseline, coturn.
+// serverOrder sorts the table's rows: snowgate, snowgate-user, baseline, coturn.
 func serverOrder(s string) int {
 	switch s {
 	case "snowgate":
 		return 0
-	case "baseline":
+	case "snowgate-user":
 		return 1
+	case "baseline":
+		return 2
 	}
-	return 2
+	return 3
+}
+
+// hostCPU reads /proc/stat's first line: busy time of all cores (user,
+// nice, system, irq, softirq, steal) and the softirq part.
+func hostCPU() (busy, softirq time.Duration) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, 0
+	}
+	j := func(i int) uint64 { v, _ := strconv.ParseUint(f[i], 10, 64); return v }
+	const hz = 100 // USER_HZ
+	busyJ := j(1) + j(2) + j(3) + j(6) + j(7) + j(8)
+	return time.Duration(busyJ) * time.Second / hz, time.Duration(j(7)) * time.Second / hz
 }
 
 func median(xs []float64) float64 {
