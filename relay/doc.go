@@ -19,6 +19,17 @@
 // the sockets. Drops inside the relay (oversized, backlog, send failures)
 // count in relay.datagrams.dropped.
 //
+// Kernel path (Linux; package kernelpath): in front of all that, an XDP
+// program on the relay's interfaces relays the channel data of bound
+// channels inside the kernel, in both directions and across address
+// families, and counts it per channel. The server installs each channel
+// pion binds (after the same checks as the fast path) and removes it when
+// pion deletes it; what the program cannot handle it passes to the stack,
+// and the paths above take it. --no-kernel-path turns it off; where it
+// cannot attach (not Linux, no BPF capability, loopback only) the relay
+// runs without it (one WARN; INFO for loopback). Its counters are part of
+// relay.relayed.* and also reported as relay.kernel.*.
+//
 // Embedding (dev stack, tests): relay.New(cfg) validates the config and draws
 // the per-boot stamp secret (StampSecret); Start binds the sockets (Addr,
 // Addr6 report them; ListenPort -1 picks an ephemeral port; with no listen

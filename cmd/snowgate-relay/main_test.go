@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/snowgate/snowgate/relay"
+	"github.com/snowgate/snowgate/relay/kernelpath"
 )
 
 func TestParse(t *testing.T) {
@@ -42,6 +43,9 @@ func TestParse(t *testing.T) {
 	if c.DrainTimeout != 5*time.Second {
 		t.Fatalf("drain %v", c.DrainTimeout)
 	}
+	if c.DisableKernelPath || c.KernelPathMaxChannels != kernelpath.DefaultMaxChannels {
+		t.Fatalf("kernel path off %v, max channels %d; want on with the default", c.DisableKernelPath, c.KernelPathMaxChannels)
+	}
 
 	// Flag lists replace the environment's; REST mode without a portal; drain 0 = none.
 	delete(env, "SNOWGATE_API_URL")
@@ -53,6 +57,17 @@ func TestParse(t *testing.T) {
 	c = o.relay
 	if len(c.AllowPeers) != 1 || c.Auth != relay.AuthTURNREST || c.RESTSecret != "north" || c.Portal != nil || c.DrainTimeout >= 0 {
 		t.Fatalf("second parse %+v", c)
+	}
+
+	// The kernel path by environment and by flag.
+	env["NO_KERNEL_PATH"], env["KERNEL_PATH_MAX_CHANNELS"] = "1", "1000"
+	if o, err = parse(nil, getenv, io.Discard); err != nil || !o.relay.DisableKernelPath || o.relay.KernelPathMaxChannels != 1000 {
+		t.Fatalf("kernel path env: %+v, %v", o, err)
+	}
+	delete(env, "NO_KERNEL_PATH")
+	if o, err = parse([]string{"--no-kernel-path", "--kernel-path-max-channels", "5"}, getenv, io.Discard); err != nil ||
+		!o.relay.DisableKernelPath || o.relay.KernelPathMaxChannels != 5 {
+		t.Fatalf("kernel path flags: %+v, %v", o, err)
 	}
 
 	for name, bad := range map[string][]string{

@@ -23,11 +23,14 @@
 // re-resolved every RefreshInterval, so a changed route or MAC is picked up.
 //
 // Open attaches the program to the interfaces that hold the relay's
-// addresses (native XDP, else generic XDP). It fails with an error wrapping
-// ErrUnavailable where that cannot work: not Linux, no BPF capability, no
-// interface but loopback (XDP on loopback sees datagrams whose checksums are
-// yet to be computed), or attachment refused. The relay then logs one
-// warning and keeps everything in userspace.
+// addresses (native XDP, else generic XDP, which every driver supports; no
+// TC variant exists). It fails with an error wrapping ErrUnavailable where
+// that cannot work: not Linux, a kernel older than 5.18
+// (bpf_xdp_load_bytes), no BPF capability (CAP_BPF and CAP_NET_ADMIN, or
+// root), no interface but loopback (XDP on loopback sees datagrams whose
+// checksums are yet to be computed), or attachment refused (another XDP
+// program on the interface). The relay then logs one warning and keeps
+// everything in userspace.
 //
 // On veth interfaces (containers, test beds) XDP_TX hands frames to the
 // peer device, which drops them unless it has an XDP program or GRO

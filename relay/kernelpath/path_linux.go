@@ -562,6 +562,13 @@ func (p *Path) maintain(now time.Time) {
 	type target struct{ dst, src netip.Addr }
 	cache := map[target]resolution{}
 	for _, j := range jobs {
+		// Channel binds waiting for their first resolution go first: a
+		// long round must not hold up pion's ChannelBind handling.
+		select {
+		case f := <-p.reqs:
+			f()
+		default:
+		}
 		t := target{j.e.b.Client.Addr(), j.e.b.Listen.Addr()}
 		if j.toPeer {
 			t = target{j.e.b.Peer.Addr(), j.e.b.Relay.Addr()}
