@@ -1,5 +1,9 @@
 //go:build linux && !relay_portable
 
+// Not with relay_portable: the portable socket opener binds relay sockets in
+// the calling thread's namespace (netns_other.go), so in-process relays in
+// netlab namespaces cannot allocate there.
+
 package relay
 
 import (
