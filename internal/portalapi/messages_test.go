@@ -88,7 +88,9 @@ func TestDecodeTable(t *testing.T) {
 			ReportConnections{Connections: []ConnectionReport{{PeerID: "c", Path: PathHost, Local: netip.MustParseAddrPort("[2001:db8::1]:52625"), Remote: netip.MustParseAddrPort("[2001:db8::2]:52625")}}}, false},
 		{"empty report", DecodeGatewayEgress, EventReportConnections, `{"connections":[]}`, ReportConnections{Connections: []ConnectionReport{}}, false},
 		{"report unknown path", DecodeClientEgress, EventReportConnections, `{"connections":[{"peer_id":"g","path":"carrier_pigeon"}]}`, nil, true},
-		{"report relay without id", DecodeClientEgress, EventReportConnections, `{"connections":[{"peer_id":"g","path":"relay"}]}`, nil, true},
+		// A relay path through the peer's relay only: the reporter does not know which relay it is.
+		{"report relay without id", DecodeClientEgress, EventReportConnections, `{"connections":[{"peer_id":"g","path":"relay"}]}`,
+			ReportConnections{Connections: []ConnectionReport{{PeerID: "g", Path: PathRelay}}}, false},
 		{"report relay id off relay", DecodeClientEgress, EventReportConnections, `{"connections":[{"peer_id":"g","path":"srflx","relay_id":"r"}]}`, nil, true},
 		{"report no peer", DecodeGatewayEgress, EventReportConnections, `{"connections":[{"path":"host"}]}`, nil, true},
 		{"report negative rtt", DecodeGatewayEgress, EventReportConnections, `{"connections":[{"peer_id":"c","path":"host","rtt_ms":-1}]}`, nil, true},

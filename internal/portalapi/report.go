@@ -28,7 +28,8 @@ type ConnectionReport struct {
 	// PeerID is the other side: a gateway id in a client's report, a client id in a gateway's.
 	PeerID string         `json:"peer_id"`
 	Path   ConnectionPath `json:"path"`
-	// RelayID is the relay the path goes through (path "relay"), else empty.
+	// RelayID is the reporter's relay the path goes through (path "relay"), else empty. It may be empty on
+	// a relay path too: the path goes through the peer's relay only, which the reporter does not know.
 	RelayID string `json:"relay_id"`
 	// Local and Remote are the nominated pair's addresses ("ip:port"; empty while the path is "none").
 	Local  netip.AddrPort `json:"local"`
@@ -54,7 +55,7 @@ func (ReportConnections) Event() string { return EventReportConnections }
 // ErrInvalidReport is wrapped by [ReportConnections.Validate] errors.
 var ErrInvalidReport = errors.New("portalapi: invalid connection report")
 
-// Validate checks every connection: a peer id, a known path, a relay id exactly on relay paths, and a
+// Validate checks every connection: a peer id, a known path, a relay id only on relay paths, and a
 // finite, non-negative RTT.
 func (r ReportConnections) Validate() error {
 	for i, c := range r.Connections {
@@ -63,7 +64,7 @@ func (r ReportConnections) Validate() error {
 			return fmt.Errorf("%w: connection %d: empty peer_id", ErrInvalidReport, i)
 		case c.Path != PathNone && c.Path != PathHost && c.Path != PathSrflx && c.Path != PathRelay:
 			return fmt.Errorf("%w: connection %d: unknown path %q", ErrInvalidReport, i, c.Path)
-		case (c.Path == PathRelay) != (c.RelayID != ""):
+		case c.Path != PathRelay && c.RelayID != "":
 			return fmt.Errorf("%w: connection %d: relay_id %q on path %q", ErrInvalidReport, i, c.RelayID, c.Path)
 		case c.RTTMillis < 0 || math.IsInf(c.RTTMillis, 0) || math.IsNaN(c.RTTMillis):
 			return fmt.Errorf("%w: connection %d: rtt_ms %v", ErrInvalidReport, i, c.RTTMillis)

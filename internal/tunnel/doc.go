@@ -25,6 +25,14 @@
 // happens on another goroutine (a DNS answer, a resolved name, a netlink event) enters the core through
 // [Driver.Do].
 //
+// # Connection reports
+//
+// The driver wraps every core so that both daemons report their connections' paths to the portal
+// (report_connections) from one place: a push when a connection is created, established, fails, loses its
+// relay or is removed, at most every few seconds while traffic changes its figures, the whole picture again
+// after every join of the portal channel, and nothing while the portal is away or the daemon is idle. See
+// report.go and [DriverConfig.ReportInterval].
+//
 // The seed's relay-loss recovery lives here once for both daemons: a core that is told a connection could
 // not be created for lack of relays (node.ErrNoRelays), or that the node lost its last relay
 // (node.EventNoRelays), asks for [PortalReconnect]; the portal's next init carries fresh relays.

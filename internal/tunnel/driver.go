@@ -64,6 +64,9 @@ type DriverConfig struct {
 	// Exec carries out the actions of the core's own (role-specific) kinds; nil logs and skips them.
 	// It runs on the driver's goroutine, outside the core's lock.
 	Exec func(ctx context.Context, a Action) error
+	// ReportInterval is the shortest period of connection reports while traffic changes them (see
+	// report.go): 0 means DefaultReportInterval, a negative value turns the reports off.
+	ReportInterval time.Duration
 	// Now is the clock (nil: time.Now).
 	Now func() time.Time
 	// Logger receives the driver's logs (nil: discarded).
@@ -79,7 +82,8 @@ type Driver struct {
 
 	mu    sync.Mutex
 	core  Core
-	queue []Action // actions drained from the core, not carried out yet
+	rc    *reportingCore // core, when connection reports are on
+	queue []Action       // actions drained from the core, not carried out yet
 
 	kick  chan struct{}
 	armed atomic.Int64 // unix ns of the deadline the loop sleeps towards; 0: none
@@ -104,7 +108,16 @@ func NewDriver(cfg DriverConfig) (*Driver, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Driver{cfg: cfg, log: log, now: now, core: cfg.Core, kick: make(chan struct{}, 1)}, nil
+	d := &Driver{cfg: cfg, log: log, now: now, core: cfg.Core, kick: make(chan struct{}, 1)}
+	if cfg.ReportInterval >= 0 {
+		interval := cfg.ReportInterval
+		if interval == 0 {
+			interval = DefaultReportInterval
+		}
+		d.rc = &reportingCore{Core: cfg.Core, rep: newReporter(interval)}
+		d.core = d.rc
+	}
+	return d, nil
 }
 
 // Outbound implements tunwrap.Filter: packets read from the TUN device go through HandleTunInput.
@@ -343,6 +356,9 @@ func (d *Driver) exec(ctx context.Context, a Action) error {
 		if err := d.inj.WriteTUN(a.Packets...); err != nil {
 			d.log.Debug("packets for the TUN device dropped", "count", len(a.Packets), telemetry.Err(err))
 		}
+	case checkConnections:
+		stats := d.node.Stats()
+		d.Do(func(now time.Time) { d.rc.handleStats(stats, now) })
 	case Fatal:
 		return a.Err
 	default:
