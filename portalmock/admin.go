@@ -17,6 +17,10 @@ import (
 //	PUT    /v1/policies/{id}      create or replace (body: {"client":"<id>|*","resource":"<id>"})
 //	DELETE /v1/policies/{id}      delete
 //	GET    /v1/state              online clients, gateways, relays and flows
+//	GET    /events                the live page's stream (server-sent events; see page.go)
+//
+// and, without a token, the live page itself: GET / (and its page.js and page.css), which reads /events
+// with the token=… of its own URL ([Server.PageURL]).
 //
 // Changes are pushed at once: resource_created_or_updated / resource_deleted to affected clients,
 // reject_access / resource_updated to gateways with flows. With no admin token configured every request
@@ -29,6 +33,7 @@ func (s *Server) AdminHandler() http.Handler {
 		st, err := s.state()
 		respond(w, err, st)
 	})
+	mux.HandleFunc("GET /events", s.serveEvents)
 	mux.HandleFunc("PUT /v1/resources/{id}", func(w http.ResponseWriter, r *http.Request) {
 		var rc ResourceConfig
 		if !readJSON(w, r, &rc) {
@@ -51,7 +56,15 @@ func (s *Server) AdminHandler() http.Handler {
 	mux.HandleFunc("DELETE /v1/policies/{id}", func(w http.ResponseWriter, r *http.Request) {
 		respond(w, s.DeletePolicy(r.PathValue("id")), nil)
 	})
+	page := pageHandler()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet || r.Method == http.MethodHead {
+			switch r.URL.Path {
+			case "/", "/page.js", "/page.css":
+				page.ServeHTTP(w, r)
+				return
+			}
+		}
 		var want string
 		s.locked(func() { want = s.core.m.adminToken })
 		got := bearerToken(r)

@@ -980,6 +980,8 @@ type PeerState struct {
 	PublicKey string `json:"public_key,omitempty"`
 	IPv4      string `json:"ipv4"`
 	IPv6      string `json:"ipv6"`
+	// Site is a gateway's site id (empty for clients).
+	Site string `json:"site,omitempty"`
 	// Connections is the peer's latest report_connections while it is online (empty otherwise).
 	Connections []portalapi.ConnectionReport `json:"connections"`
 }
@@ -1010,7 +1012,7 @@ type State struct {
 func (c *core) state() State {
 	st := State{Clients: []PeerState{}, Gateways: []PeerState{}, Relays: []RelayState{}, Flows: []FlowState{}}
 	peer := func(kind tokenKind, d *device, active map[string]uint64) PeerState {
-		ps := PeerState{ID: d.id, Name: d.name, IPv4: d.ipv4.String(), IPv6: d.ipv6.String(), Connections: []portalapi.ConnectionReport{}}
+		ps := PeerState{ID: d.id, Name: d.name, IPv4: d.ipv4.String(), IPv6: d.ipv6.String(), Site: d.site, Connections: []portalapi.ConnectionReport{}}
 		if s := c.onlineSession(active, d.id); s != nil {
 			ps.Online, ps.PublicKey = true, s.publicKey
 		}

@@ -21,6 +21,11 @@
 // GET /v1/state) and each one is an EventConnectionsReported. A report naming an unknown peer, or with an
 // unknown path, gets an error reply and is not stored.
 //
+// Live page: the admin address also serves a read-only web page (GET /, embedded, no build step) that draws
+// the topology (clients, relays, sites and gateways, and each connection's path as the peers report it) and
+// redraws it from a server-sent event stream (GET /events, admin token required) on every change; see
+// page.go and [Server.PageURL].
+//
 // A peer leaves presence when it sends phx_leave on its topic or its socket closes, whichever comes first,
 // exactly once: a relay is then dropped from every client's and gateway's relays_presence and from later
 // inits, a gateway's pending authorizations fail (flow_creation_failed "offline"), a client's are dropped.
@@ -48,6 +53,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/coder/websocket"
@@ -72,6 +78,9 @@ type Config struct {
 	IdleTimeout time.Duration
 	// WriteTimeout bounds one frame write; 0 means 10 s.
 	WriteTimeout time.Duration
+	// EventsHeartbeat is the period of the live page stream's heartbeat (GET /events on the admin
+	// address); 0 means DefaultEventsHeartbeat.
+	EventsHeartbeat time.Duration
 	// SendQueue is the per-socket queue of frames; a peer that falls further behind is disconnected.
 	// 0 means 1024.
 	SendQueue int
@@ -96,6 +105,9 @@ type Server struct {
 	servers  []*http.Server
 	url      string
 	adminURL string
+
+	// streams counts the live page's open event streams.
+	streams atomic.Int32
 
 	sessions metric.Int64UpDownCounter
 	flows    metric.Int64Counter
@@ -128,6 +140,9 @@ func New(cfg Config) (*Server, error) {
 	}
 	if cfg.WriteTimeout <= 0 {
 		cfg.WriteTimeout = 10 * time.Second
+	}
+	if cfg.EventsHeartbeat <= 0 {
+		cfg.EventsHeartbeat = DefaultEventsHeartbeat
 	}
 	if cfg.SendQueue <= 0 {
 		cfg.SendQueue = 1024
@@ -185,7 +200,8 @@ func (s *Server) StartAdmin(ln net.Listener) error {
 		return err
 	}
 	s.locked(func() { s.adminURL = "http://" + ln.Addr().String() })
-	s.log.Info("portal admin API listening", "addr", ln.Addr().String())
+	s.log.Info("portal admin API and live page listening", "addr", ln.Addr().String(),
+		"page", "http://"+ln.Addr().String()+"/?token=<admin token>")
 	return nil
 }
 
@@ -583,7 +599,11 @@ func (s *Server) state() (st State, err error) {
 // admin applies an admin change to the core and pushes its consequences; a panic is logged and returned.
 func (s *Server) admin(change func(*core) error) error {
 	var cerr error
-	if err := s.apply(func(c *core) { cerr = change(c) }); err != nil {
+	if err := s.apply(func(c *core) {
+		if cerr = change(c); cerr == nil {
+			s.changed()
+		}
+	}); err != nil {
 		s.logPanic("portal bug: an admin change panicked", err)
 		return err
 	}

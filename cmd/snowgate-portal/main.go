@@ -6,7 +6,8 @@
 //	--config       path of the YAML configuration [SNOWGATE_PORTAL_CONFIG]; empty → the embedded default
 //	               (dev tokens, see examples/portal.yaml)
 //	--listen       WebSocket listen address [LISTEN_ADDR], default 127.0.0.1:8081
-//	--admin-addr   admin API listen address [ADMIN_ADDR], default 127.0.0.1:8082; "" disables it
+//	--admin-addr   admin API and live page listen address [ADMIN_ADDR], default 127.0.0.1:8082; "" disables
+//	               them (the page: http://ADMIN_ADDR/?token=<admin token>)
 //	--metrics-addr /healthz, /readyz and /metrics listen address [METRICS_ADDR]; "" disables it
 //	--log-level    level directives [LOG_LEVEL], e.g. "info" or "info,portal=debug"
 //	--log-format   human|json [LOG_FORMAT]
@@ -111,7 +112,7 @@ func run(ctx context.Context, args []string, out io.Writer, ready func(*portalmo
 	fs := flag.NewFlagSet("snowgate-portal", flag.ContinueOnError)
 	configPath := fs.String("config", env("SNOWGATE_PORTAL_CONFIG", ""), "YAML configuration file (empty: embedded dev default)")
 	listen := fs.String("listen", env("LISTEN_ADDR", "127.0.0.1:8081"), "WebSocket listen address")
-	adminAddr := fs.String("admin-addr", env("ADMIN_ADDR", "127.0.0.1:8082"), "admin API listen address (empty: disabled)")
+	adminAddr := fs.String("admin-addr", env("ADMIN_ADDR", "127.0.0.1:8082"), "admin API and live page listen address (empty: disabled)")
 	metricsAddr := fs.String("metrics-addr", env("METRICS_ADDR", ""), "health and Prometheus metrics address (empty: disabled)")
 	logLevel := fs.String("log-level", env("LOG_LEVEL", "info"), "log level directives")
 	logFormat := fs.String("log-format", env("LOG_FORMAT", "human"), "log format: human or json")
