@@ -137,6 +137,9 @@ type Stack struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	errs   []error
+
+	// relayStops[i] stops relay i and waits for it (StopRelay).
+	relayStops []func()
 }
 
 // Start brings the stack up and returns once every relay joined the portal and every client's SOCKS5
@@ -220,7 +223,16 @@ func Start(ctx context.Context, o Options) (st *Stack, err error) {
 		if err := srv.Start(ctx); err != nil {
 			return nil, fmt.Errorf("devstack: relay %d: %w", i+1, err)
 		}
-		st.goRun(func() error { return srv.Run(ctx) })
+		relayCtx, stopRelay := context.WithCancel(ctx)
+		relayDone := make(chan struct{})
+		st.goRun(func() error {
+			defer close(relayDone)
+			return srv.Run(relayCtx)
+		})
+		st.relayStops = append(st.relayStops, func() {
+			stopRelay()
+			<-relayDone
+		})
 		st.Relays = append(st.Relays, srv)
 	}
 	if err := waitFor(ctx, 20*time.Second, func() bool {
@@ -415,6 +427,17 @@ func anyPort(addr string) string {
 		return addr
 	}
 	return net.JoinHostPort(host, "0")
+}
+
+// StopRelay stops relay i (0-based, as in Relays) while the rest of the stack runs on, and waits until it
+// has stopped: it leaves the portal and closes its sockets and allocations at once (no drain), so the
+// connections through it must find another path.
+func (st *Stack) StopRelay(i int) error {
+	if i < 0 || i >= len(st.relayStops) {
+		return fmt.Errorf("devstack: no relay %d (%d relays)", i, len(st.relayStops))
+	}
+	st.relayStops[i]()
+	return nil
 }
 
 // goRun runs f on a goroutine the stack owns; its error is kept for Err.

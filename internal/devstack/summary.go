@@ -31,6 +31,7 @@ func (st *Stack) Rows(ctx context.Context) []Row {
 		online(ps.Clients), len(ps.Clients), online(ps.Gateways), len(ps.Gateways), len(ps.Relays))}}
 	if u := st.Portal.AdminURL(); u != "" {
 		rows = append(rows, Row{"portal admin API", u, "up"})
+		rows = append(rows, Row{"portal live page", st.PageURL(), "open it in a browser"})
 	}
 	if st.Metrics != nil {
 		state := "not ready"
@@ -71,6 +72,19 @@ func (st *Stack) Rows(ctx context.Context) []Row {
 	rows = append(rows, Row{"demo site", fmt.Sprintf("http://%s/, http://%s/", DemoName, DemoAddr4),
 		"served from " + st.Demo.String() + " behind " + st.GatewayName})
 	return rows
+}
+
+// PageURL is the address of the portal's live page (its admin address with the admin token), "" without
+// the admin API. A configuration file's token is a secret: the URL then says $ADMIN_TOKEN instead.
+func (st *Stack) PageURL() string {
+	u := st.Portal.AdminURL()
+	switch {
+	case u == "":
+		return ""
+	case st.AdminToken == portalmock.DefaultAdminToken:
+		return st.Portal.PageURL()
+	}
+	return u + "/?token=$ADMIN_TOKEN"
 }
 
 // Commands are the commands to try against the running stack.
