@@ -112,6 +112,15 @@ func (c *connection) setNominated(ep *endpoint) [][]byte {
 	return p
 }
 
+// suspend sends what wireguard-go sends from now on to the pending buffer,
+// until setNominated names the next path.
+func (c *connection) suspend() {
+	c.pendMu.Lock()
+	c.nominated = nil
+	c.pendMu.Unlock()
+	c.peer.SetEndpoint(c.pendingEP)
+}
+
 // trackRx and trackTx feed the handshake tracker (data path). A completed
 // handshake pokes the loop, which hands it to the core.
 func (c *connection) trackRx(n *Node, b []byte, now int64) {
@@ -509,6 +518,9 @@ func (n *Node) actLocked(c *connection, a connsm.Action, now time.Time) error {
 		}
 	case connsm.UsePath:
 		n.usePathLocked(c, a, now)
+	case connsm.SuspendPath:
+		// The path's allocation is closed: hold the traffic for the next path.
+		c.suspend()
 	case connsm.SendKeepalive:
 		c.peer.SendKeepalive()
 	}

@@ -32,7 +32,9 @@
 // scheduler's tick, which also measures the RTT used to sample relays. A relay
 // missing two keepalives, or removed, is dropped: its candidates are
 // invalidated (EventCandidateInvalidated) and connections whose path used it
-// re-run ICE on another relay. Losing the last relay is EventNoRelays.
+// re-run ICE on another relay; until the new path is nominated their
+// WireGuard traffic waits in the pending buffer (the allocation it went
+// through is closed). Losing the last relay is EventNoRelays.
 //
 // # Structure
 //

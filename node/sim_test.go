@@ -421,3 +421,42 @@ func TestUnresponsiveRelayMovesConnection(t *testing.T) {
 		}
 	})
 }
+
+// TestRelayRemovedUnderPathKeepsPackets: the relay carrying a connection
+// (through our own allocation) is removed, and the application sends at
+// once, before ICE found the new path. The allocation is closed, so the
+// packet must wait for the new path instead of being written to the closed
+// allocation (lost, and logged by wireguard-go as a failed send).
+func TestRelayRemovedUnderPathKeepsPackets(t *testing.T) {
+	sim(t, func(t *testing.T, w *nodetest.World) {
+		w.AddRelay("r1")
+		w.AddRelay("r2")
+		a := w.AddNode(nodetest.NodeOptions{Name: "a", Config: relayOnly})
+		b := w.AddNode(nodetest.NodeOptions{Name: "b", Config: relayOnly})
+		w.GiveRelays(a, b)
+		w.Connect(a, b, "c1")
+		w.RoundTrip(a, b, 5*time.Second)
+		if _, ok := a.WaitEvent(5*time.Second, nodetest.Established("c1")); !ok {
+			t.Fatal("not established")
+		}
+		used := stats(t, a, "c1").RelayID
+		if s := stats(t, a, "c1"); s.Path != node.PathRelay || used == "" {
+			t.Fatalf("want a path through a's relay: %s", describe(s))
+		}
+		a.Node().UpdateRelays([]string{used}, nil)
+		ping := nodetest.Ping(b.TunIP(), a.TunIP())
+		a.WriteTUN(ping)
+		for end := time.Now().Add(10 * time.Second); ; {
+			got, ok := b.ReadTUN(time.Until(end))
+			if !ok {
+				t.Fatalf("the packet sent right after relay %s went away was lost: %s", used, describe(stats(t, a, "c1")))
+			}
+			if string(got) == string(ping) {
+				break
+			}
+		}
+		if s := stats(t, a, "c1"); s.RelayID == used {
+			t.Fatalf("still on relay %s: %s", used, describe(s))
+		}
+	})
+}

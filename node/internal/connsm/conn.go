@@ -385,9 +385,13 @@ func (c *Conn) HandleRelayReady(relayID string, _ time.Time) {
 // HandleRelayDropped: relay relayID is gone; replacement is the relay the
 // node samples instead ("" none). Our candidates on it are invalidated; a
 // connection sampled to it moves to the replacement (a running agent gets
-// its candidates), and one whose path goes through it looks for a new path
-// at once.
+// its candidates), and one whose path goes through it (our allocation there,
+// now closed) holds its traffic (SuspendPath) and looks for a new path at
+// once.
 func (c *Conn) HandleRelayDropped(relayID, replacement string, now time.Time) {
+	if c.path.RelayID == relayID && (c.state == Established || c.state == Nominated) {
+		c.actions = append(c.actions, SuspendPath{Gen: c.gen})
+	}
 	for _, sdp := range slices.Sorted(maps.Keys(c.relayCands)) {
 		if c.relayCands[sdp] != relayID {
 			continue

@@ -143,6 +143,38 @@ func TestSampledRelayOnly(t *testing.T) {
 	}
 }
 
+// Dropping the relay of the path (our allocation) suspends the path before
+// the new ICE run: the allocation is closed, nothing can be sent along it.
+// Dropping another relay suspends nothing.
+func TestRelayDroppedUnderPathSuspendsIt(t *testing.T) {
+	for _, running := range []bool{false, true} {
+		c := newConn(true, "r1")
+		drainActions(c)
+		gen, _ := c.Agent()
+		c.HandleNominated(gen, Pair{Local: localRelay, Remote: remoteHost, RelayID: "r1"}, 0, t0)
+		c.HandleHandshake(t0, 0, t0)
+		if running {
+			c.HandleUpsert(t0.Add(time.Second)) // an agent runs (a re-run confirming the path)
+		}
+		drainActions(c)
+		c.HandleRelayDropped("r9", "r1", t0.Add(time.Second))
+		if s := only[SuspendPath](drainActions(c)); len(s) != 0 {
+			t.Fatalf("running=%v: another relay dropped: %+v", running, s)
+		}
+		c.HandleRelayDropped("r1", "r2", t0.Add(time.Second))
+		as := drainActions(c)
+		if len(as) == 0 {
+			t.Fatalf("running=%v: no action", running)
+		}
+		if _, ok := as[0].(SuspendPath); !ok {
+			t.Fatalf("running=%v: actions %+v, want SuspendPath first", running, as)
+		}
+		if _, ok := c.Agent(); !ok {
+			t.Fatalf("running=%v: no agent looks for the new path", running)
+		}
+	}
+}
+
 // Invalidating the remote candidate in use restarts ICE right away.
 func TestRemovingRemoteInUseRestartsAtOnce(t *testing.T) {
 	c := newConn(true, "r1")

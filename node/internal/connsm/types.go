@@ -172,7 +172,7 @@ func (r Reason) String() string {
 
 // Action is something the shell must do. The concrete types are
 // StartAgent, CloseAgent, AddRemoteCandidate, AddSrflxCandidate,
-// AddRelayCandidates, UsePath and SendKeepalive.
+// AddRelayCandidates, UsePath, SuspendPath and SendKeepalive.
 type Action interface{ isAction() }
 
 // StartAgent: create ICE agent Gen with the connection's local credentials,
@@ -225,6 +225,13 @@ type UsePath struct {
 	ForceHandshake bool
 }
 
+// SuspendPath: the path's relay allocation is gone, so nothing can be sent
+// along it: buffer the connection's WireGuard traffic (as before a first
+// nomination) until the next UsePath flushes it. A running agent (or one
+// StartAgent after this action) is looking for the new path; Gen is the
+// agent current when the path was lost.
+type SuspendPath struct{ Gen uint64 }
+
 // SendKeepalive: send a WireGuard keepalive to the peer (NAT keepalive).
 type SendKeepalive struct{}
 
@@ -234,6 +241,7 @@ func (AddRemoteCandidate) isAction() {}
 func (AddSrflxCandidate) isAction()  {}
 func (AddRelayCandidates) isAction() {}
 func (UsePath) isAction()            {}
+func (SuspendPath) isAction()        {}
 func (SendKeepalive) isAction()      {}
 
 // EventKind says what an Event reports.
