@@ -113,6 +113,15 @@ type hideInterface struct {
 	name string
 }
 
+// UpdateInterfaces refreshes the underlying network's interface snapshot (the node does so on every
+// reset: roaming changes the addresses).
+func (h *hideInterface) UpdateInterfaces() error {
+	if u, ok := h.Net.(interface{ UpdateInterfaces() error }); ok {
+		return u.UpdateInterfaces()
+	}
+	return nil
+}
+
 func (h *hideInterface) Interfaces() ([]*transport.Interface, error) {
 	all, err := h.Net.Interfaces()
 	if err != nil {

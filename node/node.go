@@ -422,8 +422,20 @@ func (n *Node) openIO() (*ioSet, error) {
 
 func (n *Node) sockFor(dst netip.AddrPort) *socket { return n.io.Load().sockFor(dst) }
 
+// interfaceUpdater is a Net whose interface list is a snapshot refreshed on
+// demand (pion's stdnet.Net, which the daemons' networks embed).
+type interfaceUpdater interface{ UpdateInterfaces() error }
+
 // hostAddresses lists the interface addresses that become host candidates.
+// It runs when the sockets are opened: at start and on Reset, which is how
+// roaming reaches the node, so a snapshot Net is refreshed first (otherwise
+// the candidates would name the addresses the host had at start).
 func (n *Node) hostAddresses(set *ioSet) []netip.AddrPort {
+	if u, ok := n.net.(interfaceUpdater); ok {
+		if err := u.UpdateInterfaces(); err != nil {
+			n.log.Warn("refreshing the interface list failed: host candidates may be stale", "error", err)
+		}
+	}
 	ifaces, err := n.net.Interfaces()
 	if err != nil {
 		n.log.Warn("list interfaces failed", "error", err)
