@@ -2,6 +2,7 @@ package node
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -436,7 +437,7 @@ func (n *Node) Stats() []ConnStats {
 		hs, _, _ := c.handshake()
 		out = append(out, ConnStats{
 			ID: c.id, Path: Path(path.Kind), LocalAddr: path.Local, RemoteAddr: path.Remote,
-			RelayID: c.sm.RelayID(), RTT: c.sm.RTT(),
+			RelayID: c.sm.RelayID(), PathRelayID: n.pathRelayLocked(path), RTT: c.sm.RTT(),
 			RxBytes: c.rxBytes.Load(), TxBytes: c.txBytes.Load(),
 			LastHandshake: hs,
 			Established:   c.sm.State() == connsm.Established,
@@ -444,6 +445,27 @@ func (n *Node) Stats() []ConnStats {
 		})
 	}
 	return out
+}
+
+// pathRelayLocked names the relay carrying a relayed path: ours when our
+// allocation is its local end, else the peer's, recognised by the address of
+// the peer's relayed candidate (a relay allocates on its own public address,
+// and both ends get their relays from the same portal). n.mu is held.
+func (n *Node) pathRelayLocked(p connsm.Path) string {
+	if p.Kind != connsm.PathRelay {
+		return ""
+	}
+	if p.RelayID != "" {
+		return p.RelayID
+	}
+	remote := p.Remote.Addr().Unmap()
+	for _, id := range slices.Sorted(maps.Keys(n.relays)) {
+		cfg := n.relays[id].cfg
+		if (cfg.Addr4.IsValid() && cfg.Addr4.Addr().Unmap() == remote) || (cfg.Addr6.IsValid() && cfg.Addr6.Addr() == remote) {
+			return id
+		}
+	}
+	return ""
 }
 
 // sortedConnsLocked returns the connections by id (a stable order for

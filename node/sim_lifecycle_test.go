@@ -261,3 +261,40 @@ func TestStatsRTTIsCurrent(t *testing.T) {
 		}
 	})
 }
+
+// TestStatsNameTheRelayCarryingThePath: a path through the peer's relay
+// (our end is a host candidate) is carried by the peer's relay, not by the
+// one sampled for the connection on our side: Stats names the relay of the
+// path (PathRelayID), found by the address of the peer's relayed candidate.
+func TestStatsNameTheRelayCarryingThePath(t *testing.T) {
+	sim(t, func(t *testing.T, w *nodetest.World) {
+		r1, r2 := w.AddRelay("r1"), w.AddRelay("r2")
+		a := w.AddNode(nodetest.NodeOptions{Name: "a"})                    // on the internet: host candidates
+		b := w.AddNode(nodetest.NodeOptions{Name: "b", Config: relayOnly}) // only its relay candidate
+		// a knows both relays and samples r1 (equal simulated RTTs: the lower id); b only has r2.
+		a.Node().UpdateRelays(nil, []node.Relay{r1.For(a), r2.For(a)})
+		b.Node().UpdateRelays(nil, []node.Relay{r2.For(b)})
+		if !a.WaitCount(5*time.Second, 2, nodetest.OfKind(node.EventRelayReady)) {
+			t.Fatal("a: relay allocations not ready")
+		}
+		if _, ok := b.WaitEvent(5*time.Second, nodetest.OfKind(node.EventRelayReady)); !ok {
+			t.Fatal("b: no relay allocation")
+		}
+		w.Connect(a, b, "c1")
+		w.RoundTrip(a, b, 5*time.Second)
+		if _, ok := a.WaitEvent(5*time.Second, nodetest.Established("c1")); !ok {
+			t.Fatal("not established")
+		}
+		s := stats(t, a, "c1")
+		if s.Path != node.PathRelay || s.RemoteAddr.Addr() != r2.Addr().Addr() {
+			t.Fatalf("want a path from a's host to b's relay r2: %s", describe(s))
+		}
+		if s.RelayID != "r1" || s.PathRelayID != "r2" {
+			t.Fatalf("sampled relay %q, path relay %q; want r1 (a's own) and r2 (carrying the path): %s",
+				s.RelayID, s.PathRelayID, describe(s))
+		}
+		if s := stats(t, b, "c1"); s.PathRelayID != "r2" {
+			t.Fatalf("b's path relay %q, want its own r2: %s", s.PathRelayID, describe(s))
+		}
+	})
+}

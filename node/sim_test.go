@@ -55,8 +55,8 @@ func stats(t *testing.T, p *nodetest.Peer, id string) node.ConnStats {
 }
 
 func describe(s node.ConnStats) string {
-	return fmt.Sprintf("path=%s local=%s remote=%s rtt=%v rx=%d tx=%d established=%v idle=%v relay=%s",
-		s.Path, s.LocalAddr, s.RemoteAddr, s.RTT, s.RxBytes, s.TxBytes, s.Established, s.Idle, s.RelayID)
+	return fmt.Sprintf("path=%s local=%s remote=%s rtt=%v rx=%d tx=%d established=%v idle=%v relay=%s path_relay=%s",
+		s.Path, s.LocalAddr, s.RemoteAddr, s.RTT, s.RxBytes, s.TxBytes, s.Established, s.Idle, s.RelayID, s.PathRelayID)
 }
 
 // isDirect: host, or srflx/prflx.

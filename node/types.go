@@ -222,11 +222,18 @@ type Event struct {
 
 // ConnStats describes one connection for Stats.
 type ConnStats struct {
-	ID            string
-	Path          Path
-	LocalAddr     netip.AddrPort
-	RemoteAddr    netip.AddrPort
-	RelayID       string
+	ID         string
+	Path       Path
+	LocalAddr  netip.AddrPort
+	RemoteAddr netip.AddrPort
+	// RelayID is the relay sampled for the connection: where its own relay
+	// candidates are, whatever path ICE chose.
+	RelayID string
+	// PathRelayID names the relay that carries a relayed path: ours when
+	// our allocation is the local end, else the peer's, found by the address
+	// of its relayed candidate ("" if the path is not relayed or the relay is
+	// not one of ours).
+	PathRelayID   string
 	RTT           time.Duration
 	RxBytes       uint64
 	TxBytes       uint64

@@ -142,7 +142,8 @@ type ConnectionStatus struct {
 	// State is "connecting" or "established"; Idle says whether it is in low-power idle mode.
 	State string `json:"state"`
 	Idle  bool   `json:"idle"`
-	// Path is "none", "host", "srflx" (direct) or "relay"; RelayID names the relay of a relayed path.
+	// Path is "none", "host", "srflx" (direct) or "relay"; RelayID names the relay that carries a relayed
+	// path (our allocation's, or the peer's when our end is direct; "" if it is not one of our relays).
 	Path    string `json:"path"`
 	Direct  bool   `json:"direct"`
 	RelayID string `json:"relay_id,omitempty"`
@@ -168,7 +169,7 @@ func ConnectionStatuses(stats []node.ConnStats) []ConnectionStatus {
 			c.State = "established"
 		}
 		if s.Path == node.PathRelay {
-			c.RelayID = s.RelayID
+			c.RelayID = s.PathRelayID // the relay carrying the path, which may be the peer's
 		}
 		if s.LocalAddr.IsValid() {
 			c.Local = s.LocalAddr.String()

@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/snowgate/snowgate/node"
 )
 
 func TestStatusSocket(t *testing.T) {
@@ -57,5 +59,20 @@ func TestStatusSocketReplacesStaleFile(t *testing.T) {
 	defer s.Close()
 	if _, err := FetchStatus(context.Background(), path); err == nil {
 		t.Fatal("error from the status function not reported")
+	}
+}
+
+// A relayed connection's status names the relay carrying its path, which is the peer's when our end is
+// direct, not the relay sampled for the connection.
+func TestConnectionStatusNamesThePathRelay(t *testing.T) {
+	st := ConnectionStatuses([]node.ConnStats{
+		{ID: "relayed", Path: node.PathRelay, RelayID: "ours", PathRelayID: "peers", Established: true},
+		{ID: "direct", Path: node.PathServerReflexive, RelayID: "ours", Established: true},
+	})
+	if st[0].RelayID != "peers" || st[0].Direct {
+		t.Fatalf("relayed: %+v, want relay_id peers", st[0])
+	}
+	if st[1].RelayID != "" || !st[1].Direct {
+		t.Fatalf("direct: %+v, want no relay_id", st[1])
 	}
 }
