@@ -226,7 +226,14 @@ func newLab(t *testing.T, opts netlab.StandardOptions) *lab {
 func newLabConfig(t *testing.T, opts netlab.StandardOptions, config string) *lab {
 	t.Helper()
 	skipUnlessLab(t)
-	l := &lab{t: t, Standard: netlab.StandardTopology(t, opts), dir: t.TempDir()}
+	return newLabOn(t, netlab.StandardTopology(t, opts), config)
+}
+
+// newLabOn is newLabConfig on a topology the caller built with netlab's primitives (e.g. more routers); it
+// must have every node of netlab.Standard, with the standard addresses of the portal, relays and resources.
+func newLabOn(t *testing.T, s *netlab.Standard, config string) *lab {
+	t.Helper()
+	l := &lab{t: t, Standard: s, dir: t.TempDir()}
 	l.payload = make([]byte, bigFile)
 	for i := range l.payload {
 		l.payload[i] = byte(i*7 + i>>11)
@@ -262,7 +269,10 @@ func (l *lab) startRelay(n int) *proc {
 	}
 	env := []string{"SNOWGATE_API_URL=ws://198.18.0.100:8081", "SNOWGATE_TOKEN=" + relayToken,
 		"PUBLIC_IP4_ADDR=" + h.Addr4().String(), "HEALTH_CHECK_ADDR=" + h.Addr4().String() + ":8080",
-		"SNOWGATE_NAME=relay-" + strconv.Itoa(n)}
+		"SNOWGATE_NAME=relay-" + strconv.Itoa(n),
+		// A lab relay need not keep allocations alive for 30 s on SIGTERM: the allocations of a roamed or killed
+		// client are never released and would hold the test's clean-up for the whole drain.
+		"DRAIN_TIMEOUT=1s"}
 	if a := h.Addr6(); a.IsValid() {
 		env = append(env, "PUBLIC_IP6_ADDR="+a.String())
 	}

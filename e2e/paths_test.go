@@ -1,0 +1,103 @@
+package e2e
+
+// Path scenarios of issue 17: a 10 MiB download with a sha256 check over each kind of path the system must
+// find — direct, relayed, lossy, through a double symmetric NAT, and IPv4 only — with status --json saying
+// which path carried it.
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/snowgate/snowgate/internal/netlab"
+)
+
+// TestDownloadDirect: both NATs endpoint-independent, so ICE finds a direct (server-reflexive) path; the
+// download goes over it, and it is still the path afterwards.
+func TestDownloadDirect(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	l := newLab(t, netlab.StandardOptions{})
+	l.startGateway(1)
+	c := l.startClient()
+	l.waitClientJoined(c)
+	l.downloadBig(bigURL, 60*time.Second)
+	conn := l.connection(c, 5*time.Second, isDirect)
+	t.Logf("client path: %s %s → %s, rtt %.2f ms", conn.Path, conn.Local, conn.Remote, conn.RTTMillis)
+}
+
+// TestDownloadRelayed: both NATs symmetric and UDP between the two sites dropped by the client's router, so
+// only a relay can carry the tunnel: status shows a relayed path and names the relay carrying it, and the
+// download works over it.
+func TestDownloadRelayed(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	l := newLab(t, netlab.StandardOptions{ClientNAT: netlab.NATSymmetric, GatewayNAT: netlab.NATSymmetric})
+	l.blockUDPBetweenSites()
+	l.startGateway(1)
+	c := l.startClient()
+	l.waitClientJoined(c)
+	l.downloadBig(bigURL, 60*time.Second)
+	conn := l.connection(c, 5*time.Second, isRelayed)
+	t.Logf("client path: through %s (%s → %s), rtt %.2f ms", l.carrier(conn), conn.Local, conn.Remote, conn.RTTMillis)
+	l.connection(l.procNamed("gateway-1"), 5*time.Second, isRelayed)
+	if n := l.nftCounter(l.RC.Namespace, "e2eblock"); n == 0 {
+		t.Logf("no UDP datagram between the sites was dropped (ICE did not even try the direct pairs)")
+	} else {
+		t.Logf("UDP datagrams between the sites dropped: %d", n)
+	}
+}
+
+// TestDownloadPacketLoss: the client's router drops 20% of what it forwards in each direction (portal,
+// relay and tunnel traffic alike) from before the client starts: the connection still comes up and the
+// download completes intact. (nftables drops the packets: this kernel has no netem; see packetLoss.)
+func TestDownloadPacketLoss(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	l := newLab(t, netlab.StandardOptions{})
+	l.packetLoss(l.RC, 20)
+	l.startGateway(1)
+	c := l.startClient()
+	l.waitClientJoined(c)
+	l.downloadBig(bigURL, 120*time.Second)
+	dropped := l.nftCounter(l.RC.Namespace, "e2eloss")
+	if dropped == 0 {
+		t.Fatal("the client's router dropped nothing: the loss rule did not apply")
+	}
+	t.Logf("packets the client's router dropped: %d", dropped)
+	conn := l.connection(c, 5*time.Second, nil)
+	t.Logf("client path: %s %s → %s", conn.Path, conn.Local, conn.Remote)
+}
+
+// TestDownloadDoubleSymmetricNAT: the client behind two chained symmetric NATs, the gateway behind a
+// symmetric one: no direct path exists, the connection is relayed and the download works.
+func TestDownloadDoubleSymmetricNAT(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	l := newLabOn(t, doubleNATTopology(t), portalConfig)
+	l.startGateway(1)
+	c := l.startClient()
+	l.waitClientJoined(c)
+	l.downloadBig(bigURL, 60*time.Second)
+	conn := l.connection(c, 5*time.Second, isRelayed)
+	t.Logf("client path: through %s (%s → %s)", l.carrier(conn), conn.Local, conn.Remote)
+}
+
+// TestDownloadIPv4Only: an IPv4-only world (no IPv6 on any host, relays without IPv6 addresses) and a DNS
+// resource name with only an A record: the download by name goes through the gateway's DNS-resource NAT.
+func TestDownloadIPv4Only(t *testing.T) {
+	t.Parallel()
+	timed(t)
+	l := newLab(t, netlab.StandardOptions{NoIPv6: true})
+	l.startGateway(1)
+	c := l.startClient()
+	l.waitClientJoined(c)
+	const name = "v4only.corp.test"
+	out := l.must(10*time.Second, "dig", "+short", "+time=2", "+tries=2", name, "A")
+	if len(strings.Fields(out)) == 0 {
+		t.Fatalf("dig %s A: no proxy address", name)
+	}
+	l.downloadBig("http://"+name+"/big", 60*time.Second)
+	conn := l.connection(c, 5*time.Second, isDirect)
+	t.Logf("client path: %s %s → %s", conn.Path, conn.Local, conn.Remote)
+}
