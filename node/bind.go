@@ -195,5 +195,18 @@ func (b *bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		}
 		e = nominated
 	}
+	if e.alloc != nil && e.alloc.gone.Load() {
+		// The allocation under this path is closed (its relay went away), yet wireguard-go still uses it: a
+		// send in flight when the path was suspended, or a packet received along it just before moved the
+		// peer back. Such packets wait for the next path; nothing could carry them here.
+		if e.conn == nil {
+			return nil
+		}
+		nominated, buffered := e.conn.bufferPending(bufs)
+		if buffered || (nominated.alloc != nil && nominated.alloc.gone.Load()) {
+			return nil
+		}
+		e = nominated
+	}
 	return b.n.sendTo(bufs, e)
 }

@@ -628,6 +628,11 @@ func (n *Node) sendTo(bufs [][]byte, e *endpoint) error {
 	if e.alloc != nil {
 		for _, b := range bufs {
 			if _, err := e.alloc.writeTo(b, e.dst); err != nil {
+				if e.alloc.gone.Load() {
+					// Closed under this send (the relay was dropped between the bind's check and the
+					// write): lost like any packet on a path that just died, no error to log.
+					return nil
+				}
 				return err
 			}
 		}

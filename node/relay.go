@@ -50,6 +50,10 @@ type allocation struct {
 	failures     int  // loop: consecutive failed keepalives
 	firstAttempt bool // loop: the first Allocate has not completed yet
 
+	// gone is set when the relay is dropped or close starts: the data path
+	// stops sending through it.
+	gone atomic.Bool
+
 	mu         sync.Mutex
 	views      map[*relayView]struct{}
 	lastWriter map[netip.AddrPort]*relayView
@@ -202,6 +206,7 @@ func (a *allocation) writeTo(b []byte, peer netip.AddrPort) (int, error) {
 
 // close releases the allocation (refresh with lifetime 0) and the client.
 func (a *allocation) close() {
+	a.gone.Store(true)
 	a.mu.Lock()
 	if a.closed {
 		a.mu.Unlock()

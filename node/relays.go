@@ -200,6 +200,9 @@ func (n *Node) dropRelayLocked(id, why string, now time.Time) []*allocation {
 		return nil
 	}
 	delete(n.relays, id)
+	for _, a := range r.allocs {
+		a.gone.Store(true) // from now on the data path holds what it would send through them
+	}
 	n.cancelRelayJobsLocked(id)
 	n.rebuildAllocIndex()
 	n.log.Info("relay dropped", "relay", id, "reason", why)
