@@ -214,7 +214,7 @@ func (n *Node) UpsertConnection(p ConnectionParams) error {
 		RelayID:          relayID,
 		Srflx:            n.srflxAddrsLocked(),
 		Remote:           remote,
-		HandshakeTimeout: n.cfg.ICEFailedTimeout,
+		HandshakeTimeout: n.cfg.HandshakeTimeout,
 		PathFailAfter:    n.pathFailAfter(),
 		AgentGrace:       agentGrace,
 		Logger:           n.log,

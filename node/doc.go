@@ -100,7 +100,9 @@
 // While ICE runs, what wireguard-go sends (its handshake initiation) is
 // buffered and flushed to the nominated pair; only the controlling side
 // forces a handshake on nomination. The connection is established once the
-// handshake tracker saw WireGuard's handshake complete on it (a handshake
+// handshake tracker saw WireGuard's handshake complete on it within
+// Config.HandshakeTimeout (20 s: four of wireguard-go's initiations, one per
+// 5 s at most; otherwise it fails with ErrHandshakeTimeout) (a handshake
 // along the pair before our side nominated it is replayed from the stray
 // log, roam.go). The ICE agent then stays up for a 2 s grace (the peer's
 // agent may still need our answers) and is closed, since pion agents wake

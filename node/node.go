@@ -54,6 +54,12 @@ type Config struct {
 	KeepaliveInterval time.Duration
 	// ICEFailedTimeout is how long ICE may look for a path (default 15 s).
 	ICEFailedTimeout time.Duration
+	// HandshakeTimeout is how long a nominated path waits for WireGuard's
+	// handshake before the connection fails (default 20 s, Firezone's
+	// rekey-attempt time: wireguard-go sends an initiation every 5 s at
+	// most, so four attempts, where the ICE timeout allowed two or three —
+	// too few on a lossy path).
+	HandshakeTimeout time.Duration
 	// RelayRTO is the initial retransmission timeout of TURN requests
 	// (default 200 ms; a request gives up after 7 transmissions, about 40×
 	// RTO). A relay missing two keepalives in a row is dropped.
@@ -151,6 +157,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	if cfg.ICEFailedTimeout <= 0 {
 		cfg.ICEFailedTimeout = 15 * time.Second
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 20 * time.Second
 	}
 	log := cfg.Logger
 	if log == nil {

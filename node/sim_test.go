@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -327,7 +328,7 @@ func TestReconnectSameCredentials(t *testing.T) {
 
 func TestConnectionFailures(t *testing.T) {
 	sim(t, func(t *testing.T, w *nodetest.World) {
-		fast := func(c *node.Config) { c.ICEFailedTimeout = time.Second }
+		fast := func(c *node.Config) { c.ICEFailedTimeout, c.HandshakeTimeout = time.Second, time.Second }
 		a, b := pair(t, w, nodetest.NATNone, fast)
 
 		// No peer: ICE finds nothing.
@@ -458,5 +459,34 @@ func TestRelayRemovedUnderPathKeepsPackets(t *testing.T) {
 		if s := stats(t, a, "c1"); s.RelayID == used {
 			t.Fatalf("still on relay %s: %s", used, describe(s))
 		}
+	})
+}
+
+// TestHandshakeOutlastsThreeLostInitiations: on a lossy path ICE gets
+// through (it retransmits often) but WireGuard's handshake initiations may be
+// lost, and wireguard-go sends one every 5 s at most. The nominated path
+// waits for four of them (Firezone's 20 s rekey-attempt time), not only the
+// two or three that fit in the ICE timeout.
+func TestHandshakeOutlastsThreeLostInitiations(t *testing.T) {
+	sim(t, func(t *testing.T, w *nodetest.World) {
+		a, b := pair(t, w, nodetest.NATNone, nil)
+		var lost atomic.Int32
+		w.Drop(func(d nodetest.Datagram) bool {
+			p := d.Payload
+			isInitiation := len(p) >= 4 && p[0] == 1 && p[1] == 0 && p[2] == 0 && p[3] == 0
+			return isInitiation && lost.Add(1) <= 3
+		})
+		w.Connect(a, b, "c1")
+		a.WriteTUN(nodetest.Ping(b.TunIP(), a.TunIP()))
+		ev, ok := a.WaitEvent(40*time.Second, func(e node.Event) bool {
+			return e.ConnectionID == "c1" && (e.Kind == node.EventConnectionEstablished || e.Kind == node.EventConnectionFailed)
+		})
+		if !ok || ev.Kind != node.EventConnectionEstablished {
+			t.Fatalf("after %d lost handshake initiations: %+v, want established", min(lost.Load(), 3), ev)
+		}
+		if n := lost.Load(); n < 4 {
+			t.Fatalf("%d handshake initiations crossed the internet, want the 3 lost ones and one more", n)
+		}
+		w.RoundTrip(a, b, 5*time.Second)
 	})
 }

@@ -58,6 +58,7 @@ type World struct {
 	blocked  map[[2]netip.Addr]bool // pairs of addresses that cannot talk
 	down     map[netip.Addr]bool    // addresses that reach no one (blocked relays)
 	observer []func(Datagram)
+	droppers []func(Datagram) bool
 }
 
 // Datagram is a UDP datagram crossing the internet (World.Observe). Src and
@@ -89,18 +90,31 @@ func (w *World) filter(c vnet.Chunk) bool {
 	src, dst := addrPortOf(c.SourceAddr()), addrPortOf(c.DestinationAddr())
 	w.mu.Lock()
 	drop := w.blocked[[2]netip.Addr{src.Addr(), dst.Addr()}] || w.down[src.Addr()] || w.down[dst.Addr()]
-	obs := w.observer
+	obs, droppers := w.observer, w.droppers
 	w.mu.Unlock()
 	if drop {
 		return false
 	}
-	if len(obs) > 0 {
+	if len(obs) > 0 || len(droppers) > 0 {
 		d := Datagram{Src: src, Dst: dst, Payload: append([]byte(nil), c.UserData()...)}
+		for _, f := range droppers {
+			if f(d) {
+				return false
+			}
+		}
 		for _, f := range obs {
 			f(d)
 		}
 	}
 	return true
+}
+
+// Drop makes the internet lose every datagram for which f returns true
+// (called on the vnet's goroutine: f must not block).
+func (w *World) Drop(f func(Datagram) bool) {
+	w.mu.Lock()
+	w.droppers = append(w.droppers, f)
+	w.mu.Unlock()
 }
 
 // Observe calls f for every datagram that crosses the internet (on the

@@ -40,7 +40,7 @@ type Config struct {
 	// Remote are remote candidates received before the connection existed.
 	Remote []Candidate
 	// HandshakeTimeout bounds the wait for WireGuard's handshake on a
-	// nominated pair (the node's ICE timeout).
+	// nominated pair (node.Config.HandshakeTimeout).
 	HandshakeTimeout time.Duration
 	// PathFailAfter: an established path failed when we kept sending but
 	// nothing came back for this long.
