@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
 	"os/exec"
 	"regexp"
 	"slices"
@@ -293,4 +294,26 @@ func (l *lab) carrier(c tunnel.ConnectionStatus) string {
 		l.t.Fatalf("status names relay %q (%s), but the path %s → %s goes through %v", c.RelayID, name, c.Local, c.Remote, hosts)
 	}
 	return name
+}
+
+// startSite starts gateway 1 and the client, and waits until both have joined the portal and the client's
+// resolv.conf points at its DNS stub (the client's status shows sentinels a moment before the file is
+// rewritten; a flow requested before the gateway joined is refused as offline).
+func (l *lab) startSite() (gw, c *proc) {
+	l.t.Helper()
+	gw = l.startGateway(1)
+	c = l.startClient()
+	l.waitGatewayJoined(gw, 15*time.Second)
+	l.waitClientJoined(c)
+	err := eventually(10*time.Second, func() error {
+		b, err := os.ReadFile(l.resolvConfPath(l.Client.Namespace))
+		if err != nil || !strings.Contains(string(b), "nameserver 100.100.111.") {
+			return fmt.Errorf("client's resolv.conf not pointed at the stub: %q %v", b, err)
+		}
+		return nil
+	})
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return gw, c
 }

@@ -5,6 +5,7 @@ package e2e
 // which path carried it.
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -18,9 +19,7 @@ func TestDownloadDirect(t *testing.T) {
 	t.Parallel()
 	timed(t)
 	l := newLab(t, netlab.StandardOptions{})
-	l.startGateway(1)
-	c := l.startClient()
-	l.waitClientJoined(c)
+	_, c := l.startSite()
 	l.downloadBig(bigURL, 60*time.Second)
 	conn := l.connection(c, 5*time.Second, isDirect)
 	t.Logf("client path: %s %s → %s, rtt %.2f ms", conn.Path, conn.Local, conn.Remote, conn.RTTMillis)
@@ -34,9 +33,7 @@ func TestDownloadRelayed(t *testing.T) {
 	timed(t)
 	l := newLab(t, netlab.StandardOptions{ClientNAT: netlab.NATSymmetric, GatewayNAT: netlab.NATSymmetric})
 	l.blockUDPBetweenSites()
-	l.startGateway(1)
-	c := l.startClient()
-	l.waitClientJoined(c)
+	_, c := l.startSite()
 	l.downloadBig(bigURL, 60*time.Second)
 	conn := l.connection(c, 5*time.Second, isRelayed)
 	t.Logf("client path: through %s (%s → %s), rtt %.2f ms", l.carrier(conn), conn.Local, conn.Remote, conn.RTTMillis)
@@ -56,9 +53,7 @@ func TestDownloadPacketLoss(t *testing.T) {
 	timed(t)
 	l := newLab(t, netlab.StandardOptions{})
 	l.packetLoss(l.RC, 20)
-	l.startGateway(1)
-	c := l.startClient()
-	l.waitClientJoined(c)
+	_, c := l.startSite()
 	l.downloadBig(bigURL, 120*time.Second)
 	dropped := l.nftCounter(l.RC.Namespace, "e2eloss")
 	if dropped == 0 {
@@ -75,9 +70,7 @@ func TestDownloadDoubleSymmetricNAT(t *testing.T) {
 	t.Parallel()
 	timed(t)
 	l := newLabOn(t, doubleNATTopology(t), portalConfig)
-	l.startGateway(1)
-	c := l.startClient()
-	l.waitClientJoined(c)
+	_, c := l.startSite()
 	l.downloadBig(bigURL, 60*time.Second)
 	conn := l.connection(c, 5*time.Second, isRelayed)
 	t.Logf("client path: through %s (%s → %s)", l.carrier(conn), conn.Local, conn.Remote)
@@ -89,14 +82,20 @@ func TestDownloadIPv4Only(t *testing.T) {
 	t.Parallel()
 	timed(t)
 	l := newLab(t, netlab.StandardOptions{NoIPv6: true})
-	l.startGateway(1)
-	c := l.startClient()
-	l.waitClientJoined(c)
+	_, c := l.startSite()
 	const name = "v4only.corp.test"
-	out := l.must(10*time.Second, "dig", "+short", "+time=2", "+tries=2", name, "A")
-	if len(strings.Fields(out)) == 0 {
-		t.Fatalf("dig %s A: no proxy address", name)
+	var out string
+	if err := eventually(10*time.Second, func() error {
+		var err error
+		out, err = l.run(l.Client.Namespace, 10*time.Second, "dig", "+short", "+time=2", "+tries=2", name, "A")
+		if err != nil || len(strings.Fields(out)) == 0 {
+			return fmt.Errorf("dig %s A: no proxy address: %v %q", name, err, out)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
+	t.Logf("%s A: %s", name, strings.Join(strings.Fields(out), " "))
 	l.downloadBig("http://"+name+"/big", 60*time.Second)
 	conn := l.connection(c, 5*time.Second, isDirect)
 	t.Logf("client path: %s %s → %s", conn.Path, conn.Local, conn.Remote)
