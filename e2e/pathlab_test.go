@@ -8,6 +8,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -316,4 +318,36 @@ func (l *lab) startSite() (gw, c *proc) {
 		l.t.Fatal(err)
 	}
 	return gw, c
+}
+
+// pacedBigURL serves the big file from the resource host at rate bytes per second (an extra in-process
+// server, port 8090, started on first use) and returns its URL: a download that lasts long enough for
+// something to happen in its middle. (curl's --limit-rate does not pace here: curl 7.88 fetched 10 MiB
+// from loopback in 0.14 s with --limit-rate 2M.)
+func (l *lab) pacedBigURL(rate int) string {
+	l.t.Helper()
+	const chunk = 64 << 10
+	ln, err := l.Resource.Namespace.ListenTCP("tcp4", "0.0.0.0:8090")
+	if err != nil {
+		l.t.Fatalf("paced HTTP server: %v", err)
+	}
+	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", strconv.Itoa(len(l.payload)))
+		tick := time.NewTicker(time.Second * chunk / time.Duration(rate))
+		defer tick.Stop()
+		for off := 0; off < len(l.payload); off += chunk {
+			if _, err := w.Write(l.payload[off:min(off+chunk, len(l.payload))]); err != nil {
+				return
+			}
+			select {
+			case <-tick.C:
+			case <-r.Context().Done():
+				return
+			}
+		}
+	})}
+	var serving sync.WaitGroup
+	serving.Go(func() { _ = srv.Serve(ln) })
+	l.t.Cleanup(func() { _ = srv.Close(); serving.Wait() })
+	return "http://" + resourceIP.String() + ":8090/big"
 }
