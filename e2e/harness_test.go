@@ -584,7 +584,9 @@ func (l *lab) startResourceServices() {
 			}
 			t.Fatalf("resource HTTP server: %v", err)
 		}
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		// 30 s: with 20 % loss each way (TestDownloadPacketLoss) TCP's retransmissions of a request can take
+		// more than 5 s, and a server giving up on its header makes curl see an empty reply.
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 30 * time.Second}
 		go func() { _ = srv.Serve(ln) }()
 		t.Cleanup(func() { _ = srv.Close() })
 	}

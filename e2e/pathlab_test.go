@@ -331,7 +331,7 @@ func (l *lab) pacedBigURL(rate int) string {
 	if err != nil {
 		l.t.Fatalf("paced HTTP server: %v", err)
 	}
-	srv := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := &http.Server{ReadHeaderTimeout: 30 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Length", strconv.Itoa(len(l.payload)))
 		tick := time.NewTicker(time.Second * chunk / time.Duration(rate))
 		defer tick.Stop()
