@@ -384,6 +384,9 @@ func (p *pionTURNClient) Allocate(ctx context.Context) (relayedConn, error) {
 	}); ok {
 		r.chans = cl.FindAddrByChannelNumber
 	}
+	if cl, ok := pc.(pionChannels); ok {
+		r.bound = cl
+	}
 	return r, nil
 }
 
@@ -405,6 +408,26 @@ func (p *pionTURNClient) Close() { p.c.Close() }
 type pionRelayed struct {
 	net.PacketConn
 	chans func(uint16) (net.Addr, bool)
+	bound pionChannels // nil if pion's conn does not offer it
+}
+
+// pionChannels is what pion/turn's relayed UDPConn tells about its channel bindings.
+type pionChannels interface {
+	FindChannelNumberByAddr(net.Addr) (uint16, bool)
+	IsChannelActive(uint16) bool
+}
+
+// boundChannel returns the channel bound to peer if pion sends to it as ChannelData (its binding
+// confirmed), so that the node may frame and batch them itself (see allocation.writeBatch).
+func (r *pionRelayed) boundChannel(peer netip.AddrPort) (uint16, bool) {
+	if r.bound == nil {
+		return 0, false
+	}
+	ch, ok := r.bound.FindChannelNumberByAddr(net.UDPAddrFromAddrPort(peer))
+	if !ok || !r.bound.IsChannelActive(ch) {
+		return 0, false
+	}
+	return ch, true
 }
 
 func (r *pionRelayed) PeerForChannel(ch uint16) (netip.AddrPort, bool) {

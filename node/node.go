@@ -283,7 +283,9 @@ func New(cfg Config) (*Node, error) {
 	}
 	n.wg.Add(1)
 	go n.loop()
-	log.Info("node started", "port", set.port(), "ipv6", set.v6 != nil, "public_key", priv.PublicKey().String())
+	gso, gro := set.all[0].io.Offload()
+	log.Info("node started", "port", set.port(), "ipv6", set.v6 != nil, "gso", gso, "gro", gro,
+		"public_key", priv.PublicKey().String())
 	return n, nil
 }
 
@@ -635,15 +637,13 @@ func (n *Node) sendTo(bufs [][]byte, e *endpoint) error {
 		}
 	}
 	if e.alloc != nil {
-		for _, b := range bufs {
-			if _, err := e.alloc.writeTo(b, e.dst); err != nil {
-				if e.alloc.gone.Load() {
-					// Closed under this send (the relay was dropped between the bind's check and the
-					// write): lost like any packet on a path that just died, no error to log.
-					return nil
-				}
-				return err
+		if err := e.alloc.writeBatch(bufs, e.dst); err != nil {
+			if e.alloc.gone.Load() {
+				// Closed under this send (the relay was dropped between the bind's check and the
+				// write): lost like any packet on a path that just died, no error to log.
+				return nil
 			}
+			return err
 		}
 		return nil
 	}

@@ -73,6 +73,10 @@ func listenSocket(n transport.Net, family, port int) (*socket, error) {
 	}
 	if kc, ok := uc.(*net.UDPConn); ok {
 		udpbatch.SetBuffers(kc, socketBufferSize)
+		// UDP GSO and GRO, as wireguard-go's own bind has: a TCP flow through the TUN becomes
+		// bursts of equal-size WireGuard messages to one peer, sent and received as one each.
+		// Received datagrams are copied into wireguard-go's buffers (see udpbatch.Reader).
+		s.io.EnableOffload()
 	}
 	return s, nil
 }
