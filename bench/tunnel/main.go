@@ -52,6 +52,7 @@ type options struct {
 	latency   time.Duration
 	idle      time.Duration
 	idleConns int
+	logs      string
 }
 
 func parseFlags() (*options, error) {
@@ -71,6 +72,7 @@ func parseFlags() (*options, error) {
 	flag.DurationVar(&o.latency, "latency", 20*time.Millisecond, "one-way delay on each NAT router's uplink for the second setup run (0: skip)")
 	flag.DurationVar(&o.idle, "idle", 120*time.Second, "idle measurement window")
 	flag.IntVar(&o.idleConns, "idle-conns", 100, "connections of the idle client")
+	flag.StringVar(&o.logs, "logs", "", "keep every process's log (and the labs' files) in a new directory under this one")
 	flag.Parse()
 	if o.bins == "" {
 		return nil, errors.New("-bins is required")
@@ -104,7 +106,7 @@ func run() (code int) {
 		fmt.Fprintln(os.Stderr, "bench/tunnel:", err)
 		return 1
 	}
-	root, err := newBenchTB()
+	root, err := newBenchTB(o.logs)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench/tunnel:", err)
 		return 1
@@ -113,7 +115,11 @@ func run() (code int) {
 	defer stop()
 	defer func() {
 		root.close()
-		_ = os.RemoveAll(root.dir)
+		if o.logs == "" {
+			_ = os.RemoveAll(root.dir)
+		} else {
+			log.Printf("process logs kept in %s", root.dir)
+		}
 		if r := recover(); r != nil {
 			var f errFatal
 			if e, ok := r.(error); ok && errors.As(e, &f) {

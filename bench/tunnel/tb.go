@@ -27,8 +27,10 @@ type benchTB struct {
 	dir      string
 }
 
-func newBenchTB() (*benchTB, error) {
-	dir, err := os.MkdirTemp("", "snowgate-bench-")
+// newBenchTB returns the root scope, its files in a new directory under parent ("" for the system's
+// temporary directory).
+func newBenchTB(parent string) (*benchTB, error) {
+	dir, err := os.MkdirTemp(parent, "snowgate-bench-")
 	if err != nil {
 		return nil, err
 	}
