@@ -2,7 +2,7 @@
 GO ?= go
 JSCLIENT := portalmock/testdata/jsclient
 
-.PHONY: run test test-short build lint fmt js-deps bench
+.PHONY: run test test-short build lint fmt js-deps bench fuzz fuzz-ci
 
 ## run: the whole local stack in one process on loopback, with embedded defaults (no root, no config).
 run:
@@ -22,6 +22,15 @@ js-deps:
 	@if command -v npm >/dev/null 2>&1 && [ -f $(JSCLIENT)/package.json ]; then \
 		npm ci --prefix $(JSCLIENT) --no-audit --no-fund --loglevel=error; \
 	fi
+
+## fuzz: every fuzz target for FUZZTIME each (scripts/fuzz all; `go test` alone replays the corpora).
+FUZZTIME ?= 30s
+fuzz:
+	scripts/fuzz all $(FUZZTIME)
+
+## fuzz-ci: three fuzz targets for 20 s each, a different three every day (CI runs it after `make test`).
+fuzz-ci:
+	scripts/fuzz rotate 3 20s
 
 build:
 	$(GO) build ./...

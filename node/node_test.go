@@ -105,8 +105,34 @@ func FuzzParseRemoteCandidate(f *testing.F) {
 	f.Add("candidate:1 1 udp 2130706431 192.0.2.1 5000 typ host")
 	f.Add("1 1 udp 1 198.51.100.1 6000 typ relay raddr 0.0.0.0 rport 0")
 	f.Add("1 1 tcp 1 192.0.2.1 9 typ host tcptype active")
+	f.Add("candidate:842163049 1 udp 1677729535 198.18.1.7 61234 typ srflx raddr 192.0.2.10 rport 51820 generation 0")
+	f.Add("3 1 UDP 16777215 198.18.0.10 49152 typ relay raddr 198.18.1.7 rport 61234")
+	f.Add("4 1 udp 2130706431 2001:db8::1 5000 typ host")
+	// A candidate that parses is a UDP candidate with a usable address; it re-marshals to text that parses to
+	// the same candidate, and the node's own form (parseCandidate) agrees with it.
 	f.Fuzz(func(t *testing.T, s string) {
-		_, _ = parseRemoteCandidate(s)
+		c, err := parseRemoteCandidate(s)
+		if err != nil {
+			if c != nil {
+				t.Fatalf("candidate %v with error %v", c, err)
+			}
+			return
+		}
+		addr, ok := candidateAddr(c)
+		if !ok || !c.NetworkType().IsUDP() || addr.Port() == 0 {
+			t.Fatalf("accepted %q: %s %v", s, c.NetworkType(), addr)
+		}
+		again, err := parseRemoteCandidate(c.Marshal())
+		if err != nil {
+			t.Fatalf("re-marshalled %q (from %q) does not parse: %v", c.Marshal(), s, err)
+		}
+		if a2, _ := candidateAddr(again); a2 != addr || again.Type() != c.Type() || again.Priority() != c.Priority() ||
+			again.Component() != c.Component() || again.Foundation() != c.Foundation() {
+			t.Fatalf("round trip %q -> %q changed the candidate", s, again.Marshal())
+		}
+		if own, err := parseCandidate(s); err == nil && own.Addr != addr {
+			t.Fatalf("parseCandidate(%q) address %v, parseRemoteCandidate %v", s, own.Addr, addr)
+		}
 	})
 }
 

@@ -399,9 +399,40 @@ func FuzzPattern(f *testing.F) {
 		if err != nil {
 			return
 		}
-		_ = p.Match(name)
+		m := p.Match(name)
 		if p.Exact() && !p.Match(p.String()) {
 			t.Fatalf("exact pattern %q does not match itself", p)
 		}
+		// The normalised text parses back to the same pattern.
+		q, err := dnspattern.Parse(p.String())
+		if err != nil || q.String() != p.String() || q.Exact() != p.Exact() || q.Match(name) != m {
+			t.Fatalf("%q normalised to %q, which parses to %q (%v)", pat, p, q, err)
+		}
+		// Matching ignores ASCII case and one trailing dot.
+		if p.Match(asciiUpper(name)) != m || (!strings.HasSuffix(name, ".") && p.Match(name+".") != m) {
+			t.Fatalf("%q matches %q: %v, but not in another case or with a trailing dot", p, name, m)
+		}
+		// An exact pattern matches its own name only; a wildcard never matches the bare suffix it is
+		// anchored to with "*" or "?" (one label required).
+		if p.Exact() && m && !strings.EqualFold(strings.TrimSuffix(name, "."), p.String()) {
+			t.Fatalf("exact %q matched %q", p, name)
+		}
+		if rest, ok := strings.CutPrefix(p.String(), "*."); ok && p.Match(rest) {
+			t.Fatalf("%q matched its bare suffix %q", p, rest)
+		}
+		if p.MoreSpecificThan(p) {
+			t.Fatalf("%q is more specific than itself", p)
+		}
 	})
+}
+
+// asciiUpper upper-cases ASCII letters only (DNS names compare case-insensitively in ASCII, RFC 4343).
+func asciiUpper(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'a' && c <= 'z' {
+			b[i] = c - 'a' + 'A'
+		}
+	}
+	return string(b)
 }

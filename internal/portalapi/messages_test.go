@@ -233,10 +233,27 @@ func FuzzDecode(f *testing.F) {
 			if err == nil && m == nil {
 				t.Fatal("nil message without error")
 			}
-			if err == nil {
-				if _, err := json.Marshal(m); err != nil {
-					t.Fatalf("decoded message does not marshal: %v", err)
-				}
+			if err != nil {
+				continue
+			}
+			if _, unknown := m.(Unknown); !unknown && m.Event() == "" {
+				t.Fatalf("decoded %T without an event name", m)
+			}
+			b, err := json.Marshal(m)
+			if err != nil {
+				t.Fatalf("decoded message does not marshal: %v", err)
+			}
+			if _, unknown := m.(Unknown); unknown || m.Event() != event {
+				continue
+			}
+			// What decodes re-encodes to a payload that decodes to a message with the same encoding (nil and
+			// empty lists, say, are one on the wire).
+			again, err := d(event, b)
+			if err != nil {
+				t.Fatalf("%s: re-encoded %s does not decode: %v", event, b, err)
+			}
+			if b2, err := json.Marshal(again); err != nil || string(b2) != string(b) {
+				t.Fatalf("%s: round trip changed the message:\n%s\n%s", event, b, b2)
 			}
 		}
 	})
