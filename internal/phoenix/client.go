@@ -24,6 +24,22 @@ import (
 // On an HTTP error status it returns a non-nil *http.Response with that status.
 type DialFunc func(ctx context.Context, url string, header http.Header) (*websocket.Conn, *http.Response, error)
 
+// Conn is one open connection to the server, carrying whole frames: a WebSocket, or an in-memory session
+// of a simulation (see TransportFunc). Read and Write are called from different goroutines; Close ends a
+// blocked Read.
+type Conn interface {
+	// Read returns the next frame the server sent; an error ends the connection.
+	Read(ctx context.Context) ([]byte, error)
+	// Write sends one frame.
+	Write(ctx context.Context, frame []byte) error
+	// Close closes the connection.
+	Close() error
+}
+
+// TransportFunc opens a Conn to url with the handshake headers (the token). An error wrapping
+// ErrUnauthorized is terminal (the client stops with EventFatal); any other is retried with backoff.
+type TransportFunc func(ctx context.Context, url string, header http.Header) (Conn, error)
+
 // ClientConfig configures a Client. Zero values pick the defaults.
 type ClientConfig struct {
 	// URL is the portal's WebSocket URL without public_key (Connect adds it), e.g.
@@ -52,6 +68,9 @@ type ClientConfig struct {
 	MeterProvider metric.MeterProvider
 	// Dialer replaces websocket.Dial (tests).
 	Dialer DialFunc
+	// Transport, when set, replaces the WebSocket altogether (Dialer is then unused): simulations connect
+	// the client to an in-memory portal with it.
+	Transport TransportFunc
 }
 
 // maxEventBacklog is how many undelivered events the client keeps before it stops reading the socket.
@@ -89,7 +108,7 @@ const (
 type connEvent struct {
 	gen  uint64
 	kind connEventKind
-	conn *websocket.Conn
+	conn Conn
 	data []byte
 	err  error
 }
@@ -241,7 +260,7 @@ func (c *Client) loop() {
 	defer close(c.exited)
 	var (
 		gen     uint64
-		conn    *websocket.Conn
+		conn    Conn
 		cancel  context.CancelFunc = func() {}
 		wg      sync.WaitGroup
 		backlog fifo.Queue[Event] // events not yet taken by the user
@@ -363,10 +382,10 @@ func (c *Client) loop() {
 	}
 }
 
-func (c *Client) write(conn *websocket.Conn, frames [][]byte) error {
+func (c *Client) write(conn Conn, frames [][]byte) error {
 	for _, b := range frames {
 		ctx, cancel := context.WithTimeout(context.Background(), c.cfg.WriteTimeout)
-		err := conn.Write(ctx, websocket.MessageText, b)
+		err := conn.Write(ctx, b)
 		cancel()
 		if err != nil {
 			return err
@@ -404,28 +423,19 @@ func (c *Client) runConn(ctx context.Context, gen uint64, u string) {
 	}
 	c.log.Debug("phoenix dialing", "url", redactURL(u))
 	dctx, dcancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	conn, resp, err := c.cfg.Dialer(dctx, u, h)
+	conn, err := c.dial(dctx, u, h)
 	dcancel()
-	if resp != nil && resp.Body != nil {
-		_ = resp.Body.Close()
-	}
 	if err != nil {
-		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
-			err = fmt.Errorf("phoenix: dial %s: %w: %w", redactURL(u), ErrUnauthorized, err)
-		} else {
-			err = fmt.Errorf("phoenix: dial %s: %w", redactURL(u), err)
-		}
 		post(connEvent{kind: ceDialFailed, err: err})
 		return
 	}
-	defer func() { _ = conn.CloseNow() }()
-	conn.SetReadLimit(16 << 20)
+	defer func() { _ = conn.Close() }()
 	if !post(connEvent{kind: ceDialed, conn: conn}) {
 		return
 	}
 	c.log.Info("phoenix connected", "url", redactURL(u))
 	for {
-		_, data, err := conn.Read(ctx)
+		data, err := conn.Read(ctx)
 		if err != nil {
 			post(connEvent{kind: ceClosed, err: fmt.Errorf("phoenix: read: %w", err)})
 			return
@@ -435,6 +445,43 @@ func (c *Client) runConn(ctx context.Context, gen uint64, u string) {
 		}
 	}
 }
+
+// dial opens a connection through the Transport, else the (WebSocket) Dialer.
+func (c *Client) dial(ctx context.Context, u string, h http.Header) (Conn, error) {
+	if c.cfg.Transport != nil {
+		conn, err := c.cfg.Transport(ctx, u, h)
+		if err != nil {
+			return nil, fmt.Errorf("phoenix: dial %s: %w", redactURL(u), err)
+		}
+		return conn, nil
+	}
+	conn, resp, err := c.cfg.Dialer(ctx, u, h)
+	if resp != nil && resp.Body != nil {
+		_ = resp.Body.Close()
+	}
+	if err != nil {
+		if resp != nil && resp.StatusCode == http.StatusUnauthorized {
+			return nil, fmt.Errorf("phoenix: dial %s: %w: %w", redactURL(u), ErrUnauthorized, err)
+		}
+		return nil, fmt.Errorf("phoenix: dial %s: %w", redactURL(u), err)
+	}
+	conn.SetReadLimit(16 << 20)
+	return wsConn{conn}, nil
+}
+
+// wsConn is a WebSocket as a Conn (text frames).
+type wsConn struct{ c *websocket.Conn }
+
+func (w wsConn) Read(ctx context.Context) ([]byte, error) {
+	_, data, err := w.c.Read(ctx)
+	return data, err
+}
+
+func (w wsConn) Write(ctx context.Context, frame []byte) error {
+	return w.c.Write(ctx, websocket.MessageText, frame)
+}
+
+func (w wsConn) Close() error { return w.c.CloseNow() }
 
 // dialURL is the configured URL with public_key and vsn set.
 func (c *Client) dialURL(publicKey string) string {

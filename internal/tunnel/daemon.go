@@ -65,6 +65,8 @@ type DaemonConfig struct {
 	Token  string
 	Query  url.Values
 	Dialer phoenix.DialFunc
+	// Transport replaces the WebSocket to the portal altogether (simulations: an in-memory portal).
+	Transport phoenix.TransportFunc
 	// StatusSocket is where the status is served ("" for none); Status builds the document from the core
 	// (under its lock) and the node's statistics.
 	StatusSocket string
@@ -140,7 +142,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig) (err error) {
 		return err
 	}
 	portal := phoenix.NewClient(phoenix.ClientConfig{
-		URL: u, Token: cfg.Token, Dialer: cfg.Dialer,
+		URL: u, Token: cfg.Token, Dialer: cfg.Dialer, Transport: cfg.Transport,
 		Logger: telemetry.Component(log, "portal"), MeterProvider: cfg.MeterProvider,
 	})
 	defer portal.Close() //nolint:errcheck // always nil

@@ -5,12 +5,11 @@ import (
 	"log/slog"
 	"os"
 	"sync"
-	"testing"
 )
 
 // testLogger logs to the test at the level of SNOWGATE_TEST_LOG ("debug",
 // "info"; default: warn).
-func testLogger(t testing.TB) *slog.Logger {
+func testLogger(t TB) *slog.Logger {
 	level := slog.LevelWarn
 	switch os.Getenv("SNOWGATE_TEST_LOG") {
 	case "debug":
@@ -30,7 +29,7 @@ func testLogger(t testing.TB) *slog.Logger {
 }
 
 type testWriter struct {
-	t    testing.TB
+	t    TB
 	mu   sync.Mutex
 	done bool
 }

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/vnet"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
@@ -34,17 +35,32 @@ type NodeOptions struct {
 // lanPrefixes are the documentation ranges the nodes' LANs use in turn.
 var lanPrefixes = [...][3]byte{{192, 0, 2}, {198, 51, 100}, {203, 0, 113}}
 
-// Peer is a real node in the World: its node, its in-memory TUN and the
-// events it reported.
-type Peer struct {
+// Host is a machine in the World without a node of the World's making: a LAN of its own behind a NAT
+// (or a place on the internet) whose network a daemon hands to the node it creates
+// (node.Config.Net = Host.Net()).
+type Host struct {
 	w      *World
 	name   string
-	n      *node.Node
-	tun    *tuntest.ChannelTUN
-	tunIP  netip.Addr
 	public netip.Addr // as seen on the internet
 	lan    netip.Addr // its own address (= public without NAT)
 	net    *delayNet
+}
+
+// HostOptions describe a host to add to the World.
+type HostOptions struct {
+	// Name names the host in logs (default "host<i>").
+	Name string
+	// NAT is the NAT in front of the host's LAN (NATNone: on the internet).
+	NAT NAT
+}
+
+// Peer is a real node in the World: its node, its in-memory TUN and the
+// events it reported.
+type Peer struct {
+	*Host
+	n     *node.Node
+	tun   *tuntest.ChannelTUN
+	tunIP netip.Addr
 
 	mu      sync.Mutex
 	events  []node.Event
@@ -53,63 +69,96 @@ type Peer struct {
 	pumped  chan struct{}
 }
 
-// AddNode starts a node on a LAN of its own (or on the internet).
-func (w *World) AddNode(opts NodeOptions) *Peer {
+// AddHost puts a host on a LAN of its own behind opts.NAT (or on the internet). At most 200 hosts and
+// nodes share a World.
+func (w *World) AddHost(opts HostOptions) *Host {
 	w.t.Helper()
 	w.mu.Lock()
-	i := len(w.peers)
+	i := w.hosts
+	w.hosts++
 	w.mu.Unlock()
 	if i >= 200 {
-		w.t.Fatalf("nodetest: at most 200 nodes")
+		w.t.Fatalf("nodetest: at most 200 hosts")
 	}
-	p := &Peer{w: w, name: opts.Name, tunIP: opts.TunIP, changed: make(chan struct{}, 1), routes: make(map[string]*Peer), pumped: make(chan struct{})}
-	if p.name == "" {
-		p.name = fmt.Sprintf("node%d", i)
-	}
-	if !p.tunIP.IsValid() {
-		p.tunIP = netip.AddrFrom4([4]byte{100, 64, byte((i + 1) / 256), byte((i + 1) % 256)})
+	h := &Host{w: w, name: opts.Name}
+	if h.name == "" {
+		h.name = fmt.Sprintf("host%d", i)
 	}
 	lf := telemetry.PionLoggerFactory(testLogger(w.t))
 	var vn *vnet.Net
 	var err error
 	if opts.NAT == NATNone {
-		p.public = netip.AddrFrom4([4]byte{198, 18, 2, byte(i + 1)})
-		p.lan = p.public
-		if vn, err = vnet.NewNet(&vnet.NetConfig{StaticIPs: []string{p.public.String()}}); err != nil {
-			w.t.Fatalf("nodetest: %s: %v", p.name, err)
+		h.public = netip.AddrFrom4([4]byte{198, 18, 2, byte(i + 1)})
+		h.lan = h.public
+		if vn, err = vnet.NewNet(&vnet.NetConfig{StaticIPs: []string{h.public.String()}}); err != nil {
+			w.t.Fatalf("nodetest: %s: %v", h.name, err)
 		}
 		if err := w.wan.AddNet(vn); err != nil {
-			w.t.Fatalf("nodetest: %s: %v", p.name, err)
+			w.t.Fatalf("nodetest: %s: %v", h.name, err)
 		}
 	} else {
 		nat := &vnet.NATType{MappingBehavior: vnet.EndpointIndependent, FilteringBehavior: vnet.EndpointIndependent}
 		if opts.NAT == NATSymmetric {
 			nat = &vnet.NATType{MappingBehavior: vnet.EndpointAddrPortDependent, FilteringBehavior: vnet.EndpointAddrPortDependent}
 		}
-		p.public = netip.AddrFrom4([4]byte{198, 18, 1, byte(i + 1)})
+		h.public = netip.AddrFrom4([4]byte{198, 18, 1, byte(i + 1)})
 		pre := lanPrefixes[i%len(lanPrefixes)]
-		p.lan = netip.AddrFrom4([4]byte{pre[0], pre[1], pre[2], byte(10 + i)})
+		h.lan = netip.AddrFrom4([4]byte{pre[0], pre[1], pre[2], byte(10 + i)})
 		r, err := vnet.NewRouter(&vnet.RouterConfig{
-			StaticIPs: []string{p.public.String()}, CIDR: netip.PrefixFrom(p.lan, 24).Masked().String(),
+			StaticIPs: []string{h.public.String()}, CIDR: netip.PrefixFrom(h.lan, 24).Masked().String(),
 			NATType: nat, LoggerFactory: lf,
 		})
 		if err != nil {
-			w.t.Fatalf("nodetest: %s: router: %v", p.name, err)
+			w.t.Fatalf("nodetest: %s: router: %v", h.name, err)
 		}
-		if vn, err = vnet.NewNet(&vnet.NetConfig{StaticIPs: []string{p.lan.String()}}); err != nil {
-			w.t.Fatalf("nodetest: %s: %v", p.name, err)
+		if vn, err = vnet.NewNet(&vnet.NetConfig{StaticIPs: []string{h.lan.String()}}); err != nil {
+			w.t.Fatalf("nodetest: %s: %v", h.name, err)
 		}
 		if err := r.AddNet(vn); err != nil {
-			w.t.Fatalf("nodetest: %s: %v", p.name, err)
+			w.t.Fatalf("nodetest: %s: %v", h.name, err)
 		}
 		if err := w.wan.AddRouter(r); err != nil {
-			w.t.Fatalf("nodetest: %s: %v", p.name, err)
+			w.t.Fatalf("nodetest: %s: %v", h.name, err)
 		}
 		if err := r.Start(); err != nil { // the internet's Stop stops it
-			w.t.Fatalf("nodetest: %s: start router: %v", p.name, err)
+			w.t.Fatalf("nodetest: %s: start router: %v", h.name, err)
 		}
 	}
-	p.net = &delayNet{Net: vn}
+	h.net = &delayNet{Net: vn}
+	return h
+}
+
+// Net returns the host's network, for node.Config.Net.
+func (h *Host) Net() transport.Net { return h.net }
+
+// Name returns the host's name.
+func (h *Host) Name() string { return h.name }
+
+// PublicAddr returns the host's address as the internet sees it (its NAT's).
+func (h *Host) PublicAddr() netip.Addr { return h.public }
+
+// LANAddr returns the host's own address (its public address without NAT).
+func (h *Host) LANAddr() netip.Addr { return h.lan }
+
+// SetLatency delays every datagram the host sends by d from now on
+// (one-way: a round trip through it grows by d).
+func (h *Host) SetLatency(d time.Duration) { h.net.latency.Store(int64(d)) }
+
+// AddNode starts a node on a host of its own (see AddHost).
+func (w *World) AddNode(opts NodeOptions) *Peer {
+	w.t.Helper()
+	w.mu.Lock()
+	i := w.hosts
+	w.mu.Unlock()
+	name := opts.Name
+	if name == "" {
+		name = fmt.Sprintf("node%d", i)
+	}
+	h := w.AddHost(HostOptions{Name: name, NAT: opts.NAT})
+	p := &Peer{Host: h, tunIP: opts.TunIP, changed: make(chan struct{}, 1), routes: make(map[string]*Peer), pumped: make(chan struct{})}
+	if !p.tunIP.IsValid() {
+		p.tunIP = netip.AddrFrom4([4]byte{100, 64, byte((i + 1) / 256), byte((i + 1) % 256)})
+	}
 	p.tun = tuntest.NewChannelTUN()
 	cfg := node.Config{TUN: p.tun.TUN(), Net: p.net, DisableIPv6: true, Logger: testLogger(w.t).With("node", p.name)}
 	if opts.Config != nil {
@@ -141,24 +190,11 @@ func (w *World) AddNode(opts NodeOptions) *Peer {
 // Node returns the peer's node.
 func (p *Peer) Node() *node.Node { return p.n }
 
-// Name returns the peer's name.
-func (p *Peer) Name() string { return p.name }
-
 // TunIP returns the peer's tunnel address.
 func (p *Peer) TunIP() netip.Addr { return p.tunIP }
 
-// PublicAddr returns the peer's address as the internet sees it (its NAT's).
-func (p *Peer) PublicAddr() netip.Addr { return p.public }
-
-// LANAddr returns the peer's own address (its public address without NAT).
-func (p *Peer) LANAddr() netip.Addr { return p.lan }
-
 // TUN returns the peer's in-memory TUN (nil if NodeOptions.Config replaced it).
 func (p *Peer) TUN() *tuntest.ChannelTUN { return p.tun }
-
-// SetLatency delays every datagram the node sends by d from now on
-// (one-way: a round trip through it grows by d).
-func (p *Peer) SetLatency(d time.Duration) { p.net.latency.Store(int64(d)) }
 
 // WriteTUN passes an IP packet into the tunnel, as the OS would (it goes to
 // the peer its destination is routed to). It fails the test if the node does

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"testing"
 	"time"
 
 	"github.com/pion/transport/v5/vnet"
@@ -43,18 +42,28 @@ func (n NAT) String() string {
 	return fmt.Sprintf("nat(%d)", int(n))
 }
 
+// TB is what a World needs of its test: *testing.T, *testing.B and a *rapid.T running in a bubble
+// (rapid.SyncTest) all have it. Cleanups must run inside the World's synctest bubble.
+type TB interface {
+	Helper()
+	Fatalf(format string, args ...any)
+	Cleanup(f func())
+	Log(args ...any)
+}
+
 // RelayRealm is the realm of the World's relays.
 const RelayRealm = "snowgate-sim"
 
 // World is a simulated internet with relays and nodes (see the package doc).
 // Create it inside a synctest bubble; it is torn down by t.Cleanup.
 type World struct {
-	t   testing.TB
+	t   TB
 	wan *vnet.Router
 
 	mu       sync.Mutex
 	relays   []*Relay
 	peers    []*Peer
+	hosts    int                    // hosts and nodes added
 	blocked  map[[2]netip.Addr]bool // pairs of addresses that cannot talk
 	down     map[netip.Addr]bool    // addresses that reach no one (blocked relays)
 	observer []func(Datagram)
@@ -69,7 +78,7 @@ type Datagram struct {
 }
 
 // NewWorld creates an empty internet (198.18.0.0/15).
-func NewWorld(t testing.TB) *World {
+func NewWorld(t TB) *World {
 	t.Helper()
 	w := &World{t: t, blocked: make(map[[2]netip.Addr]bool), down: make(map[netip.Addr]bool)}
 	wan, err := vnet.NewRouter(&vnet.RouterConfig{CIDR: "0.0.0.0/0", LoggerFactory: telemetry.PionLoggerFactory(testLogger(t))})
@@ -144,17 +153,44 @@ func (w *World) Partition(a, b *Peer) { w.block(a.public, b.public, true) }
 // Heal undoes Partition.
 func (w *World) Heal(a, b *Peer) { w.block(a.public, b.public, false) }
 
+// PartitionHosts cuts the direct path between two hosts (UDP blocked between them); HealHosts undoes it.
+func (w *World) PartitionHosts(a, b *Host) { w.block(a.public, b.public, true) }
+
+// HealHosts undoes PartitionHosts.
+func (w *World) HealHosts(a, b *Host) { w.block(a.public, b.public, false) }
+
 // Relay is a TURN relay on the World's internet (a pion/turn server).
 type Relay struct {
 	w        *World
 	id       string
 	addr     netip.AddrPort
 	password string
-	srv      *turn.Server
+	nw       *vnet.Net
+	opts     RelayOptions
+
+	mu  sync.Mutex
+	srv *turn.Server // nil while killed
+}
+
+// RelayOptions adjust a relay (AddRelayWith). The zero value is AddRelay's relay.
+type RelayOptions struct {
+	// Realm is the TURN realm (default RelayRealm).
+	Realm string
+	// AuthHandler checks each request's credentials (default: any username with the relay's password,
+	// see For). It may change its answers while the relay runs (a relay rebooted with a new secret).
+	AuthHandler turn.AuthHandler
+	// PermissionHandler decides which peers allocations may reach (default: all).
+	PermissionHandler turn.PermissionHandler
 }
 
 // AddRelay starts relay id on the internet (198.18.0.10, .11, …, port 3478).
 func (w *World) AddRelay(id string) *Relay {
+	w.t.Helper()
+	return w.AddRelayWith(id, RelayOptions{})
+}
+
+// AddRelayWith is AddRelay with options (the relay's realm, credential check and peer policy).
+func (w *World) AddRelayWith(id string, opts RelayOptions) *Relay {
 	w.t.Helper()
 	w.mu.Lock()
 	i := len(w.relays)
@@ -167,35 +203,84 @@ func (w *World) AddRelay(id string) *Relay {
 	if err := w.wan.AddNet(nw); err != nil {
 		w.t.Fatalf("nodetest: relay net: %v", err)
 	}
-	addr := netip.AddrPortFrom(ip, 3478)
-	pc, err := nw.ListenPacket("udp4", addr.String())
-	if err != nil {
-		w.t.Fatalf("nodetest: relay listen: %v", err)
+	if opts.Realm == "" {
+		opts.Realm = RelayRealm
 	}
-	r := &Relay{w: w, id: id, addr: addr, password: "pw-" + id}
-	lf := telemetry.PionLoggerFactory(testLogger(w.t))
-	srv, err := turn.NewServer(turn.ServerConfig{
-		Realm:         RelayRealm,
-		LoggerFactory: lf,
-		AuthHandler: func(ra *turn.RequestAttributes) (string, []byte, bool) {
-			return ra.Username, turn.GenerateAuthKey(ra.Username, RelayRealm, r.password), true
-		},
-		PacketConnConfigs: []turn.PacketConnConfig{{
-			PacketConn: pc,
-			RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{
-				RelayAddress: net.IP(ip.AsSlice()), Address: "0.0.0.0", Net: nw,
-			},
-		}},
-	})
-	if err != nil {
-		w.t.Fatalf("nodetest: relay server: %v", err)
+	r := &Relay{w: w, id: id, addr: netip.AddrPortFrom(ip, 3478), password: "pw-" + id, nw: nw, opts: opts}
+	if err := r.start(); err != nil {
+		w.t.Fatalf("nodetest: %v", err)
 	}
-	r.srv = srv
-	w.t.Cleanup(func() { _ = srv.Close() })
+	w.t.Cleanup(func() { r.Kill() })
 	w.mu.Lock()
 	w.relays = append(w.relays, r)
 	w.mu.Unlock()
 	return r
+}
+
+// start runs a new TURN server on the relay's address.
+func (r *Relay) start() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		return nil
+	}
+	pc, err := r.nw.ListenPacket("udp4", r.addr.String())
+	if err != nil {
+		return fmt.Errorf("relay %s listen: %w", r.id, err)
+	}
+	auth := r.opts.AuthHandler
+	if auth == nil {
+		realm := r.opts.Realm
+		auth = func(ra *turn.RequestAttributes) (string, []byte, bool) {
+			return ra.Username, turn.GenerateAuthKey(ra.Username, realm, r.password), true
+		}
+	}
+	srv, err := turn.NewServer(turn.ServerConfig{
+		Realm:         r.opts.Realm,
+		LoggerFactory: telemetry.PionLoggerFactory(testLogger(r.w.t)),
+		AuthHandler:   auth,
+		PacketConnConfigs: []turn.PacketConnConfig{{
+			PacketConn: pc,
+			RelayAddressGenerator: &turn.RelayAddressGeneratorStatic{
+				RelayAddress: net.IP(r.addr.Addr().AsSlice()), Address: "0.0.0.0", Net: r.nw,
+			},
+			PermissionHandler: r.opts.PermissionHandler,
+		}},
+	})
+	if err != nil {
+		_ = pc.Close()
+		return fmt.Errorf("relay %s server: %w", r.id, err)
+	}
+	r.srv = srv
+	return nil
+}
+
+// Kill stops the relay's TURN server: its allocations, permissions and channels are gone and its address
+// answers nothing (a crashed relay). Revive starts a fresh one.
+func (r *Relay) Kill() {
+	r.mu.Lock()
+	srv := r.srv
+	r.srv = nil
+	r.mu.Unlock()
+	if srv != nil {
+		_ = srv.Close()
+	}
+}
+
+// Revive starts a fresh TURN server (no allocations) on a killed relay's address; it fails the test if
+// the address cannot be bound.
+func (r *Relay) Revive() {
+	r.w.t.Helper()
+	if err := r.start(); err != nil {
+		r.w.t.Fatalf("nodetest: %v", err)
+	}
+}
+
+// Alive reports whether the relay's server runs (not killed).
+func (r *Relay) Alive() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.srv != nil
 }
 
 // ID returns the relay's id.
@@ -206,7 +291,7 @@ func (r *Relay) Addr() netip.AddrPort { return r.addr }
 
 // For describes the relay to a node, as the portal does.
 func (r *Relay) For(p *Peer) node.Relay {
-	return node.Relay{ID: r.id, Addr4: r.addr, Username: p.name, Password: r.password, Realm: RelayRealm}
+	return node.Relay{ID: r.id, Addr4: r.addr, Username: p.name, Password: r.password, Realm: r.opts.Realm}
 }
 
 // Block makes the relay unreachable (it stops answering everyone); Unblock

@@ -6,6 +6,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"golang.zx2c4.com/wireguard/tun/tuntest"
+
 	"github.com/snowgate/snowgate/node"
 	"github.com/snowgate/snowgate/node/nodetest"
 )
@@ -78,5 +80,62 @@ func TestWorldOwnEvents(t *testing.T) {
 		if !ok || string(got) != string(ping) {
 			t.Fatalf("packet not delivered: %v", ok)
 		}
+	})
+}
+
+// TestWorldRelayKillRevive: a relay killed stops answering (allocations gone), a revived one serves new
+// allocations on the same address; the relayed connection goes through it again.
+func TestWorldRelayKillRevive(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := nodetest.NewWorld(t)
+		r := w.AddRelay("r1")
+		a := w.AddNode(nodetest.NodeOptions{Name: "a", NAT: nodetest.NATSymmetric})
+		b := w.AddNode(nodetest.NodeOptions{Name: "b", NAT: nodetest.NATSymmetric})
+		w.GiveRelays(a, b)
+		w.Connect(a, b, "c1")
+		w.RoundTrip(a, b, 10*time.Second)
+		r.Kill()
+		if r.Alive() {
+			t.Fatal("killed relay alive")
+		}
+		a.Node().UpdateRelays([]string{"r1"}, nil)
+		b.Node().UpdateRelays([]string{"r1"}, nil)
+		r.Revive()
+		if !r.Alive() {
+			t.Fatal("revived relay not alive")
+		}
+		before := a.CountEvents(nodetest.OfKind(node.EventRelayReady))
+		a.Node().UpdateRelays(nil, []node.Relay{r.For(a)})
+		b.Node().UpdateRelays(nil, []node.Relay{r.For(b)})
+		if !a.WaitCount(30*time.Second, before+1, nodetest.OfKind(node.EventRelayReady)) {
+			t.Fatal("no allocation on the revived relay")
+		}
+		// The connection's relayed path died with the relay; ICE finds the new allocations.
+		if !a.WaitCount(30*time.Second, 2, nodetest.Established("c1")) {
+			t.Fatal("connection not re-established through the revived relay")
+		}
+		w.RoundTrip(a, b, 10*time.Second)
+	})
+}
+
+// TestWorldHost: a host without a node has the addresses AddNode would give it and a network to hand a
+// node; PartitionHosts blocks the direct path between two hosts.
+func TestWorldHost(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := nodetest.NewWorld(t)
+		h := w.AddHost(nodetest.HostOptions{Name: "h", NAT: nodetest.NATEndpointIndependent})
+		if h.Name() != "h" || !h.PublicAddr().IsValid() || h.LANAddr() == h.PublicAddr() || h.Net() == nil {
+			t.Fatalf("host %s %v %v", h.Name(), h.PublicAddr(), h.LANAddr())
+		}
+		n, err := node.New(node.Config{TUN: tuntest.NewChannelTUN().TUN(), Net: h.Net(), DisableIPv6: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		o := w.AddHost(nodetest.HostOptions{})
+		w.PartitionHosts(h, o)
+		w.HealHosts(h, o)
 	})
 }
