@@ -29,7 +29,7 @@ const (
 	EventFlowRequested  EventKind = "flow_requested"  // authorize_flow sent; ID client, Peer gateway
 	EventFlowAuthorized EventKind = "flow_authorized" // flow_created sent; ID client, Peer gateway
 	EventFlowFailed     EventKind = "flow_failed"     // flow_creation_failed sent; Detail = reason
-	EventAccessRejected EventKind = "access_rejected" // reject_access sent; ID client, Peer gateway
+	EventAccessRejected EventKind = "access_rejected" // reject_access sent for a flow the portal knows; ID client, Peer gateway
 	EventBadInput       EventKind = "bad_input"       // an error reply was sent; Detail = reason
 	// EventConnectionsReported: a client or gateway sent report_connections; ID is the reporter, Detail the
 	// number of connections.
@@ -549,7 +549,8 @@ func (c *core) visibility() map[string]map[string]portalapi.Resource {
 }
 
 // mutate applies an admin change and pushes its consequences: resource_created_or_updated /
-// resource_deleted to affected clients, reject_access (lost access or site) and resource_updated (changed
+// resource_deleted to affected clients, reject_access (lost access or site: to the gateways with flows, and
+// to every online gateway of the lost sites, see rejectLost) and resource_updated (changed
 // resource) to gateways with flows.
 func (c *core) mutate(change func() error) error {
 	before := c.visibility()
@@ -573,7 +574,8 @@ func (c *core) mutate(change func() error) error {
 			}
 		}
 	}
-	updated := map[[2]string]bool{} // (gateway, resource) pairs already sent resource_updated
+	updated := map[[2]string]bool{}  // (gateway, resource) pairs already sent resource_updated
+	rejected := map[[3]string]bool{} // (gateway, client, resource) triples already sent reject_access
 	for _, key := range sortedFlowKeys(c.flows) {
 		set := c.flows[key]
 		gw := c.m.gateways[key.gateway]
@@ -583,6 +585,7 @@ func (c *core) mutate(change func() error) error {
 			if !ok || !slices.ContainsFunc(r.Sites, func(s portalapi.Site) bool { return s.ID == gw.site }) {
 				delete(set, rid)
 				if gs != nil {
+					rejected[[3]string{key.gateway, key.client, rid}] = true
 					c.push(gs, portalapi.EventRejectAccess, portalapi.RejectAccess{ClientID: key.client, ResourceID: rid})
 				}
 				c.emit(Event{Kind: EventAccessRejected, ID: key.client, Peer: key.gateway, Resource: rid})
@@ -598,7 +601,43 @@ func (c *core) mutate(change func() error) error {
 			delete(c.flows, key)
 		}
 	}
+	c.rejectLost(before, after, rejected)
 	return nil
+}
+
+// rejectLost sends reject_access for every resource a client lost (or that lost some of its sites) to
+// every online gateway of the sites that no longer serve it to that client, beyond the flows the portal
+// knows of (already sent: rejected). A gateway may hold an authorisation the portal does not remember: one
+// granted before the portal restarted, kept across the outage as gateways keep their flows. A gateway
+// without the authorisation ignores the message.
+func (c *core) rejectLost(before, after map[string]map[string]portalapi.Resource, rejected map[[3]string]bool) {
+	for _, cid := range sortedKeys(before) {
+		for _, rid := range sortedKeys(before[cid]) {
+			newSites := map[string]bool{}
+			if r, ok := after[cid][rid]; ok {
+				for _, st := range r.Sites {
+					newSites[st.ID] = true
+				}
+			}
+			lost := map[string]bool{}
+			for _, st := range before[cid][rid].Sites {
+				if !newSites[st.ID] {
+					lost[st.ID] = true
+				}
+			}
+			if len(lost) == 0 {
+				continue
+			}
+			for _, gid := range sortedKeys(c.gateways) {
+				gs := c.onlineSession(c.gateways, gid)
+				if gs == nil || !lost[c.m.gateways[gid].site] || rejected[[3]string{gid, cid, rid}] {
+					continue
+				}
+				rejected[[3]string{gid, cid, rid}] = true
+				c.push(gs, portalapi.EventRejectAccess, portalapi.RejectAccess{ClientID: cid, ResourceID: rid})
+			}
+		}
+	}
 }
 
 func (c *core) onlineSession(active map[string]uint64, id string) *session {

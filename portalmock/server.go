@@ -48,6 +48,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"runtime/debug"
 	"slices"
 	"strconv"
@@ -264,6 +265,12 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.cancel()
+	// Memory sessions (DialMemory) have no context: tell their owners, who close them.
+	s.locked(func() {
+		for _, c := range s.conns {
+			c.cancel()
+		}
+	})
 	var errs []error
 	for _, srv := range servers {
 		if err := srv.Close(); err != nil {
@@ -365,7 +372,7 @@ func (s *Server) handleWS(kind tokenKind) http.HandlerFunc {
 			http.Error(w, "unauthorized", http.StatusUnauthorized)
 			return
 		}
-		sess, err := newSession(kind, id, r)
+		sess, err := newSession(kind, id, r.URL.Query())
 		if err != nil {
 			s.log.Debug("bad connect request", "path", r.URL.Path, "error", err)
 			http.Error(w, err.Error(), http.StatusBadRequest)
@@ -414,8 +421,7 @@ func (s *Server) handleWS(kind tokenKind) http.HandlerFunc {
 	}
 }
 
-func newSession(kind tokenKind, id identity, r *http.Request) (*session, error) {
-	q := r.URL.Query()
+func newSession(kind tokenKind, id identity, q url.Values) (*session, error) {
 	v, err := phoenix.ParseVersion(q.Get("vsn"))
 	if err != nil {
 		return nil, fmt.Errorf("vsn: %w", err)

@@ -412,6 +412,17 @@ func TestAdminAPI(t *testing.T) {
 	if ra := expectAs[portalapi.RejectAccess](fs.g1, portalapi.EventRejectAccess); ra != (portalapi.RejectAccess{ClientID: client1, ResourceID: resCIDR}) {
 		t.Errorf("reject_access %+v", ra)
 	}
+	// Every other online gateway of the site is told too, for every client that lost the resource: it
+	// may hold an authorisation from before a portal restart (see TestRevokeReachesGatewaysAfterRestart).
+	for _, want := range []struct {
+		g      *peer
+		client string
+	}{{fs.g1, client2}, {fs.g2, client1}, {fs.g2, client2}} {
+		if ra := expectAs[portalapi.RejectAccess](want.g, portalapi.EventRejectAccess); ra != (portalapi.RejectAccess{ClientID: want.client, ResourceID: resCIDR}) {
+			t.Errorf("reject_access %+v, want for %s", ra, want.client)
+		}
+	}
+	fs.g1.sync()
 	fs.g2.sync()
 	// The flow is gone, so is signalling.
 	ref := fs.c.send(portalapi.TopicClient, portalapi.EventBroadcastIceCandidates, portalapi.BroadcastGatewayIceCandidates{GatewayIDs: []string{gateway1}, Candidates: []string{"x"}})
