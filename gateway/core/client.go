@@ -90,6 +90,7 @@ func (g *Gateway) ensureClient(params node.ConnectionParams, v4, v6 netip.Addr, 
 		g.log.Warn("filter table refused", "client", id, telemetry.Err(err))
 		return nil
 	}
+	delete(g.departing, id) // back before its connection went: the upsert that follows keeps or replaces it
 	c := &client{
 		id: id, params: params, v4: v4, v6: v6,
 		auths:         make(map[string]*authorization),
@@ -198,6 +199,11 @@ func (c *client) authorizedFor(rid, domain string, now time.Time) bool {
 	return a != nil && a.live(now) && a.res.Type == portalapi.ResourceDNS && a.pattern.Match(domain)
 }
 
+// goodbyeGrace is how long the connection of a client told Goodbye outlives its state: time for
+// wireguard-go to send the Goodbye, with a handshake if the session went stale (a round trip; wireguard-go
+// retries an unanswered initiation after 5 s).
+const goodbyeGrace = 5 * time.Second
+
 // revoke ends c's access to resource rid at once: its filter entry and its NAT go; a client left with
 // no resource is removed (with a Goodbye, best effort).
 func (g *Gateway) revoke(c *client, rid, reason string, now time.Time) {
@@ -222,7 +228,10 @@ func (g *Gateway) revoke(c *client, rid, reason string, now time.Time) {
 	g.log.Info("access to resource removed", "client", c.id, "resource", rid, "reason", reason)
 	if len(c.auths) == 0 {
 		g.log.Info("client has no resource left; removed", "client", c.id)
-		g.removeClient(c, true, true)
+		g.removeClient(c, true, false)
+		// The connection goes once the Goodbye had time to leave (the driver injects it into wireguard-go,
+		// which sends it asynchronously; an immediate NodeRemove would drop it with the peer).
+		g.departing[c.id] = now.Add(goodbyeGrace)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -48,6 +49,10 @@ type Gateway struct {
 
 	expiries expiryHeap
 
+	// departing are the connections of clients told Goodbye, removed from the node at the time given:
+	// removing a WireGuard peer at once would drop the Goodbye before wireguard-go has sent it.
+	departing map[string]time.Time
+
 	nTranslations int // proxy IP translations over all clients (the clients' proxies maps)
 
 	natNext    time.Time // the NAT table's deadline as last read (zero: none)
@@ -71,14 +76,15 @@ func New(cfg Config) (*Gateway, error) {
 		return nil, err
 	}
 	g := &Gateway{
-		cfg:     cfg,
-		log:     cfg.Logger,
-		rand:    cfg.Rand,
-		m:       &counters{},
-		relays:  make(map[string]struct{}),
-		clients: make(map[string]*client),
-		byIP:    make(map[netip.Addr]*client),
-		held:    make(map[string]*heldCandidates),
+		cfg:       cfg,
+		log:       cfg.Logger,
+		rand:      cfg.Rand,
+		m:         &counters{},
+		relays:    make(map[string]struct{}),
+		clients:   make(map[string]*client),
+		byIP:      make(map[netip.Addr]*client),
+		departing: make(map[string]time.Time),
+		held:      make(map[string]*heldCandidates),
 	}
 	g.nat, err = nat.New(nat.Config{
 		ProxyPrefixes:        cfg.ProxyPrefixes,
@@ -286,6 +292,9 @@ func (g *Gateway) PollTimeout() (time.Time, bool) {
 	if len(g.expiries) > 0 {
 		consider(g.expiries[0].at)
 	}
+	for _, at := range g.departing {
+		consider(at)
+	}
 	consider(g.natNext)
 	if g.natDirty {
 		consider(g.natDirtyAt.Add(natRecheck))
@@ -293,10 +302,16 @@ func (g *Gateway) PollTimeout() (time.Time, bool) {
 	return next, !next.IsZero()
 }
 
-// HandleTimeout advances the core to now: it ends the authorisations that expired and expires NAT
-// sessions.
+// HandleTimeout advances the core to now: it ends the authorisations that expired, removes the
+// connections of departed clients whose Goodbye had its time, and expires NAT sessions.
 func (g *Gateway) HandleTimeout(now time.Time) {
 	g.expireDue(now)
+	for _, id := range slices.Sorted(maps.Keys(g.departing)) {
+		if !now.Before(g.departing[id]) {
+			delete(g.departing, id)
+			g.emit(tunnel.NodeRemove{ID: id})
+		}
+	}
 	if (!g.natNext.IsZero() && !now.Before(g.natNext)) || (g.natDirty && !now.Before(g.natDirtyAt.Add(natRecheck))) {
 		g.nat.HandleTimeout(now)
 		g.natNext, _ = g.nat.PollTimeout()

@@ -26,7 +26,9 @@
 // reject_access and an authorisation's expiry (a min-heap of expiries behind PollTimeout; the data path
 // also checks it, so a late timer changes nothing) cut access at once: the resource leaves the client's
 // filter table, the NAT of its domains goes (and is forgotten by the control protocol), and a client left
-// with no resource is removed (Goodbye, best effort; NodeRemove). resource_updated applies a resource's
+// with no resource is removed: it is told Goodbye at once, and its connection goes (NodeRemove) 5 s later,
+// once wireguard-go has sent the Goodbye (removing the peer at once dropped it), unless the client is
+// authorised again meanwhile. resource_updated applies a resource's
 // new filters and address to every client authorised for it; a DNS resource's domains outside its new
 // pattern lose their NAT. ICE candidates are passed to the node (NodeAddCandidate, NodeRemoveCandidate),
 // and the node's candidates are broadcast to their client, held while the portal is away.

@@ -123,6 +123,8 @@ type mClient struct {
 	sessions map[sessKey]*mSession
 	p2p      map[string]*mEntry
 	seq      uint64
+	// departAt is when the connection of a client told Goodbye is removed (zero: not departing).
+	departAt time.Time
 }
 
 func (c *mClient) present() bool { return len(c.auths) > 0 }
@@ -189,9 +191,15 @@ func (m *coreModel) auth(c *mClient, r int) *mAuth {
 	return a
 }
 
-// applyExpiry ends the authorisations whose time has come, as the core does at its next call.
+// applyExpiry ends the authorisations whose time has come, as the core does at its next call, and removes
+// the connections of departed clients whose grace is over (the settle after every transition runs the
+// due timeout).
 func (m *coreModel) applyExpiry(e *expect) {
 	for _, c := range m.clients {
+		if !c.departAt.IsZero() && !m.now().Before(c.departAt) {
+			e.removes = append(e.removes, c.tc.id)
+			c.departAt = time.Time{}
+		}
 		for r, a := range c.auths {
 			if !a.expires.IsZero() && !m.now().Before(a.expires) {
 				m.revoke(c, r, e)
@@ -218,8 +226,8 @@ func (m *coreModel) revoke(c *mClient, r int, e *expect) {
 		delete(c.p2p, d)
 	}
 	if !c.present() {
-		e.removes = append(e.removes, c.tc.id)
 		e.goodbyes = append(e.goodbyes, c.tc.v6)
+		c.departAt = m.now().Add(5 * time.Second) // goodbyeGrace
 		c.reset()
 	}
 }
@@ -467,7 +475,9 @@ func (m *coreModel) authorizeOne(t *rapid.T, c *mClient, r int) {
 		expires = time.Unix(m.now().Unix()+int64(k), 0)
 	}
 	e := &expect{}
+	c.departAt = time.Time{} // authorised again: the core keeps (or replaces) the connection
 	m.applyExpiry(e)
+	c.departAt = time.Time{}
 	m.refs++
 	ref := fmt.Sprintf("ref-%d", m.refs)
 	res := m.resource(r, f)
