@@ -1,0 +1,1003 @@
+package tunnelsim
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"pgregory.net/rapid"
+
+	clcore "github.com/snowgate/snowgate/client/core"
+	gwcore "github.com/snowgate/snowgate/gateway/core"
+	"github.com/snowgate/snowgate/internal/ippacket"
+	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
+	"github.com/snowgate/snowgate/internal/p2pcontrol"
+	"github.com/snowgate/snowgate/internal/portalapi"
+	"github.com/snowgate/snowgate/internal/tunnel"
+	"github.com/snowgate/snowgate/node/nodetest"
+	"github.com/snowgate/snowgate/portalmock"
+)
+
+// Bounds of the scenario's checks, in simulated time.
+const (
+	// pingWindow bounds the wait for the first answer to a resource that has a path: a new flow (portal
+	// round trip, ICE, WireGuard handshake) or the repair of a broken one (failure detection, a new flow
+	// through the site's other gateway or relay).
+	pingWindow = 90 * time.Second
+	// pingInterval is the application's retransmission interval while it gets no answer.
+	pingInterval = time.Second
+	// steadyWindow bounds the round trip of a packet sent right after an answer came back.
+	steadyWindow = 3 * time.Second
+	// failWindow bounds the wait for the client's ICMP error for a resource without gateway
+	// (flow_creation_failed, else the client's flow timeout).
+	failWindow = 15 * time.Second
+	// rejoinWindow bounds the reconnection of every daemon to a restarted portal (their backoff is 30 s
+	// at most).
+	rejoinWindow = 90 * time.Second
+	// drainWindow bounds the clean-up once every resource is gone: a connection whose Goodbye cannot get
+	// through (no path left) goes when it is found dead.
+	drainWindow = 5 * time.Minute
+)
+
+const numResources = 4
+
+// resourcePrefix is resource r's CIDR (203.0.113.128/27 + 32r); target its probed host.
+func resourcePrefix(r int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(128 + 32*r)}), 27)
+}
+
+func target(r int) netip.Addr { return resourcePrefix(r).Addr().Next().Next().Next().Next().Next() }
+
+func resourceID(r int) string { return fmt.Sprintf("2e50c000-0000-4000-8000-00000000000%d", r) }
+func policyID(r int) string   { return fmt.Sprintf("90110000-0000-4000-8000-00000000000%d", r) }
+
+// resourceOf returns the resource whose prefix holds a (-1: none).
+func resourceOf(a netip.Addr) int {
+	for r := range numResources {
+		if resourcePrefix(r).Contains(a) {
+			return r
+		}
+	}
+	return -1
+}
+
+// ---- reference model ---------------------------------------------------------------------------------
+
+type modelResource struct {
+	sites   []int
+	udpOnly bool // filter: UDP port 53 only (ICMP and other ports prohibited)
+}
+
+// model is what the scenario did: the portal's resources and policies, who is up, the network.
+type model struct {
+	resources   map[int]modelResource
+	policies    map[int]bool
+	gwUp        []bool
+	relayUp     []bool
+	partitioned []bool // the direct path client↔gateway is blocked
+	clientNAT   nodetest.NAT
+	gwNAT       []nodetest.NAT
+}
+
+func (m *model) visible(r int) bool {
+	_, ok := m.resources[r]
+	return ok && m.policies[r]
+}
+
+// serves reports whether gateway g's site is one of resource r's.
+func (m *model) serves(g, r int) bool {
+	res, ok := m.resources[r]
+	return ok && slices.Contains(res.sites, gatewaySpecs[g].site)
+}
+
+// allows reports whether r's filters let a probe of kind through.
+func (m *model) allows(r int, k probeKind) bool {
+	return !m.resources[r].udpOnly || k == probeUDP53
+}
+
+// siteUp reports whether some gateway serving r is up.
+func (m *model) siteUp(r int) bool {
+	for g := range gatewaySpecs {
+		if m.gwUp[g] && m.serves(g, r) {
+			return true
+		}
+	}
+	return false
+}
+
+// pathCertain reports whether resource r certainly has a path from the client: some relay is up. A new
+// connection needs a relay allocation on both sides by design (node.UpsertConnection fails with
+// node.ErrNoRelays without one, the seed's relay-loss recovery, design.md), even where a direct path
+// exists; an existing direct connection outlives the relays, but the model does not count on it.
+func (m *model) pathCertain(int) bool {
+	return slices.Contains(m.relayUp, true)
+}
+
+// ---- probes ------------------------------------------------------------------------------------------
+
+type probeKind int
+
+const (
+	probeICMP  probeKind = iota // ICMP echo request
+	probeUDP53                  // UDP to port 53
+	probeUDP80                  // UDP to port 80
+)
+
+func (k probeKind) String() string { return [...]string{"icmp", "udp/53", "udp/80"}[k] }
+
+// probe is one packet an application on the client sent to a resource, and what became of it.
+type probe struct {
+	id        uint16
+	res       int
+	kind      probeKind
+	delivered []int // gateways that handed it to the resource
+	replies   int   // answers that reached the client
+	icmpCodes []uint8
+}
+
+// packet builds the probe's packet from the client's tunnel address.
+func (p *probe) packet() []byte {
+	payload := []byte(fmt.Sprintf("probe-%d", p.id))
+	switch p.kind {
+	case probeICMP:
+		return ipt.Echo(clientV4, target(p.res), p.id, 1, payload)
+	case probeUDP53:
+		return ipt.UDP(netip.AddrPortFrom(clientV4, 20000+p.id), netip.AddrPortFrom(target(p.res), 53), payload)
+	default:
+		return ipt.UDP(netip.AddrPortFrom(clientV4, 20000+p.id), netip.AddrPortFrom(target(p.res), 80), payload)
+	}
+}
+
+// probeID finds the probe a packet (or the packet an ICMP error quotes) belongs to.
+func probeID(p ippacket.Packet) (uint16, bool) {
+	switch p.Protocol() {
+	case ippacket.ProtoICMP:
+		id, err := p.EchoID()
+		return id, err == nil
+	case ippacket.ProtoUDP:
+		src, dst, err := p.Ports()
+		if err != nil {
+			return 0, false
+		}
+		if p.Src() == clientV4 {
+			return src - 20000, src >= 20000
+		}
+		return dst - 20000, dst >= 20000
+	}
+	return 0, false
+}
+
+// ---- the simulation ----------------------------------------------------------------------------------
+
+// stats counts what the scenarios of one test did, for its summary line.
+type stats struct {
+	mu       sync.Mutex
+	outcomes map[string]int
+	slowest  time.Duration
+	// slowestDrain is the longest clean-up after the last resource went.
+	slowestDrain time.Duration
+	steps        int
+}
+
+func (st *stats) count(outcome string) {
+	st.mu.Lock()
+	st.outcomes[outcome]++
+	st.mu.Unlock()
+}
+
+func (st *stats) String() string {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(st.outcomes)) {
+		parts = append(parts, fmt.Sprintf("%s %d", k, st.outcomes[k]))
+	}
+	return fmt.Sprintf("%d steps; %s; slowest first answer %v; slowest clean-up %v", st.steps, strings.Join(parts, ", "),
+		st.slowest, st.slowestDrain)
+}
+
+type sim struct {
+	stats  *stats
+	t      *rapid.T
+	w      *nodetest.World
+	log    *slog.Logger
+	portal *portal
+	relays []*simRelay
+
+	clientHost *nodetest.Host
+	client     *daemon
+	clientCore *clcore.Client
+	gwHosts    []*nodetest.Host
+	gws        []*daemon
+	gwCores    []*gwcore.Gateway
+
+	mu         sync.Mutex // guards the fields below (the TUN readers write them)
+	m          model
+	probes     map[uint16]*probe
+	nextProbe  uint16
+	routes     []netip.Prefix
+	violations []string
+	steps      []string
+}
+
+// violate records a broken invariant seen on a reader goroutine; the next check fails the scenario.
+func (s *sim) violateLocked(format string, args ...any) {
+	s.violations = append(s.violations, fmt.Sprintf(format, args...))
+}
+
+// note logs a step of the scenario (rapid prints them with the failure).
+func (s *sim) note(format string, args ...any) {
+	s.stats.mu.Lock()
+	s.stats.steps++
+	s.stats.mu.Unlock()
+	msg := fmt.Sprintf("[%s] ", time.Now().UTC().Format("15:04:05.000")) + fmt.Sprintf(format, args...)
+	s.mu.Lock()
+	s.steps = append(s.steps, msg)
+	s.mu.Unlock()
+	s.t.Log(msg)
+}
+
+func newSim(t *rapid.T, st *stats) *sim {
+	s := &sim{t: t, stats: st, probes: map[uint16]*probe{}, nextProbe: 1}
+	s.log = logger(t)
+	s.w = nodetest.NewWorld(t)
+	nats := []nodetest.NAT{nodetest.NATNone, nodetest.NATEndpointIndependent, nodetest.NATSymmetric}
+	s.m = model{
+		resources: map[int]modelResource{}, policies: map[int]bool{},
+		clientNAT: rapid.SampledFrom(nats).Draw(t, "client_nat"),
+	}
+	for range gatewaySpecs {
+		s.m.gwNAT = append(s.m.gwNAT, rapid.SampledFrom(nats).Draw(t, "gateway_nat"))
+	}
+	nRelays := rapid.IntRange(1, 2).Draw(t, "relays")
+	var err error
+	if s.portal, err = newPortal(s.log.With("component", "portal")); err != nil {
+		t.Fatalf("portal: %v", err)
+	}
+	for i := range nRelays {
+		s.relays = append(s.relays, addRelay(s.w, s.portal, fmt.Sprintf("relay-%d", i), s.log.With("relay", i)))
+		s.m.relayUp = append(s.m.relayUp, true)
+	}
+	s.clientHost = s.w.AddHost(nodetest.HostOptions{Name: "client", NAT: s.m.clientNAT})
+	for g := range gatewaySpecs {
+		s.gwHosts = append(s.gwHosts, s.w.AddHost(nodetest.HostOptions{Name: fmt.Sprintf("gateway-%d", g), NAT: s.m.gwNAT[g]}))
+		s.gws = append(s.gws, nil)
+		s.gwCores = append(s.gwCores, nil)
+		s.m.gwUp = append(s.m.gwUp, false)
+		s.m.partitioned = append(s.m.partitioned, false)
+	}
+	s.note("topology: client behind %s, gateways behind %v, %d relay(s)", s.m.clientNAT, s.m.gwNAT, nRelays)
+	s.startClient()
+	for g := range gatewaySpecs {
+		s.startGateway(g)
+	}
+	t.Cleanup(s.shutdown)
+	s.settle()
+	// A few resources the client may reach from the start, so that most scenarios carry traffic.
+	// (rapid draws small numbers most: 0 is the common case in these draws.)
+	for range rapid.IntRange(1, 3).Draw(t, "initial_resources") {
+		if r := s.putResource(t); rapid.IntRange(0, 3).Draw(t, "initially_hidden") < 3 {
+			s.allow(r)
+		}
+	}
+	return s
+}
+
+// settle lets every goroutine of the bubble run until all wait (for a timer, a packet, an event).
+func (s *sim) settle() { synctest.Wait() }
+
+// advance lets d of simulated time pass.
+func (s *sim) advance(d time.Duration) {
+	time.Sleep(d)
+	s.settle()
+}
+
+func (s *sim) startClient() {
+	core, err := clcore.New(clcore.Config{Logger: s.log.With("core", "client")})
+	if err != nil {
+		s.t.Fatalf("client core: %v", err)
+	}
+	s.clientCore = core
+	dm := newDaemon("client", s.clientHost)
+	exec := func(_ context.Context, a tunnel.Action) error {
+		switch a := a.(type) {
+		case clcore.SetRoutes:
+			s.mu.Lock()
+			s.routes = slices.Clone(a.Routes)
+			s.mu.Unlock()
+		case clcore.DNSForward:
+			// No DNS upstream in this simulation: the query fails as an unreachable one would. (Exec runs
+			// outside the core's lock: Do may be called from it.)
+			dm.d.Driver.Do(func(now time.Time) {
+				core.HandleDNSResponse(a.Forward.ID, nil, fmt.Errorf("no upstream in the simulation"), now)
+			})
+		}
+		return nil
+	}
+	dm.run(s.portal, tunnel.DaemonConfig{
+		Topic: portalapi.TopicClient, Decode: portalapi.DecodeClientIngress, Core: core, Exec: exec,
+		Token: clientToken, Stop: core.HandleShutdown,
+	}, s.log)
+	if dm.d == nil {
+		s.t.Fatalf("client daemon did not start: %v", dm.err)
+	}
+	s.client = dm
+	dm.read(s.clientReceived)
+}
+
+func (s *sim) startGateway(g int) {
+	core, err := gwcore.New(gwcore.Config{Logger: s.log.With("core", fmt.Sprintf("gateway-%d", g))})
+	if err != nil {
+		s.t.Fatalf("gateway core: %v", err)
+	}
+	dm := newDaemon(fmt.Sprintf("gateway-%d", g), s.gwHosts[g])
+	exec := func(_ context.Context, a tunnel.Action) error {
+		if a, ok := a.(gwcore.ResolveName); ok {
+			dm.d.Driver.Do(func(now time.Time) {
+				core.HandleResolved(a.ClientID, a.Assignment, nil, fmt.Errorf("no resolver in the simulation"), now)
+			})
+		}
+		return nil
+	}
+	dm.run(s.portal, tunnel.DaemonConfig{
+		Topic: portalapi.TopicGateway, Decode: portalapi.DecodeGatewayIngress, Core: core, Exec: exec,
+		Token: gatewaySpecs[g].token, Stop: core.Shutdown, LeaveFirst: true,
+	}, s.log)
+	if dm.d == nil {
+		s.t.Fatalf("gateway %d did not start: %v", g, dm.err)
+	}
+	s.gws[g], s.gwCores[g] = dm, core
+	s.mu.Lock()
+	s.m.gwUp[g] = true
+	s.mu.Unlock()
+	dm.read(func(pkt []byte) { s.resourceReceived(g, dm, pkt) })
+}
+
+// resourceReceived is the network behind gateway g: every packet the gateway forwards is checked against
+// the model, counted for its probe and answered (echo reply, UDP echo).
+func (s *sim) resourceReceived(g int, dm *daemon, pkt []byte) {
+	p, ok := parse(pkt)
+	if !ok {
+		s.mu.Lock()
+		s.violateLocked("gateway %d forwarded an unparsable packet %x", g, pkt)
+		s.mu.Unlock()
+		return
+	}
+	r := resourceOf(p.Dst())
+	id, idOK := probeID(p)
+	s.mu.Lock()
+	pr := s.probes[id]
+	switch {
+	case r < 0:
+		s.violateLocked("gateway %d forwarded a packet to %v, no resource's address", g, p.Dst())
+	case !idOK || pr == nil || pr.res != r:
+		s.violateLocked("gateway %d forwarded a packet the client never sent: %v → %v", g, p.Src(), p.Dst())
+	case !s.m.visible(r):
+		s.violateLocked("probe %d reached resource %d through gateway %d, but the client is not authorised for it", id, r, g)
+	case !s.m.serves(g, r):
+		s.violateLocked("probe %d reached resource %d through gateway %d, whose site does not serve it", id, r, g)
+	case !s.m.allows(r, pr.kind):
+		s.violateLocked("probe %d (%s) reached resource %d through gateway %d, which its filters deny", id, pr.kind, r, g)
+	}
+	if pr != nil {
+		pr.delivered = append(pr.delivered, g)
+		if len(pr.delivered) > 1 {
+			s.violateLocked("probe %d reached resource %d %d times (gateways %v)", id, r, len(pr.delivered), pr.delivered)
+		}
+	}
+	s.mu.Unlock()
+	if pr == nil {
+		return
+	}
+	var reply []byte
+	switch p.Protocol() {
+	case ippacket.ProtoICMP:
+		seq := uint16(1)
+		reply = ipt.EchoReply(p.Dst(), p.Src(), id, seq, []byte(fmt.Sprintf("probe-%d", id)))
+	case ippacket.ProtoUDP:
+		sp, dp, _ := p.Ports()
+		payload, _ := p.UDPPayload()
+		reply = ipt.UDP(netip.AddrPortFrom(p.Dst(), dp), netip.AddrPortFrom(p.Src(), sp), payload)
+	default:
+		return
+	}
+	dm.write(reply)
+}
+
+// clientReceived is the client's operating system: answers and ICMP errors are counted for their probes.
+func (s *sim) clientReceived(pkt []byte) {
+	p, ok := parse(pkt)
+	if !ok {
+		s.mu.Lock()
+		s.violateLocked("the client's TUN got an unparsable packet %x", pkt)
+		s.mu.Unlock()
+		return
+	}
+	if p2pcontrol.IsControl(pkt) {
+		s.mu.Lock()
+		s.violateLocked("the client wrote a control-protocol packet to its TUN")
+		s.mu.Unlock()
+		return
+	}
+	if p.IsICMPError() {
+		q, err := p.Quoted()
+		if err != nil {
+			return
+		}
+		id, ok := probeID(q)
+		typ, code, _ := p.ICMP()
+		s.mu.Lock()
+		if pr := s.probes[id]; ok && pr != nil && q.Dst() == target(pr.res) {
+			if typ != 3 {
+				s.violateLocked("probe %d answered with ICMP type %d code %d", id, typ, code)
+			}
+			pr.icmpCodes = append(pr.icmpCodes, code)
+			if len(pr.delivered) > 0 {
+				s.violateLocked("probe %d reached its resource and was answered with ICMP unreachable (code %d) too", id, code)
+			}
+		}
+		s.mu.Unlock()
+		return
+	}
+	r := resourceOf(p.Src())
+	if r < 0 || p.Dst() != clientV4 {
+		return // the stub resolver's answers and the like
+	}
+	id, ok := probeID(p)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	pr := s.probes[id]
+	if !ok || pr == nil || pr.res != r {
+		s.violateLocked("the client got a packet from resource %d it never asked for", r)
+		return
+	}
+	pr.replies++
+	if pr.replies > len(pr.delivered) {
+		s.violateLocked("probe %d: %d answers for %d deliveries", id, pr.replies, len(pr.delivered))
+	}
+}
+
+// send sends a new probe from the client's applications.
+func (s *sim) send(r int, k probeKind) *probe {
+	s.mu.Lock()
+	pr := &probe{id: s.nextProbe, res: r, kind: k}
+	s.nextProbe++
+	s.probes[pr.id] = pr
+	s.mu.Unlock()
+	s.client.write(pr.packet())
+	return pr
+}
+
+// snapshot returns a copy of the probe's outcome.
+func (s *sim) snapshot(pr *probe) probe {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c := *pr
+	c.delivered = slices.Clone(pr.delivered)
+	c.icmpCodes = slices.Clone(pr.icmpCodes)
+	return c
+}
+
+// waitFor advances time in small steps until cond holds or d passed; it reports whether cond held.
+func (s *sim) waitFor(d time.Duration, cond func() bool) bool {
+	end := time.Now().Add(d)
+	for {
+		s.settle()
+		if cond() {
+			return true
+		}
+		if !time.Now().Before(end) {
+			return false
+		}
+		time.Sleep(min(100*time.Millisecond, time.Until(end)))
+	}
+}
+
+// ping is an application pinging resource r (ICMP, or UDP to port 53 or 80) once a second until it gets an
+// answer, and what the model says must become of it.
+func (s *sim) ping(r int, k probeKind) {
+	s.mu.Lock()
+	m := s.m
+	visible, allows, siteUp, path := m.visible(r), m.allows(r, k), m.siteUp(r), m.pathCertain(r)
+	s.mu.Unlock()
+	switch {
+	case !visible:
+		// Not routed to the tunnel (or stale route): dropped without a word.
+		pr := s.send(r, k)
+		s.advance(2 * time.Second)
+		if o := s.snapshot(pr); len(o.delivered) > 0 || o.replies > 0 || len(o.icmpCodes) > 0 {
+			s.t.Fatalf("probe %d to resource %d, which the client may not reach, got %+v", pr.id, r, o)
+		}
+		s.stats.count("ping-unauthorised")
+	case !allows:
+		pr := s.send(r, k)
+		if !s.waitFor(2*time.Second, func() bool { return len(s.snapshot(pr).icmpCodes) > 0 }) {
+			s.t.Fatalf("probe %d (%s) to resource %d, which its filters deny, got no ICMP prohibited", pr.id, k, r)
+		}
+		if o := s.snapshot(pr); o.icmpCodes[0] != 13 {
+			s.t.Fatalf("probe %d (%s) to resource %d, which its filters deny, got ICMP code %d, want 13 (prohibited)", pr.id, k, r, o.icmpCodes[0])
+		}
+		s.stats.count("ping-filtered")
+	case !siteUp:
+		pr := s.send(r, k)
+		if !s.waitFor(failWindow, func() bool { return len(s.snapshot(pr).icmpCodes) > 0 }) {
+			s.t.Fatalf("probe %d to resource %d, whose site has no gateway up, got no ICMP unreachable within %v", pr.id, r, failWindow)
+		}
+		if o := s.snapshot(pr); o.icmpCodes[0] != 1 {
+			s.t.Fatalf("probe %d to resource %d, whose site has no gateway up, got ICMP code %d, want 1 (host unreachable)", pr.id, r, o.icmpCodes[0])
+		}
+		s.stats.count("ping-site-down")
+	default:
+		start := time.Now()
+		var sent []*probe
+		answered := func() bool {
+			for _, pr := range sent {
+				if s.snapshot(pr).replies > 0 {
+					return true
+				}
+			}
+			return false
+		}
+		for !answered() && time.Since(start) < pingWindow {
+			sent = append(sent, s.send(r, k))
+			s.waitFor(pingInterval, answered)
+		}
+		if !answered() {
+			if path {
+				s.t.Fatalf("resource %d (%s) not answered within %v although a path exists (%d probes)", r, k, pingWindow, len(sent))
+			}
+			s.note("no answer from resource %d without a certain path (%d probes)", r, len(sent))
+			s.stats.count("ping-no-path")
+			return
+		}
+		took := time.Since(start)
+		s.note("resource %d answered %s after %v (%d probes)", r, k, took.Round(time.Millisecond), len(sent))
+		s.stats.count("ping-answered")
+		if !path {
+			s.stats.count("ping-answered-without-certain-path")
+		}
+		s.stats.mu.Lock()
+		s.stats.slowest = max(s.stats.slowest, took)
+		s.stats.mu.Unlock()
+		// Steady state: the next packet arrives exactly once and is answered.
+		pr := s.send(r, k)
+		if !s.waitFor(steadyWindow, func() bool { return s.snapshot(pr).replies > 0 }) {
+			s.t.Fatalf("probe %d to resource %d right after an answer: %+v within %v", pr.id, r, s.snapshot(pr), steadyWindow)
+		}
+		if o := s.snapshot(pr); len(o.delivered) != 1 || o.replies != 1 {
+			s.t.Fatalf("probe %d to resource %d: delivered %v, %d answers; want exactly once", pr.id, r, o.delivered, o.replies)
+		}
+	}
+}
+
+// resourceConfig is resource r as the portal's admin API takes it.
+func resourceConfig(r int, mr modelResource) portalmock.ResourceConfig {
+	rc := portalmock.ResourceConfig{ID: resourceID(r), Type: "cidr", Name: fmt.Sprintf("res-%d", r),
+		Address: resourcePrefix(r).String()}
+	for _, site := range mr.sites {
+		rc.Sites = append(rc.Sites, siteIDs[site])
+	}
+	if mr.udpOnly {
+		p := uint16(53)
+		rc.Filters = []portalmock.FilterConfig{{Protocol: "udp", PortRangeStart: &p, PortRangeEnd: &p}}
+	}
+	return rc
+}
+
+func policyConfig(r int) portalmock.PolicyConfig {
+	return portalmock.PolicyConfig{ID: policyID(r), Client: clientID, Resource: resourceID(r)}
+}
+
+// ---- invariants after every step -------------------------------------------------------------------
+
+func (s *sim) check() {
+	s.settle()
+	s.mu.Lock()
+	vs := slices.Clone(s.violations)
+	m := s.m
+	routes := slices.Clone(s.routes)
+	s.mu.Unlock()
+	if len(vs) > 0 {
+		s.t.Fatalf("invariant broken:\n  %s", strings.Join(vs, "\n  "))
+	}
+	if s.client.d.PortalState() != tunnel.PortalJoined {
+		return
+	}
+	// Routes: every resource the client may reach is routed to the tunnel, no other one is.
+	for r := range numResources {
+		routed := slices.Contains(routes, resourcePrefix(r))
+		if routed != m.visible(r) {
+			s.t.Fatalf("resource %d routed %v, visible %v (routes %v)", r, routed, m.visible(r), routes)
+		}
+	}
+	// No gateway keeps an authorisation the model does not have.
+	for g, dm := range s.gws {
+		if dm == nil || dm.d.PortalState() != tunnel.PortalJoined {
+			continue
+		}
+		var st gwcore.Status
+		dm.d.Driver.Inspect(func(now time.Time) { st = s.gwCores[g].Status(now) })
+		for _, c := range st.Clients {
+			for _, rs := range c.Resources {
+				r := -1
+				for i := range numResources {
+					if resourceID(i) == rs.ID {
+						r = i
+					}
+				}
+				if r < 0 || !m.visible(r) || !m.serves(g, r) {
+					s.t.Fatalf("gateway %d keeps resource %s authorised for client %s (model: visible %v, served %v)",
+						g, rs.ID, c.ID, r >= 0 && m.visible(r), r >= 0 && m.serves(g, r))
+				}
+			}
+		}
+	}
+}
+
+// ---- transitions -----------------------------------------------------------------------------------
+
+func (s *sim) putResourceAction(t *rapid.T) { s.putResource(t) }
+
+// putResource creates or changes a resource (sites, filters) and returns its number.
+func (s *sim) putResource(t *rapid.T) int {
+	r := rapid.IntRange(0, numResources-1).Draw(t, "resource")
+	mr := modelResource{
+		sites:   rapid.SampledFrom([][]int{{0}, {1}, {0, 1}, {1, 0}}).Draw(t, "sites"),
+		udpOnly: rapid.Bool().Draw(t, "udp_only"),
+	}
+	s.note("put resource %d: sites %v, udp-only %v", r, mr.sites, mr.udpOnly)
+	s.mu.Lock()
+	s.m.resources[r] = mr
+	s.mu.Unlock()
+	if err := s.portal.server().PutResource(resourceConfig(r, mr)); err != nil {
+		t.Fatalf("put resource: %v", err)
+	}
+	s.settle()
+	return r
+}
+
+func (s *sim) deleteResource(t *rapid.T) {
+	r := rapid.IntRange(0, numResources-1).Draw(t, "resource")
+	s.mu.Lock()
+	_, ok := s.m.resources[r]
+	s.mu.Unlock()
+	if !ok {
+		t.Skip("no such resource")
+	}
+	s.note("delete resource %d", r)
+	s.mu.Lock()
+	delete(s.m.resources, r)
+	delete(s.m.policies, r)
+	s.mu.Unlock()
+	if err := s.portal.server().DeleteResource(resourceID(r)); err != nil {
+		t.Fatalf("delete resource: %v", err)
+	}
+	s.settle()
+}
+
+func (s *sim) putPolicy(t *rapid.T) {
+	r := rapid.IntRange(0, numResources-1).Draw(t, "resource")
+	s.mu.Lock()
+	_, ok := s.m.resources[r]
+	has := s.m.policies[r]
+	s.mu.Unlock()
+	if !ok || has {
+		t.Skip("no such resource, or already allowed")
+	}
+	s.allow(r)
+}
+
+// allow adds the policy that lets the client reach resource r, if r exists.
+func (s *sim) allow(r int) {
+	s.mu.Lock()
+	_, ok := s.m.resources[r]
+	if ok {
+		s.m.policies[r] = true
+	}
+	s.mu.Unlock()
+	if !ok {
+		return
+	}
+	s.note("allow resource %d", r)
+	if err := s.portal.server().PutPolicy(policyConfig(r)); err != nil {
+		s.t.Fatalf("put policy: %v", err)
+	}
+	s.settle()
+}
+
+func (s *sim) deletePolicy(t *rapid.T) {
+	r := rapid.IntRange(0, numResources-1).Draw(t, "resource")
+	s.mu.Lock()
+	has := s.m.policies[r]
+	s.mu.Unlock()
+	if !has {
+		t.Skip("no such policy")
+	}
+	s.note("revoke resource %d", r)
+	s.mu.Lock()
+	delete(s.m.policies, r)
+	s.mu.Unlock()
+	if err := s.portal.server().DeletePolicy(policyID(r)); err != nil {
+		t.Fatalf("delete policy: %v", err)
+	}
+	s.settle()
+}
+
+// pingAllowedAction pings a resource the client may reach (skipped when there is none).
+func (s *sim) pingAllowedAction(t *rapid.T) {
+	s.mu.Lock()
+	var visible []int
+	for r := range numResources {
+		if s.m.visible(r) {
+			visible = append(visible, r)
+		}
+	}
+	s.mu.Unlock()
+	if len(visible) == 0 {
+		t.Skip("no resource the client may reach")
+	}
+	r := rapid.SampledFrom(visible).Draw(t, "allowed_resource")
+	k := rapid.SampledFrom([]probeKind{probeICMP, probeUDP53, probeUDP80}).Draw(t, "kind")
+	s.note("ping resource %d (%s)", r, k)
+	s.ping(r, k)
+}
+
+func (s *sim) pingAction(t *rapid.T) {
+	s.mu.Lock()
+	var visible []int
+	for r := range numResources {
+		if s.m.visible(r) {
+			visible = append(visible, r)
+		}
+	}
+	s.mu.Unlock()
+	var r int
+	if len(visible) > 0 && rapid.IntRange(0, 3).Draw(t, "any_resource") < 3 {
+		r = rapid.SampledFrom(visible).Draw(t, "allowed_resource")
+	} else {
+		r = rapid.IntRange(0, numResources-1).Draw(t, "resource")
+	}
+	k := rapid.SampledFrom([]probeKind{probeICMP, probeUDP53, probeUDP80}).Draw(t, "kind")
+	s.note("ping resource %d (%s)", r, k)
+	s.ping(r, k)
+}
+
+func (s *sim) roam(*rapid.T) {
+	s.note("client roams")
+	s.client.d.Driver.Do(func(now time.Time) { s.clientCore.HandleRoam(now) })
+	s.settle()
+}
+
+func (s *sim) killRelay(t *rapid.T) {
+	i := rapid.IntRange(0, len(s.relays)-1).Draw(t, "relay")
+	if !s.relays[i].alive() {
+		t.Skip("relay down")
+	}
+	s.note("relay %d dies", i)
+	s.mu.Lock()
+	s.m.relayUp[i] = false
+	s.mu.Unlock()
+	s.relays[i].kill()
+	s.settle()
+}
+
+func (s *sim) reviveRelay(t *rapid.T) {
+	i := rapid.IntRange(0, len(s.relays)-1).Draw(t, "relay")
+	if s.relays[i].alive() {
+		t.Skip("relay up")
+	}
+	s.note("relay %d reboots", i)
+	s.relays[i].revive()
+	s.mu.Lock()
+	s.m.relayUp[i] = true
+	s.mu.Unlock()
+	s.settle()
+}
+
+func (s *sim) stopGateway(t *rapid.T) {
+	g := rapid.IntRange(0, len(gatewaySpecs)-1).Draw(t, "gateway")
+	if s.gws[g] == nil {
+		t.Skip("gateway down")
+	}
+	s.note("gateway %d stops", g)
+	s.mu.Lock()
+	s.m.gwUp[g] = false
+	s.mu.Unlock()
+	if err := s.gws[g].stop(); err != nil {
+		t.Fatalf("gateway %d: %v", g, err)
+	}
+	s.gws[g], s.gwCores[g] = nil, nil
+	s.settle()
+}
+
+func (s *sim) startGatewayAction(t *rapid.T) {
+	g := rapid.IntRange(0, len(gatewaySpecs)-1).Draw(t, "gateway")
+	if s.gws[g] != nil {
+		t.Skip("gateway up")
+	}
+	s.note("gateway %d starts", g)
+	s.startGateway(g)
+	s.settle()
+}
+
+func (s *sim) partition(t *rapid.T) {
+	g := rapid.IntRange(0, len(gatewaySpecs)-1).Draw(t, "gateway")
+	s.mu.Lock()
+	on := !s.m.partitioned[g]
+	s.m.partitioned[g] = on
+	s.mu.Unlock()
+	if on {
+		s.note("UDP blocked between the client and gateway %d", g)
+		s.w.PartitionHosts(s.clientHost, s.gwHosts[g])
+	} else {
+		s.note("UDP between the client and gateway %d flows again", g)
+		s.w.HealHosts(s.clientHost, s.gwHosts[g])
+	}
+	s.settle()
+}
+
+func (s *sim) idle(t *rapid.T) {
+	d := rapid.SampledFrom([]time.Duration{time.Second, 10 * time.Second, 45 * time.Second, 3 * time.Minute}).Draw(t, "for")
+	s.note("idle for %v", d)
+	s.advance(d)
+}
+
+func (s *sim) restartPortal(t *rapid.T) {
+	down := rapid.SampledFrom([]time.Duration{0, 2 * time.Second, 20 * time.Second}).Draw(t, "down_for")
+	s.note("portal restarts (down for %v)", down)
+	if err := s.portal.stop(); err != nil {
+		t.Fatalf("portal stop: %v", err)
+	}
+	s.advance(down)
+	s.mu.Lock()
+	var rs []portalmock.ResourceConfig
+	var ps []portalmock.PolicyConfig
+	for r := range numResources {
+		if mr, ok := s.m.resources[r]; ok {
+			rs = append(rs, resourceConfig(r, mr))
+			if s.m.policies[r] {
+				ps = append(ps, policyConfig(r))
+			}
+		}
+	}
+	s.mu.Unlock()
+	if err := s.portal.start(rs, ps); err != nil {
+		t.Fatalf("portal start: %v", err)
+	}
+	joined := func() bool {
+		if s.client.d.PortalState() != tunnel.PortalJoined {
+			return false
+		}
+		for _, dm := range s.gws {
+			if dm != nil && dm.d.PortalState() != tunnel.PortalJoined {
+				return false
+			}
+		}
+		return true
+	}
+	if !s.waitFor(rejoinWindow, joined) {
+		t.Fatalf("daemons not back on the portal within %v of its restart", rejoinWindow)
+	}
+}
+
+// ---- end of a scenario -----------------------------------------------------------------------------
+
+// drain removes every policy and resource and checks that nothing is left behind: no resource, flow or
+// gateway at the client, no client at any gateway, no connection in any node.
+func (s *sim) drain() {
+	s.note("drain: every resource removed")
+	for r := range numResources {
+		s.mu.Lock()
+		_, ok := s.m.resources[r]
+		delete(s.m.resources, r)
+		delete(s.m.policies, r)
+		s.mu.Unlock()
+		if ok {
+			if err := s.portal.server().DeleteResource(resourceID(r)); err != nil {
+				s.t.Fatalf("delete resource: %v", err)
+			}
+		}
+	}
+	s.advance(time.Second)
+	s.check()
+	// Everything must go: at once where the Goodbye gets through, else once the connection is found dead
+	// (no path back: a partition, a dead relay).
+	var leftover string
+	clean := func() bool {
+		leftover = s.leftovers()
+		return leftover == ""
+	}
+	start := time.Now()
+	if !s.waitFor(drainWindow, clean) {
+		s.t.Fatalf("%v after every resource was removed: %s", drainWindow, leftover)
+	}
+	s.stats.mu.Lock()
+	s.stats.slowestDrain = max(s.stats.slowestDrain, time.Since(start))
+	s.stats.mu.Unlock()
+}
+
+// leftovers describes the state left at the client and the gateways ("" when there is none).
+func (s *sim) leftovers() string {
+	var out []string
+	var st clcore.Status
+	s.client.d.Driver.Inspect(func(now time.Time) { st = s.clientCore.Status(now) })
+	if len(st.Resources) != 0 || len(st.PendingFlows) != 0 || len(st.Gateways) != 0 {
+		out = append(out, fmt.Sprintf("client keeps resources %v, pending flows %v, gateways %+v", st.Resources, st.PendingFlows, st.Gateways))
+	}
+	if n := len(s.client.d.Node.Stats()); n != 0 {
+		out = append(out, fmt.Sprintf("client's node keeps %d connections", n))
+	}
+	for g, dm := range s.gws {
+		if dm == nil {
+			continue
+		}
+		var gs gwcore.Status
+		dm.d.Driver.Inspect(func(now time.Time) { gs = s.gwCores[g].Status(now) })
+		if len(gs.Clients) != 0 || gs.Flows != 0 {
+			out = append(out, fmt.Sprintf("gateway %d keeps clients %+v (%d flows)", g, gs.Clients, gs.Flows))
+		}
+		if n := len(dm.d.Node.Stats()); n != 0 {
+			out = append(out, fmt.Sprintf("gateway %d's node keeps %d connections", g, n))
+		}
+	}
+	return strings.Join(out, "; ")
+}
+
+// shutdown stops every daemon, relay and the portal (the bubble then checks that no goroutine is left).
+func (s *sim) shutdown() {
+	if err := s.client.stop(); err != nil {
+		s.t.Errorf("client: %v", err)
+	}
+	for g, dm := range s.gws {
+		if dm != nil {
+			if err := dm.stop(); err != nil {
+				s.t.Errorf("gateway %d: %v", g, err)
+			}
+		}
+	}
+	for _, r := range s.relays {
+		r.kill()
+	}
+	if err := s.portal.stop(); err != nil {
+		s.t.Errorf("portal: %v", err)
+	}
+}
+
+// ---- the test --------------------------------------------------------------------------------------
+
+func TestScenarios(t *testing.T) {
+	st := &stats{outcomes: map[string]int{}}
+	defer func() { t.Logf("scenarios: %v", st) }()
+	rapid.Check(t, func(rt *rapid.T) {
+		rapid.SyncTest(rt, func(t *rapid.T) {
+			s := newSim(t, st)
+			t.Repeat(map[string]func(*rapid.T){
+				"put_resource":    s.putResourceAction,
+				"delete_resource": s.deleteResource,
+				"put_policy":      s.putPolicy,
+				"delete_policy":   s.deletePolicy,
+				"ping":            s.pingAction,
+				"ping_allowed":    s.pingAllowedAction, // traffic is what the invariants are about
+				"ping_allowed_2":  s.pingAllowedAction,
+				"roam":            s.roam,
+				"kill_relay":      s.killRelay,
+				"revive_relay":    s.reviveRelay,
+				"stop_gateway":    s.stopGateway,
+				"start_gateway":   s.startGatewayAction,
+				"partition":       s.partition,
+				"idle":            s.idle,
+				"restart_portal":  s.restartPortal,
+				"":                func(*rapid.T) { s.check() },
+			})
+			s.drain()
+		})
+	})
+}
