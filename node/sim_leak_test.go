@@ -42,7 +42,9 @@ func TestConnectionChurnWithoutLeaks(t *testing.T) {
 			}
 		}
 		eventually(t, time.Minute, time.Second, func() bool { return runtime.NumGoroutine() <= baseG },
-			func() string { return fmt.Sprintf("%d goroutines, %d after the first connection", runtime.NumGoroutine(), baseG) })
+			func() string {
+				return fmt.Sprintf("%d goroutines, %d after the first connection", runtime.NumGoroutine(), baseG)
+			})
 		if n := a.CountEvents(nodetest.OfKind(node.EventConnectionEstablished)); n < 200 {
 			t.Fatalf("%d connections established, want 200", n)
 		}
