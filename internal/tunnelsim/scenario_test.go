@@ -36,9 +36,10 @@ const (
 	pingInterval = time.Second
 	// steadyWindow bounds the round trip of a packet sent right after an answer came back.
 	steadyWindow = 3 * time.Second
-	// failWindow bounds the wait for the client's ICMP error for a resource without gateway
-	// (flow_creation_failed, else the client's flow timeout).
-	failWindow = 15 * time.Second
+	// siteDownWindow bounds the wait for the client's ICMP error for a resource without gateway: at once
+	// (flow_creation_failed), after the flow timeout, or once a connection to a gateway that went away
+	// unheard is found dead (wireguard-go gives up a handshake after 90 s).
+	siteDownWindow = 150 * time.Second
 	// rejoinWindow bounds the reconnection of every daemon to a restarted portal (their backoff is 30 s
 	// at most).
 	rejoinWindow = 90 * time.Second
@@ -527,12 +528,29 @@ func (s *sim) ping(r int, k probeKind) {
 		}
 		s.stats.count("ping-filtered")
 	case !siteUp:
-		pr := s.send(r, k)
-		if !s.waitFor(failWindow, func() bool { return len(s.snapshot(pr).icmpCodes) > 0 }) {
-			s.t.Fatalf("probe %d to resource %d, whose site has no gateway up, got no ICMP unreachable within %v", pr.id, r, failWindow)
+		// The application retries every second until it is told: a connection to a gateway that stopped
+		// while no path led to it (its Goodbye lost) swallows packets until the client finds it dead.
+		start := time.Now()
+		var sent []*probe
+		told := func() bool {
+			for _, pr := range sent {
+				if len(s.snapshot(pr).icmpCodes) > 0 {
+					return true
+				}
+			}
+			return false
 		}
-		if o := s.snapshot(pr); o.icmpCodes[0] != 1 {
-			s.t.Fatalf("probe %d to resource %d, whose site has no gateway up, got ICMP code %d, want 1 (host unreachable)", pr.id, r, o.icmpCodes[0])
+		for !told() && time.Since(start) < siteDownWindow {
+			sent = append(sent, s.send(r, k))
+			s.waitFor(pingInterval, told)
+		}
+		if !told() {
+			s.t.Fatalf("resource %d, whose site has no gateway up, got no ICMP unreachable within %v (%d probes)", r, siteDownWindow, len(sent))
+		}
+		for _, pr := range sent {
+			if o := s.snapshot(pr); len(o.icmpCodes) > 0 && o.icmpCodes[0] != 1 {
+				s.t.Fatalf("probe %d to resource %d, whose site has no gateway up, got ICMP code %d, want 1 (host unreachable)", pr.id, r, o.icmpCodes[0])
+			}
 		}
 		s.stats.count("ping-site-down")
 	default:
