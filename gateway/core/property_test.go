@@ -172,12 +172,11 @@ type expect struct {
 }
 
 type coreModel struct {
-	h        *harness
-	clients  []*mClient
-	filters  []int // the portal's current filter choice per resource
-	pending  []core.ResolveName
-	refs     int
-	lastPoll time.Time
+	h       *harness
+	clients []*mClient
+	filters []int // the portal's current filter choice per resource
+	pending []core.ResolveName
+	refs    int
 }
 
 func (m *coreModel) now() time.Time { return m.h.now }
