@@ -73,6 +73,27 @@ func FuzzClassify(f *testing.F) {
 	f.Add([]byte{0x40, 0x01, 0x00, 0x03, 1, 2, 3, 0})
 	f.Add(append([]byte{1, 0, 0, 0}, make([]byte, 144)...))
 	f.Add([]byte{})
+	// Real traffic of each kind: a binding success with its mapped address, an authenticated TURN
+	// Allocate, ChannelData carrying a WireGuard transport packet, each WireGuard message type.
+	resp := stun.MustBuild(stun.TransactionID, stun.BindingSuccess,
+		&stun.XORMappedAddress{IP: []byte{198, 18, 1, 7}, Port: 61234}, stun.Fingerprint)
+	f.Add(resp.Raw)
+	alloc := stun.MustBuild(stun.TransactionID, stun.NewType(stun.MethodAllocate, stun.ClassRequest),
+		stun.RawAttribute{Type: stun.AttrRequestedTransport, Value: []byte{17, 0, 0, 0}},
+		stun.NewUsername("1700000000:salt"), stun.NewRealm("firezone"), stun.NewNonce("nonce"),
+		stun.NewLongTermIntegrity("1700000000:salt", "firezone", "password"), stun.Fingerprint)
+	f.Add(alloc.Raw)
+	for _, wg := range [][]byte{
+		append([]byte{1, 0, 0, 0}, make([]byte, 144)...), // handshake initiation
+		append([]byte{2, 0, 0, 0}, make([]byte, 88)...),  // handshake response
+		append([]byte{3, 0, 0, 0}, make([]byte, 60)...),  // cookie reply
+		append([]byte{4, 0, 0, 0}, make([]byte, 60)...),  // transport data
+		append([]byte{4, 0, 0, 0}, make([]byte, 28)...),  // keepalive
+	} {
+		f.Add(wg)
+		cd := binary.BigEndian.AppendUint16([]byte{0x40, 0x02}, uint16(len(wg)))
+		f.Add(append(cd, wg...))
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		k := classify(b)
 		if k == kindChannelData {
