@@ -6,6 +6,9 @@ import (
 	"log/slog"
 	"maps"
 	"net/netip"
+	"os"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strings"
 	"sync"
@@ -186,6 +189,8 @@ type stats struct {
 	// slowestDrain is the longest clean-up after the last resource went.
 	slowestDrain time.Duration
 	steps        int
+	// current is the running scenario's step log (for the heap watchdog).
+	current *sim
 }
 
 func (st *stats) count(outcome string) {
@@ -248,6 +253,9 @@ func (s *sim) note(format string, args ...any) {
 
 func newSim(t *rapid.T, st *stats) *sim {
 	s := &sim{t: t, stats: st, probes: map[uint16]*probe{}, nextProbe: 1}
+	st.mu.Lock()
+	st.current = s
+	st.mu.Unlock()
 	s.log = logger(t)
 	s.w = nodetest.NewWorld(t)
 	nats := []nodetest.NAT{nodetest.NATNone, nodetest.NATEndpointIndependent, nodetest.NATSymmetric}
@@ -991,9 +999,53 @@ func (s *sim) shutdown() {
 
 // ---- the test --------------------------------------------------------------------------------------
 
+// heapLimit is the heap beyond which the watchdog stops the test: no scenario needs more than a few tens
+// of MiB, so a heap this large is a runaway (a packet storm, a queue without bound).
+const heapLimit = 2 << 30
+
+// watchHeap checks the heap every second until stop is closed; past heapLimit it prints the running
+// scenario's steps and every goroutine, and panics.
+func watchHeap(st *stats, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-tick.C:
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		if ms.HeapAlloc < heapLimit {
+			continue
+		}
+		st.mu.Lock()
+		s := st.current
+		st.mu.Unlock()
+		var steps []string
+		if s != nil {
+			s.mu.Lock()
+			steps = slices.Clone(s.steps)
+			s.mu.Unlock()
+		}
+		fmt.Fprintf(os.Stderr, "heap %d MiB: runaway scenario:\n  %s\n", ms.HeapAlloc>>20, strings.Join(steps, "\n  "))
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+		panic(fmt.Sprintf("tunnelsim: heap grew to %d MiB", ms.HeapAlloc>>20))
+	}
+}
+
 func TestScenarios(t *testing.T) {
 	st := &stats{outcomes: map[string]int{}}
-	defer func() { t.Logf("scenarios: %v", st) }()
+	stop, watched := make(chan struct{}), make(chan struct{})
+	go watchHeap(st, stop, watched)
+	defer func() { close(stop); <-watched }()
+	defer func() {
+		runtime.GC()
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		t.Logf("scenarios: %v; heap in use afterwards %d MiB", st, ms.HeapInuse>>20)
+	}()
 	rapid.Check(t, func(rt *rapid.T) {
 		rapid.SyncTest(rt, func(t *rapid.T) {
 			s := newSim(t, st)

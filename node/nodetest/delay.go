@@ -2,9 +2,12 @@ package nodetest
 
 import (
 	"net"
+	"reflect"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/pion/transport/v5"
 	"github.com/pion/transport/v5/vnet"
@@ -36,23 +39,55 @@ func (d *delayNet) ListenPacket(network, address string) (net.PacketConn, error)
 	return c, nil
 }
 
-// retained keeps every wireguard-go peer a World's node created reachable
-// for the life of the test binary. wireguard-go drains a peer's queues from
-// a finalizer, which runs outside the synctest bubble the peer's channels
-// belong to: touching them from there is fatal, so the peers must never be
-// collected. This is the package's only package-level state; a peer costs a
-// few kilobytes.
+// retained keeps the wireguard-go peers whose finalizers could not be disarmed (see RetainWireGuardPeer)
+// reachable for the life of the test binary. It is the package's only package-level state, and stays empty
+// with the wireguard-go version in go.mod.
 var retained struct {
 	sync.Mutex
 	peers []any
 }
 
-// RetainWireGuardPeer implements the node's optional peer retention (see
-// retained).
+// RetainWireGuardPeer implements the node's optional peer hook. wireguard-go drains a peer's two queues
+// from finalizers, which run outside the synctest bubble the queues' channels belong to: touching them
+// from there is fatal. The hook clears those finalizers (the queues are garbage like the rest of the peer
+// then, nothing needs draining), so the peer and its device can be collected. Should wireguard-go's peer
+// no longer have the queues where the hook looks for them, the peer is kept forever instead: safe, but a
+// long simulation then grows by the device's buffers with every node (gigabytes over thousands of
+// scenarios, as internal/tunnelsim found).
 func (d *delayNet) RetainWireGuardPeer(p any) {
+	if disarmQueueFinalizers(p) {
+		return
+	}
 	retained.Lock()
 	retained.peers = append(retained.peers, p)
 	retained.Unlock()
+}
+
+// disarmQueueFinalizers clears the finalizers of a *device.Peer's queue.outbound and queue.inbound (the
+// autodraining queues) and reports whether it found both.
+func disarmQueueFinalizers(p any) bool {
+	v := reflect.ValueOf(p)
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return false
+	}
+	q := v.Elem().FieldByName("queue")
+	if !q.IsValid() || q.Kind() != reflect.Struct {
+		return false
+	}
+	var queues []any
+	for _, name := range []string{"outbound", "inbound"} {
+		f := q.FieldByName(name)
+		if !f.IsValid() || f.Kind() != reflect.Pointer || f.IsNil() {
+			return false
+		}
+		// An unexported field: read it through its address (the pointer keeps its dynamic type, which
+		// SetFinalizer needs).
+		queues = append(queues, reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface())
+	}
+	for _, obj := range queues {
+		runtime.SetFinalizer(obj, nil)
+	}
+	return true
 }
 
 // delayConn sends through a queue served by its own goroutine (started with
