@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -55,6 +56,14 @@ type allocation struct {
 	// stops sending through it.
 	gone atomic.Bool
 
+	// iceOut holds the datagrams the connections' ICE agents send through the allocation, and
+	// writeLoop sends them. pion's WriteTo blocks while it creates the permission for a new peer: a
+	// transaction of up to ≈8 s on a relay that stopped answering. An agent must never wait for
+	// that: its loop runs every check of its connection, and the node's loop calls into it under
+	// Node.mu (a relay dying during ICE stalled the whole node until the transaction timed out).
+	iceOut  chan relayWrite
+	stopOut chan struct{} // closed by close: writeLoop returns
+
 	mu         sync.Mutex
 	views      map[*relayView]struct{}
 	lastWriter map[netip.AddrPort]*relayView
@@ -84,11 +93,57 @@ func newAllocation(n *Node, r Relay, server netip.AddrPort, s *socket) (*allocat
 	if err != nil {
 		return nil, err
 	}
-	return &allocation{
-		n: n, relayID: r.ID, server: server, sock: s, client: c,
-		views:      make(map[*relayView]struct{}),
-		lastWriter: make(map[netip.AddrPort]*relayView),
-	}, nil
+	a := &allocation{n: n, relayID: r.ID, server: server, sock: s, client: c}
+	a.init()
+	return a, nil
+}
+
+// iceOutQueue bounds the ICE datagrams waiting for writeLoop per allocation; more are dropped (the
+// agents retransmit their checks).
+const iceOutQueue = 256
+
+// relayWrite is one datagram an ICE agent sends to peer through the allocation.
+type relayWrite struct {
+	b    []byte
+	peer netip.AddrPort
+}
+
+// init makes the allocation's maps and its ICE send queue.
+func (a *allocation) init() {
+	a.views = make(map[*relayView]struct{})
+	a.lastWriter = make(map[netip.AddrPort]*relayView)
+	a.iceOut = make(chan relayWrite, iceOutQueue)
+	a.stopOut = make(chan struct{})
+}
+
+// queueICE queues a copy of b for writeLoop and returns at once; a full queue drops it, as a
+// congested link would.
+func (a *allocation) queueICE(b []byte, peer netip.AddrPort) (int, error) {
+	select {
+	case <-a.stopOut:
+		return 0, net.ErrClosed
+	default:
+	}
+	select {
+	case a.iceOut <- relayWrite{b: bytes.Clone(b), peer: peer}:
+	default:
+	}
+	return len(b), nil
+}
+
+// writeLoop sends the queued ICE datagrams until close. It runs on a goroutine owned by the node,
+// started when the allocation is ready.
+func (a *allocation) writeLoop() {
+	for {
+		select {
+		case <-a.stopOut:
+			return
+		case w := <-a.iceOut:
+			if _, err := a.writeTo(w.b, w.peer); err != nil && !a.gone.Load() && a.n != nil {
+				a.n.log.Debug("relayed ICE check not sent", "relay", a.relayID, "peer", w.peer, "error", err)
+			}
+		}
+	}
 }
 
 // allocate runs the Allocate transaction and a first binding request (RTT and
@@ -287,6 +342,9 @@ func (a *allocation) close() {
 		return
 	}
 	a.closed = true
+	if a.stopOut != nil {
+		close(a.stopOut)
+	}
 	views := make([]*relayView, 0, len(a.views))
 	for v := range a.views {
 		views = append(views, v)
@@ -322,7 +380,7 @@ func (a *allocation) newView(ufrag string) (*relayView, error) {
 		a.mu.Lock()
 		a.lastWriter[peer] = v
 		a.mu.Unlock()
-		return a.writeTo(b, peer)
+		return a.queueICE(b, peer)
 	})
 	v.pushConn.onClose = func() {
 		a.mu.Lock()

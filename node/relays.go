@@ -119,6 +119,11 @@ func (n *Node) onAllocatedLocked(a *allocation, err error, now time.Time) {
 		defer n.wg.Done()
 		a.readLoop()
 	}()
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		a.writeLoop()
+	}()
 	n.log.Info("relay allocation ready", "relay", a.relayID, "server", a.server, "relayed", a.relayedAddr,
 		"rtt", time.Duration(a.rtt.Load()))
 	n.emit(Event{Kind: EventRelayReady, RelayID: a.relayID, RelayedAddr: a.relayedAddr})

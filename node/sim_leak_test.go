@@ -25,6 +25,15 @@ func TestConnectionChurnWithoutLeaks(t *testing.T) {
 			}
 			w.Connect(a, b, id)
 			w.RoundTrip(a, b, 30*time.Second)
+			// Data flows as soon as WireGuard's handshake is done; the node's loop reports the connection
+			// established a moment later (it learns of the handshake from the data path's queue).
+			for _, p := range []*nodetest.Peer{a, b} {
+				if _, ok := p.WaitEvent(30*time.Second, func(e node.Event) bool {
+					return e.Kind == node.EventConnectionEstablished && e.ConnectionID == id
+				}); !ok {
+					t.Fatalf("%s: connection %s carried data but was never reported established", p.Name(), id)
+				}
+			}
 			for _, p := range []*nodetest.Peer{a, b} {
 				if err := p.Node().RemoveConnection(id); err != nil {
 					t.Fatalf("%s: remove %s: %v", p.Name(), id, err)
@@ -45,8 +54,5 @@ func TestConnectionChurnWithoutLeaks(t *testing.T) {
 			func() string {
 				return fmt.Sprintf("%d goroutines, %d after the first connection", runtime.NumGoroutine(), baseG)
 			})
-		if n := a.CountEvents(nodetest.OfKind(node.EventConnectionEstablished)); n < 200 {
-			t.Fatalf("%d connections established, want 200", n)
-		}
 	})
 }
