@@ -550,8 +550,8 @@ func (c *core) visibility() map[string]map[string]portalapi.Resource {
 
 // mutate applies an admin change and pushes its consequences: resource_created_or_updated /
 // resource_deleted to affected clients, reject_access (lost access or site: to the gateways with flows, and
-// to every online gateway of the lost sites, see rejectLost) and resource_updated (changed
-// resource) to gateways with flows.
+// to every online gateway of the lost sites, see rejectLost) and resource_updated (changed resource: to
+// the gateways with flows and every online gateway of its sites, see updateSites).
 func (c *core) mutate(change func() error) error {
 	before := c.visibility()
 	if err := change(); err != nil {
@@ -602,7 +602,37 @@ func (c *core) mutate(change func() error) error {
 		}
 	}
 	c.rejectLost(before, after, rejected)
+	c.updateSites(before, after, updated)
 	return nil
+}
+
+// updateSites sends resource_updated for every changed resource to every online gateway of its sites,
+// beyond the flows the portal knows of (already sent: updated). Like rejectLost, it reaches authorisations
+// granted before the portal restarted, which gateways keep across the outage: without it such a gateway
+// went on enforcing the resource's old filters. A gateway without an authorisation for the resource
+// ignores the message.
+func (c *core) updateSites(before, after map[string]map[string]portalapi.Resource, updated map[[2]string]bool) {
+	for _, cid := range sortedKeys(after) {
+		for _, rid := range sortedKeys(after[cid]) {
+			old, ok := before[cid][rid]
+			r := after[cid][rid]
+			if !ok || reflect.DeepEqual(old, r) {
+				continue
+			}
+			sites := map[string]bool{}
+			for _, st := range r.Sites {
+				sites[st.ID] = true
+			}
+			for _, gid := range sortedKeys(c.gateways) {
+				gs := c.onlineSession(c.gateways, gid)
+				if gs == nil || !sites[c.m.gateways[gid].site] || updated[[2]string{gid, rid}] {
+					continue
+				}
+				updated[[2]string{gid, rid}] = true
+				c.push(gs, portalapi.EventResourceUpdated, portalapi.ResourceUpdated{Resource: r.GatewayView()})
+			}
+		}
+	}
 }
 
 // rejectLost sends reject_access for every resource a client lost (or that lost some of its sites) to

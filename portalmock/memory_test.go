@@ -203,3 +203,42 @@ func TestRevokeReachesGatewaysAfterRestart(t *testing.T) {
 		t.Fatalf("gateway got %v after a policy was deleted, want reject_access", evs)
 	}
 }
+
+// Found by the whole-tunnel simulation (internal/tunnelsim), shrunk scenario: resource 1 allowed with
+// a filter (UDP 53 only), pinged (a flow), the portal restarts, resource 1's filter is lifted, UDP 80 to
+// it -> never answered: the restarted portal had forgotten the flow, so resource_updated went to no
+// gateway and the gateway kept enforcing the old filter. Updates now go to every online gateway of the
+// resource's sites too.
+func TestResourceUpdateReachesGatewaysAfterRestart(t *testing.T) {
+	s, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	gw := memJoin(t, s, "gateway", DefaultGatewayToken1, testKey(2))
+	memJoin(t, s, "client", DefaultClientToken1, testKey(1))
+	var r ResourceConfig
+	for _, rc := range s.Resources() {
+		if rc.ID == resCIDR {
+			r = rc
+		}
+	}
+	if r.ID == "" {
+		t.Fatal("no CIDR resource in the default configuration")
+	}
+	port53 := uint16(53)
+	r.Filters = append(slices.Clone(r.Filters), FilterConfig{Protocol: "udp", PortRangeStart: &port53, PortRangeEnd: &port53})
+	if err := s.PutResource(r); err != nil {
+		t.Fatal(err)
+	}
+	if evs := memDrain(t, gw); !slices.Contains(evs, portalapi.EventResourceUpdated) {
+		t.Fatalf("gateway got %v after the resource's filters changed, want resource_updated", evs)
+	}
+	// An update that changes nothing is not sent.
+	if err := s.PutResource(r); err != nil {
+		t.Fatal(err)
+	}
+	if evs := memDrain(t, gw); slices.Contains(evs, portalapi.EventResourceUpdated) {
+		t.Fatalf("gateway got %v after a put that changed nothing", evs)
+	}
+}
