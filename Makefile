@@ -6,6 +6,7 @@ JSCLIENT := portalmock/testdata/jsclient
 
 ## run: the whole local stack in one process on loopback, with embedded defaults (no root, no config).
 run:
+	@echo "make run: building the dev stack; a first build on a fresh machine compiles about 630 packages (the standard library, gVisor's netstack, pion, OpenTelemetry): about 190 CPU-seconds, 1.5-4 min on 2 cores. Later runs start in about a second." >&2
 	$(GO) run ./cmd/snowgate-devstack
 
 ## test: everything CI runs (unit, property, fuzz seeds, in-process and, as root, network-namespace tests).
