@@ -386,7 +386,7 @@ func TestAdminAPI(t *testing.T) {
 	}
 	c2.sync()
 
-	// Change the flow's resource: clients see the update, the gateway gets resource_updated.
+	// Change the flow's resource: clients see the update, the gateways get resource_updated.
 	rc = ResourceConfig{Type: "cidr", Name: "lab network", Address: "198.51.100.0/25", Sites: []string{siteDev}}
 	if resp := adminDo(t, fs.s, "PUT", "/v1/resources/"+resCIDR, DefaultAdminToken, rc); resp.StatusCode != http.StatusOK {
 		t.Fatalf("PUT resource: %d", resp.StatusCode)
@@ -396,8 +396,12 @@ func TestAdminAPI(t *testing.T) {
 			t.Errorf("pushed %+v", r)
 		}
 	}
-	if ru := expectAs[portalapi.ResourceUpdated](fs.g1, portalapi.EventResourceUpdated); ru.Address != "198.51.100.0/25" || ru.Sites != nil {
-		t.Errorf("gateway resource_updated %+v", ru)
+	// The site's other gateway too (it may hold an authorisation from before a portal restart, see
+	// TestResourceUpdateReachesGatewaysAfterRestart).
+	for _, g := range []*peer{fs.g1, fs.g2} {
+		if ru := expectAs[portalapi.ResourceUpdated](g, portalapi.EventResourceUpdated); ru.Address != "198.51.100.0/25" || ru.Sites != nil {
+			t.Errorf("gateway resource_updated %+v", ru)
+		}
 	}
 
 	// Delete it: resource_deleted to both clients, reject_access to the gateway with the flow.
