@@ -38,6 +38,8 @@ type userspacePlatform struct {
 	addrs     [2]netip.Addr
 	sentinels []netip.Addr
 	ready     chan struct{} // closed once tnet exists
+	dnsSet    chan struct{} // closed by the first SetDNS
+	dnsOnce   sync.Once
 
 	socks *socks5.Server
 	wg    sync.WaitGroup
@@ -45,7 +47,7 @@ type userspacePlatform struct {
 
 func newUserspacePlatform(cfg Config, log *slog.Logger) (*userspacePlatform, error) {
 	return &userspacePlatform{
-		log: log, cfg: cfg, late: newLateTUN(), ready: make(chan struct{}),
+		log: log, cfg: cfg, late: newLateTUN(), ready: make(chan struct{}), dnsSet: make(chan struct{}),
 		system: readResolvConf(cfg.ResolvConf),
 	}, nil
 }
@@ -87,6 +89,7 @@ func (p *userspacePlatform) SetDNS(servers []netip.Addr, _ string) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.sentinels = append([]netip.Addr(nil), servers...)
+	p.dnsOnce.Do(func() { close(p.dnsSet) })
 	return nil
 }
 
@@ -128,6 +131,13 @@ func (p *userspacePlatform) resolve(ctx context.Context, host string) ([]netip.A
 	tnet, err := p.stack(ctx)
 	if err != nil {
 		return nil, err
+	}
+	// The portal's init sets the interface (the netstack) and then the DNS servers: a lookup that
+	// arrives in between waits for the second rather than failing.
+	select {
+	case <-p.dnsSet:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("client: DNS not configured yet: %w", ctx.Err())
 	}
 	p.mu.Lock()
 	sentinels := append([]netip.Addr(nil), p.sentinels...)
