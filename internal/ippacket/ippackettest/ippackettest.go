@@ -268,13 +268,18 @@ func SumsValid(p ippacket.Packet) bool {
 		}
 		pseudo = header.PseudoHeaderChecksum(header.UDPProtocolNumber, s, d, uint16(len(l4)))
 	case ippacket.ProtoTCP:
+		// A segment shorter than TCP's fixed header has no checksum field: its sum may come out right by
+		// chance (the fuzzer found one), but nothing can keep it right.
+		if len(l4) < header.TCPMinimumSize {
+			return false
+		}
 		pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, s, d, uint16(len(l4)))
 	case ippacket.ProtoICMP:
-		if p.Version() != 4 {
+		if p.Version() != 4 || len(l4) < 4 { // type, code, checksum
 			return false
 		}
 	case ippacket.ProtoICMPv6:
-		if p.Version() != 6 {
+		if p.Version() != 6 || len(l4) < 4 {
 			return false
 		}
 		pseudo = header.PseudoHeaderChecksum(header.ICMPv6ProtocolNumber, s, d, uint16(len(l4)))
