@@ -49,6 +49,12 @@ func TestMain(m *testing.M) {
 		_ = os.RemoveAll(dir)
 		os.Exit(code)
 	}
+	// One line for the whole suite, shown without -v too; each test then skips with the same reason.
+	if reason := netlab.SkipReason(); reason != "" {
+		fmt.Fprintln(os.Stderr, "e2e: every scenario skipped:", reason)
+	} else {
+		fmt.Fprintln(os.Stderr, "e2e: every scenario skipped in -short mode")
+	}
 	os.Exit(m.Run())
 }
 

@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -261,3 +262,42 @@ func expectData(c net.PacketConn, want []byte) error {
 }
 
 func mustAddrPort(s string) netip.AddrPort { return netip.MustParseAddrPort(s) }
+
+// ownUDPPorts returns the local ports of the UDP sockets this process holds (Linux: its socket inodes
+// in /proc/self/fd joined with /proc/net/udp and udp6), or ok false where /proc cannot tell. Unlike
+// portFree, it is not fooled by another process (another test package, say) that took the same port
+// from the ephemeral range after the relay let it go.
+func ownUDPPorts() (ports map[uint16]bool, ok bool) {
+	fds, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		return nil, false
+	}
+	inodes := map[string]bool{}
+	for _, fd := range fds {
+		l, err := os.Readlink("/proc/self/fd/" + fd.Name())
+		if err == nil && strings.HasPrefix(l, "socket:[") {
+			inodes[strings.TrimSuffix(strings.TrimPrefix(l, "socket:["), "]")] = true
+		}
+	}
+	ports = map[uint16]bool{}
+	for _, table := range []string{"/proc/net/udp", "/proc/net/udp6"} {
+		b, err := os.ReadFile(table)
+		if err != nil {
+			return nil, false
+		}
+		for _, line := range strings.Split(string(b), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || !inodes[f[9]] {
+				continue
+			}
+			_, portHex, found := strings.Cut(f[1], ":")
+			if !found {
+				continue
+			}
+			if p, err := strconv.ParseUint(portHex, 16, 16); err == nil {
+				ports[uint16(p)] = true
+			}
+		}
+	}
+	return ports, true
+}

@@ -78,6 +78,7 @@ func TestICMPEcho(t *testing.T) {
 			defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 			d := newDevice(t, Config{AllowLoopback: true, ICMPIdleTimeout: 300 * time.Millisecond})
 			if mode := d.icmp[btoi(v6)]; mode == ICMPDisabled {
+				d.Close() // before the deferred leak check
 				t.Skip("neither ping sockets (net.ipv4.ping_group_range) nor raw sockets are allowed")
 			}
 			ping(t, d, dst, 3)

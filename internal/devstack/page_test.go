@@ -33,12 +33,13 @@ func findChromium() string {
 }
 
 // artifactDir is where the test keeps its screenshots: $SNOWGATE_ARTIFACTS, else
-// $TMPDIR/snowgate-artifacts (it outlives the test, unlike t.TempDir).
+// $TMPDIR/snowgate-artifacts-<uid> (it outlives the test, unlike t.TempDir; per user, so that a run
+// as another user does not meet a directory it cannot write).
 func artifactDir(t *testing.T) string {
 	t.Helper()
 	dir := os.Getenv("SNOWGATE_ARTIFACTS")
 	if dir == "" {
-		dir = filepath.Join(os.TempDir(), "snowgate-artifacts")
+		dir = filepath.Join(os.TempDir(), fmt.Sprintf("snowgate-artifacts-%d", os.Getuid()))
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
