@@ -93,7 +93,10 @@ type Server struct {
 	// since the roam already cancelled them (and resent their UDP queries as new forwards).
 	roams atomic.Uint64
 
-	kick chan struct{} // wakes the timer goroutine: the core has an earlier deadline
+	// timer fires at armed for the timer goroutine. Whoever makes the core's deadline earlier resets it
+	// under mu: resetting a timer wakes nobody, where a channel send to the timer goroutine put a second
+	// goroutine (and often a second thread) on the path of every query that starts a deadline (issue 13).
+	timer *time.Timer
 
 	nextHandle atomic.Uint64
 }
@@ -132,7 +135,7 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{
 		cfg: cfg, log: log, ctx: ctx, cancel: cancel, r: cfg.Resolver,
 		pcs: make(map[uint64]*udpOut), conns: make(map[uint64]*tcpConn),
-		kick: make(chan struct{}, 1),
+		timer: newStoppedTimer(),
 	}
 	ex, err := NewExchanger(ExchangerConfig{
 		Dial: cfg.Dial, TunnelDial: cfg.TunnelDial, Logger: log,
@@ -236,10 +239,7 @@ func (s *Server) drainLocked(p *pending) {
 	s.drainOutputsLocked(p)
 	if next, ok := s.r.PollTimeout(); ok && (s.armed.IsZero() || next.Before(s.armed)) {
 		s.armed = next
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+		s.timer.Reset(max(next.Sub(s.cfg.Now()), 0)) // Go ≥ 1.23 timers: no stale tick survives Reset
 	}
 }
 
@@ -571,9 +571,7 @@ func (s *Server) Roam() {
 // timerLoop runs the core's timer: it expires the forwards whose deadline passed (HandleTimeout: UDP queries
 // get no answer, as without snowgate, TCP ones SERVFAIL) and cancels their upstream exchanges.
 func (s *Server) timerLoop() {
-	t := time.NewTimer(time.Hour)
-	t.Stop()
-	defer t.Stop()
+	defer s.timer.Stop()
 	for {
 		var p pending
 		s.mu.Lock()
@@ -583,22 +581,20 @@ func (s *Server) timerLoop() {
 		// From here on, whoever makes the core's next deadline earlier than this one kicks the loop.
 		next, _ := s.r.PollTimeout()
 		s.armed = next
+		if next.IsZero() {
+			s.timer.Stop()
+		} else {
+			s.timer.Reset(max(next.Sub(now), 0))
+		}
 		s.mu.Unlock()
 		s.ex.Cancel(res.Expired...)
 		if !p.empty() {
 			s.dispatch(&p)
 		}
-		var fire <-chan time.Time
-		if !next.IsZero() {
-			t.Reset(max(next.Sub(now), 0)) // Go ≥ 1.23 timers: no stale tick survives Reset or Stop
-			fire = t.C
-		}
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-fire:
-		case <-s.kick:
-			t.Stop()
+		case <-s.timer.C:
 		}
 	}
 }
@@ -615,4 +611,11 @@ func (s *Server) Close() error {
 	err := s.ex.Close()
 	s.wg.Wait()
 	return err
+}
+
+// newStoppedTimer returns a timer that is not running.
+func newStoppedTimer() *time.Timer {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
 }
