@@ -9,7 +9,14 @@
 //   - Client and gateways: clcore.Client and gwcore.Gateway under tunnel.RunDaemon, exactly as the
 //     daemons wire them, except for the operating system: the TUN devices are in-memory (tuntest), the
 //     client's routes and DNS settings are recorded, and the resources behind the gateways are a fake
-//     network that answers ICMP echo and UDP.
+//     network that answers ICMP echo, UDP and TCP SYNs (with a SYN-ACK), and DNS queries on the upstream
+//     resolver inside a CIDR resource.
+//   - DNS (dns_test.go): applications query the client's sentinels; the stub resolver answers resource
+//     names itself (proxy IPs) and forwards other names as the client's driver would: an upstream inside a
+//     resource the client may reach through the TUN device and the tunnel (the real path, answered by the
+//     resource network), the internet upstream in place (a fake resolver), a private upstream the client
+//     may not reach nowhere. The gateways resolve DNS-resource names with a fixed table of the resource
+//     network's hosts instead of the host's resolver.
 //   - Portal: a real portalmock.Server (its core, authentication, presence, flows, signalling, admin
 //     changes), reached through portalmock's in-memory sessions (Server.DialMemory) by the real
 //     internal/phoenix client (phoenix.ClientConfig.Transport): only the WebSocket is left out.

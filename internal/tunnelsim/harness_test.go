@@ -55,9 +55,9 @@ var gatewaySpecs = []gatewaySpec{
 }
 
 // portalFile is the portal's configuration: one account, two sites, the client, the gateways, the relay
-// token; no resources or policies (the scenario adds them).
+// token, the upstream resolvers (dns_test.go); no resources or policies (the scenario adds them).
 func portalFile() *portalmock.File {
-	acc := portalmock.AccountConfig{ID: accountID, Slug: "sim"}
+	acc := portalmock.AccountConfig{ID: accountID, Slug: "sim", UpstreamDNS: []string{upstreamOut.String(), upstreamIn.String()}}
 	for i, s := range siteIDs {
 		acc.Sites = append(acc.Sites, portalmock.SiteConfig{ID: s, Name: fmt.Sprintf("site-%d", i)})
 	}

@@ -19,6 +19,7 @@ import (
 	"pgregory.net/rapid"
 
 	clcore "github.com/snowgate/snowgate/client/core"
+	"github.com/snowgate/snowgate/client/dns"
 	gwcore "github.com/snowgate/snowgate/gateway/core"
 	"github.com/snowgate/snowgate/internal/ippacket"
 	ipt "github.com/snowgate/snowgate/internal/ippacket/ippackettest"
@@ -51,21 +52,28 @@ const (
 	drainWindow = 5 * time.Minute
 )
 
-const numResources = 4
+// Resources 0 to numCIDR-1 are CIDR resources; the others are DNS resources (dnsPatterns).
+const (
+	numCIDR      = 4
+	numResources = numCIDR + 2
+)
 
-// resourcePrefix is resource r's CIDR (203.0.113.128/27 + 32r); target its probed host.
+// isDNS reports whether resource r is a DNS resource.
+func isDNS(r int) bool { return r >= numCIDR }
+
+// resourcePrefix is CIDR resource r's prefix (203.0.113.128/27 + 32r); cidrHost its probed host.
 func resourcePrefix(r int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{203, 0, 113, byte(128 + 32*r)}), 27)
 }
 
-func target(r int) netip.Addr { return resourcePrefix(r).Addr().Next().Next().Next().Next().Next() }
+func cidrHost(r int) netip.Addr { return resourcePrefix(r).Addr().Next().Next().Next().Next().Next() }
 
 func resourceID(r int) string { return fmt.Sprintf("2e50c000-0000-4000-8000-00000000000%d", r) }
 func policyID(r int) string   { return fmt.Sprintf("90110000-0000-4000-8000-00000000000%d", r) }
 
-// resourceOf returns the resource whose prefix holds a (-1: none).
+// resourceOf returns the CIDR resource whose prefix holds a (-1: none).
 func resourceOf(a netip.Addr) int {
-	for r := range numResources {
+	for r := range numCIDR {
 		if resourcePrefix(r).Contains(a) {
 			return r
 		}
@@ -75,9 +83,20 @@ func resourceOf(a netip.Addr) int {
 
 // ---- reference model ---------------------------------------------------------------------------------
 
+// filterKind is a resource's traffic filter.
+type filterKind int
+
+const (
+	filterNone   filterKind = iota // everything allowed
+	filterUDP53                    // UDP port 53 only (ICMP, TCP and other ports prohibited)
+	filterTCP443                   // TCP port 443 only
+)
+
+func (f filterKind) String() string { return [...]string{"none", "udp/53", "tcp/443"}[f] }
+
 type modelResource struct {
-	sites   []int
-	udpOnly bool // filter: UDP port 53 only (ICMP and other ports prohibited)
+	sites  []int
+	filter filterKind
 }
 
 // model is what the scenario did: the portal's resources and policies, who is up, the network.
@@ -104,7 +123,13 @@ func (m *model) serves(g, r int) bool {
 
 // allows reports whether r's filters let a probe of kind through.
 func (m *model) allows(r int, k probeKind) bool {
-	return !m.resources[r].udpOnly || k == probeUDP53
+	switch m.resources[r].filter {
+	case filterUDP53:
+		return k == probeUDP53
+	case filterTCP443:
+		return k == probeTCP443
+	}
+	return true
 }
 
 // siteUp reports whether some gateway serving r is up.
@@ -130,33 +155,68 @@ func (m *model) pathCertain(int) bool {
 type probeKind int
 
 const (
-	probeICMP  probeKind = iota // ICMP echo request
-	probeUDP53                  // UDP to port 53
-	probeUDP80                  // UDP to port 80
+	probeICMP   probeKind = iota // ICMP echo request
+	probeUDP53                   // UDP to port 53
+	probeUDP80                   // UDP to port 80
+	probeTCP443                  // TCP SYN to port 443
+	probeTCP80                   // TCP SYN to port 80
 )
 
-func (k probeKind) String() string { return [...]string{"icmp", "udp/53", "udp/80"}[k] }
+var probeKinds = []probeKind{probeICMP, probeUDP53, probeUDP80, probeTCP443, probeTCP80}
+
+func (k probeKind) String() string {
+	return [...]string{"icmp", "udp/53", "udp/80", "tcp/443", "tcp/80"}[k]
+}
+
+func (k probeKind) port() uint16 { return [...]uint16{0, 53, 80, 443, 80}[k] }
+
+// target is where an application sends a probe: dst, the address it uses (a CIDR resource's host or a
+// DNS name's proxy IP), and real, where the probe must come out behind the gateway (the host, or the
+// address the gateway resolved the name to; invalid when the name does not resolve there).
+type target struct {
+	res       int
+	dst, real netip.Addr
+	name      string // the DNS name behind a proxy IP
+}
+
+func cidrTarget(r int) target { return target{res: r, dst: cidrHost(r), real: cidrHost(r)} }
+
+func (t target) String() string {
+	if t.name != "" {
+		return fmt.Sprintf("resource %d (%s via %v)", t.res, t.name, t.dst)
+	}
+	return fmt.Sprintf("resource %d", t.res)
+}
 
 // probe is one packet an application on the client sent to a resource, and what became of it.
 type probe struct {
 	id        uint16
-	res       int
+	to        target
 	kind      probeKind
-	delivered []int // gateways that handed it to the resource
-	replies   int   // answers that reached the client
+	query     []byte        // a DNS query (a forward through the tunnel), else nil
+	fwd       dns.ForwardID // the forward the query belongs to
+	delivered []int         // gateways that handed it to the resource
+	replies   int           // answers that reached the client
 	icmpCodes []uint8
 }
+
+// port is the probe's source port (UDP, TCP).
+func (p *probe) port() uint16 { return 20000 + p.id }
 
 // packet builds the probe's packet from the client's tunnel address.
 func (p *probe) packet() []byte {
 	payload := []byte(fmt.Sprintf("probe-%d", p.id))
+	if p.query != nil {
+		payload = p.query
+	}
+	src, dst := netip.AddrPortFrom(clientV4, p.port()), netip.AddrPortFrom(p.to.dst, p.kind.port())
 	switch p.kind {
 	case probeICMP:
-		return ipt.Echo(clientV4, target(p.res), p.id, 1, payload)
-	case probeUDP53:
-		return ipt.UDP(netip.AddrPortFrom(clientV4, 20000+p.id), netip.AddrPortFrom(target(p.res), 53), payload)
+		return ipt.Echo(clientV4, p.to.dst, p.id, 1, payload)
+	case probeTCP443, probeTCP80:
+		return ipt.TCP(src, dst, uint32(p.id)<<16, 0, ipt.SYN, nil)
 	default:
-		return ipt.UDP(netip.AddrPortFrom(clientV4, 20000+p.id), netip.AddrPortFrom(target(p.res), 80), payload)
+		return ipt.UDP(src, dst, payload)
 	}
 }
 
@@ -166,7 +226,7 @@ func probeID(p ippacket.Packet) (uint16, bool) {
 	case ippacket.ProtoICMP:
 		id, err := p.EchoID()
 		return id, err == nil
-	case ippacket.ProtoUDP:
+	case ippacket.ProtoUDP, ippacket.ProtoTCP:
 		src, dst, err := p.Ports()
 		if err != nil {
 			return 0, false
@@ -231,6 +291,12 @@ type sim struct {
 	nextProbe  uint16
 	routes     []netip.Prefix
 	violations []string
+	// DNS (dns_test.go)
+	sentinels  []netip.Addr
+	queries    map[uint16]*dnsQuery // by the application's port
+	nextQuery  uint16
+	proxyIPs   map[string][]netip.Addr // "name/A", "name/AAAA" → the proxy IPs first answered
+	proxyOwner map[netip.Addr]string
 	steps      []string
 }
 
@@ -252,7 +318,8 @@ func (s *sim) note(format string, args ...any) {
 }
 
 func newSim(t *rapid.T, st *stats) *sim {
-	s := &sim{t: t, stats: st, probes: map[uint16]*probe{}, nextProbe: 1}
+	s := &sim{t: t, stats: st, probes: map[uint16]*probe{}, nextProbe: 1, queries: map[uint16]*dnsQuery{},
+		proxyIPs: map[string][]netip.Addr{}, proxyOwner: map[netip.Addr]string{}}
 	st.mu.Lock()
 	st.current = s
 	st.mu.Unlock()
@@ -322,12 +389,11 @@ func (s *sim) startClient() {
 			s.mu.Lock()
 			s.routes = slices.Clone(a.Routes)
 			s.mu.Unlock()
+		case clcore.SetDNS:
+			s.setDNS(a)
 		case clcore.DNSForward:
-			// No DNS upstream in this simulation: the query fails as an unreachable one would. (Exec runs
-			// outside the core's lock: Do may be called from it.)
-			dm.d.Driver.Do(func(now time.Time) {
-				core.HandleDNSResponse(a.Forward.ID, nil, fmt.Errorf("no upstream in the simulation"), now)
-			})
+			// (Exec runs outside the core's lock: Do may be called from it.)
+			s.forward(dm, a.Forward)
 		}
 		return nil
 	}
@@ -350,9 +416,8 @@ func (s *sim) startGateway(g int) {
 	dm := newDaemon(fmt.Sprintf("gateway-%d", g), s.gwHosts[g])
 	exec := func(_ context.Context, a tunnel.Action) error {
 		if a, ok := a.(gwcore.ResolveName); ok {
-			dm.d.Driver.Do(func(now time.Time) {
-				core.HandleResolved(a.ClientID, a.Assignment, nil, fmt.Errorf("no resolver in the simulation"), now)
-			})
+			addrs, err := gatewayResolve(a.Domain)
+			dm.d.Driver.Do(func(now time.Time) { core.HandleResolved(a.ClientID, a.Assignment, addrs, err, now) })
 		}
 		return nil
 	}
@@ -371,7 +436,8 @@ func (s *sim) startGateway(g int) {
 }
 
 // resourceReceived is the network behind gateway g: every packet the gateway forwards is checked against
-// the model, counted for its probe and answered (echo reply, UDP echo).
+// the model, counted for its probe and answered (echo reply, UDP echo, SYN-ACK; the DNS upstream inside
+// resource upstreamRes answers queries).
 func (s *sim) resourceReceived(g int, dm *daemon, pkt []byte) {
 	p, ok := parse(pkt)
 	if !ok {
@@ -380,26 +446,25 @@ func (s *sim) resourceReceived(g int, dm *daemon, pkt []byte) {
 		s.mu.Unlock()
 		return
 	}
-	r := resourceOf(p.Dst())
 	id, idOK := probeID(p)
 	s.mu.Lock()
 	pr := s.probes[id]
 	switch {
-	case r < 0:
-		s.violateLocked("gateway %d forwarded a packet to %v, no resource's address", g, p.Dst())
-	case !idOK || pr == nil || pr.res != r:
+	case !idOK || pr == nil || p.Src() != clientV4:
 		s.violateLocked("gateway %d forwarded a packet the client never sent: %v → %v", g, p.Src(), p.Dst())
-	case !s.m.visible(r):
-		s.violateLocked("probe %d reached resource %d through gateway %d, but the client is not authorised for it", id, r, g)
-	case !s.m.serves(g, r):
-		s.violateLocked("probe %d reached resource %d through gateway %d, whose site does not serve it", id, r, g)
-	case !s.m.allows(r, pr.kind):
-		s.violateLocked("probe %d (%s) reached resource %d through gateway %d, which its filters deny", id, pr.kind, r, g)
+	case p.Dst() != pr.to.real:
+		s.violateLocked("probe %d to %v came out of gateway %d to %v, want %v", id, pr.to, g, p.Dst(), pr.to.real)
+	case !s.m.visible(pr.to.res):
+		s.violateLocked("probe %d reached %v through gateway %d, but the client is not authorised for it", id, pr.to, g)
+	case !s.m.serves(g, pr.to.res):
+		s.violateLocked("probe %d reached %v through gateway %d, whose site does not serve it", id, pr.to, g)
+	case !s.m.allows(pr.to.res, pr.kind):
+		s.violateLocked("probe %d (%s) reached %v through gateway %d, which its filters deny", id, pr.kind, pr.to, g)
 	}
 	if pr != nil {
 		pr.delivered = append(pr.delivered, g)
 		if len(pr.delivered) > 1 {
-			s.violateLocked("probe %d reached resource %d %d times (gateways %v)", id, r, len(pr.delivered), pr.delivered)
+			s.violateLocked("probe %d reached %v %d times (gateways %v)", id, pr.to, len(pr.delivered), pr.delivered)
 		}
 	}
 	s.mu.Unlock()
@@ -414,14 +479,25 @@ func (s *sim) resourceReceived(g int, dm *daemon, pkt []byte) {
 	case ippacket.ProtoUDP:
 		sp, dp, _ := p.Ports()
 		payload, _ := p.UDPPayload()
+		if p.Dst() == upstreamIn.Addr() && dp == upstreamIn.Port() {
+			payload = upstreamAnswer(payload, markerTunnel)
+			if payload == nil {
+				return
+			}
+		}
 		reply = ipt.UDP(netip.AddrPortFrom(p.Dst(), dp), netip.AddrPortFrom(p.Src(), sp), payload)
+	case ippacket.ProtoTCP:
+		sp, dp, _ := p.Ports()
+		reply = ipt.TCP(netip.AddrPortFrom(p.Dst(), dp), netip.AddrPortFrom(p.Src(), sp), 7, uint32(id)<<16+1, ipt.SYN|ipt.ACK, nil)
 	default:
 		return
 	}
 	dm.write(reply)
 }
 
-// clientReceived is the client's operating system: answers and ICMP errors are counted for their probes.
+// clientReceived is the client's operating system: answers and ICMP errors are counted for their probes,
+// the stub resolver's answers for their queries, and answers of an upstream inside the tunnel go to the
+// core as the driver's exchanger would hand them.
 func (s *sim) clientReceived(pkt []byte) {
 	p, ok := parse(pkt)
 	if !ok {
@@ -444,40 +520,62 @@ func (s *sim) clientReceived(pkt []byte) {
 		id, ok := probeID(q)
 		typ, code, _ := p.ICMP()
 		s.mu.Lock()
-		if pr := s.probes[id]; ok && pr != nil && q.Dst() == target(pr.res) {
-			if typ != 3 {
-				s.violateLocked("probe %d answered with ICMP type %d code %d", id, typ, code)
-			}
-			pr.icmpCodes = append(pr.icmpCodes, code)
-			if len(pr.delivered) > 0 {
-				s.violateLocked("probe %d reached its resource and was answered with ICMP unreachable (code %d) too", id, code)
-			}
+		pr := s.probes[id]
+		if !ok || pr == nil || q.Dst() != pr.to.dst {
+			s.mu.Unlock()
+			return
 		}
+		if typ != 3 {
+			s.violateLocked("probe %d answered with ICMP type %d code %d", id, typ, code)
+		}
+		pr.icmpCodes = append(pr.icmpCodes, code)
+		if len(pr.delivered) > 0 {
+			s.violateLocked("probe %d reached its resource and was answered with ICMP unreachable (code %d) too", id, code)
+		}
+		first, fwd := len(pr.icmpCodes) == 1, pr.fwd
 		s.mu.Unlock()
+		if first && pr.query != nil {
+			// A connected UDP socket reports the ICMP error on its next read: the exchange fails.
+			s.client.d.Driver.Do(func(now time.Time) {
+				s.clientCore.HandleDNSResponse(fwd, nil, fmt.Errorf("ICMP unreachable code %d", code), now)
+			})
+		}
 		return
 	}
-	r := resourceOf(p.Src())
-	if r < 0 || p.Dst() != clientV4 {
-		return // the stub resolver's answers and the like
+	if dns.SentinelRangeV4.Contains(p.Src()) || dns.SentinelRangeV6.Contains(p.Src()) {
+		s.stubAnswered(p)
+		return
 	}
 	id, ok := probeID(p)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	pr := s.probes[id]
-	if !ok || pr == nil || pr.res != r {
-		s.violateLocked("the client got a packet from resource %d it never asked for", r)
+	if !ok || pr == nil || p.Src() != pr.to.dst || p.Dst() != clientV4 {
+		if resourceOf(p.Src()) >= 0 || dns.ProxyRangeV4.Contains(p.Src()) {
+			s.violateLocked("the client got a packet from %v it never asked for", p.Src())
+		}
+		s.mu.Unlock()
 		return
 	}
 	pr.replies++
 	if pr.replies > len(pr.delivered) {
 		s.violateLocked("probe %d: %d answers for %d deliveries", id, pr.replies, len(pr.delivered))
 	}
+	first, fwd := pr.replies == 1, pr.fwd
+	s.mu.Unlock()
+	if first && pr.query != nil {
+		payload, err := p.UDPPayload()
+		if err != nil {
+			return
+		}
+		payload = slices.Clone(payload)
+		s.client.d.Driver.Do(func(now time.Time) { s.clientCore.HandleDNSResponse(fwd, payload, nil, now) })
+	}
 }
 
 // send sends a new probe from the client's applications.
-func (s *sim) send(r int, k probeKind) *probe {
+func (s *sim) send(to target, k probeKind) *probe {
 	s.mu.Lock()
-	pr := &probe{id: s.nextProbe, res: r, kind: k}
+	pr := &probe{id: s.nextProbe, to: to, kind: k}
 	s.nextProbe++
 	s.probes[pr.id] = pr
 	s.mu.Unlock()
@@ -510,110 +608,129 @@ func (s *sim) waitFor(d time.Duration, cond func() bool) bool {
 	}
 }
 
-// ping is an application pinging resource r (ICMP, or UDP to port 53 or 80) once a second until it gets an
-// answer, and what the model says must become of it.
-func (s *sim) ping(r int, k probeKind) {
+// ping is an application sending probes of kind k to a target (ICMP echo, UDP to port 53 or 80, TCP SYN to
+// port 443 or 80) once a second until it gets an answer, and what the model says must become of them.
+// Outcomes are counted as "<what>-…" ("ping" for CIDR resources, "dns-ping" for proxy IPs).
+func (s *sim) ping(to target, k probeKind) {
+	what := "ping"
+	if to.name != "" {
+		what = "dns-ping"
+	}
+	r := to.res
 	s.mu.Lock()
 	m := s.m
 	visible, allows, siteUp, path := m.visible(r), m.allows(r, k), m.siteUp(r), m.pathCertain(r)
 	s.mu.Unlock()
+	// retry sends a probe every second until done holds for one of them or d passed.
+	retry := func(d time.Duration, done func(probe) bool) ([]*probe, bool) {
+		start := time.Now()
+		var sent []*probe
+		ok := func() bool {
+			return slices.ContainsFunc(sent, func(pr *probe) bool { return done(s.snapshot(pr)) })
+		}
+		for !ok() && time.Since(start) < d {
+			sent = append(sent, s.send(to, k))
+			s.waitFor(pingInterval, ok)
+		}
+		return sent, ok()
+	}
+	told := func(o probe) bool { return len(o.icmpCodes) > 0 }
 	switch {
 	case !visible:
 		// Not routed to the tunnel (or stale route): dropped without a word.
-		pr := s.send(r, k)
+		pr := s.send(to, k)
 		s.advance(2 * time.Second)
 		if o := s.snapshot(pr); len(o.delivered) > 0 || o.replies > 0 || len(o.icmpCodes) > 0 {
-			s.t.Fatalf("probe %d to resource %d, which the client may not reach, got %+v", pr.id, r, o)
+			s.t.Fatalf("probe %d to %v, which the client may not reach, got %+v", pr.id, to, o)
 		}
-		s.stats.count("ping-unauthorised")
+		s.stats.count(what + "-unauthorised")
 	case !allows:
-		pr := s.send(r, k)
+		pr := s.send(to, k)
 		if !s.waitFor(2*time.Second, func() bool { return len(s.snapshot(pr).icmpCodes) > 0 }) {
-			s.t.Fatalf("probe %d (%s) to resource %d, which its filters deny, got no ICMP prohibited", pr.id, k, r)
+			s.t.Fatalf("probe %d (%s) to %v, which its filters deny, got no ICMP prohibited", pr.id, k, to)
 		}
 		if o := s.snapshot(pr); o.icmpCodes[0] != 13 {
-			s.t.Fatalf("probe %d (%s) to resource %d, which its filters deny, got ICMP code %d, want 13 (prohibited)", pr.id, k, r, o.icmpCodes[0])
+			s.t.Fatalf("probe %d (%s) to %v, which its filters deny, got ICMP code %d, want 13 (prohibited)", pr.id, k, to, o.icmpCodes[0])
 		}
-		s.stats.count("ping-filtered")
+		s.stats.count(what + "-filtered")
 	case !siteUp:
 		// The application retries every second until it is told: a connection to a gateway that stopped
 		// while no path led to it (its Goodbye lost) swallows packets until the client finds it dead.
-		start := time.Now()
-		var sent []*probe
-		told := func() bool {
-			for _, pr := range sent {
-				if len(s.snapshot(pr).icmpCodes) > 0 {
-					return true
-				}
-			}
-			return false
-		}
-		for !told() && time.Since(start) < siteDownWindow {
-			sent = append(sent, s.send(r, k))
-			s.waitFor(pingInterval, told)
-		}
-		if !told() {
-			s.t.Fatalf("resource %d, whose site has no gateway up, got no ICMP unreachable within %v (%d probes)", r, siteDownWindow, len(sent))
+		sent, ok := retry(siteDownWindow, told)
+		if !ok {
+			s.t.Fatalf("%v, whose site has no gateway up, got no ICMP unreachable within %v (%d probes)", to, siteDownWindow, len(sent))
 		}
 		for _, pr := range sent {
 			if o := s.snapshot(pr); len(o.icmpCodes) > 0 && o.icmpCodes[0] != 1 {
-				s.t.Fatalf("probe %d to resource %d, whose site has no gateway up, got ICMP code %d, want 1 (host unreachable)", pr.id, r, o.icmpCodes[0])
+				s.t.Fatalf("probe %d to %v, whose site has no gateway up, got ICMP code %d, want 1 (host unreachable)", pr.id, to, o.icmpCodes[0])
 			}
 		}
-		s.stats.count("ping-site-down")
+		s.stats.count(what + "-site-down")
+	case !to.real.IsValid():
+		// The gateway cannot resolve the name: it refuses the NAT and the client answers unreachable.
+		sent, ok := retry(pingWindow, func(o probe) bool { return len(o.icmpCodes) > 0 || o.replies > 0 })
+		if !ok {
+			if path {
+				s.t.Fatalf("%v, which the gateway cannot resolve, got no ICMP unreachable within %v although a path exists (%d probes)", to, pingWindow, len(sent))
+			}
+			s.stats.count(what + "-no-path")
+			return
+		}
+		for _, pr := range sent {
+			if o := s.snapshot(pr); o.replies > 0 || len(o.icmpCodes) > 0 && o.icmpCodes[0] != 1 {
+				s.t.Fatalf("probe %d to %v, which the gateway cannot resolve: %+v, want ICMP host unreachable", pr.id, to, o)
+			}
+		}
+		s.stats.count(what + "-unresolved")
 	default:
 		start := time.Now()
-		var sent []*probe
-		answered := func() bool {
-			for _, pr := range sent {
-				if s.snapshot(pr).replies > 0 {
-					return true
-				}
-			}
-			return false
-		}
-		for !answered() && time.Since(start) < pingWindow {
-			sent = append(sent, s.send(r, k))
-			s.waitFor(pingInterval, answered)
-		}
-		if !answered() {
+		sent, ok := retry(pingWindow, func(o probe) bool { return o.replies > 0 })
+		if !ok {
 			if path {
-				s.t.Fatalf("resource %d (%s) not answered within %v although a path exists (%d probes)", r, k, pingWindow, len(sent))
+				s.t.Fatalf("%v (%s) not answered within %v although a path exists (%d probes)", to, k, pingWindow, len(sent))
 			}
-			s.note("no answer from resource %d without a certain path (%d probes)", r, len(sent))
-			s.stats.count("ping-no-path")
+			s.note("no answer from %v without a certain path (%d probes)", to, len(sent))
+			s.stats.count(what + "-no-path")
 			return
 		}
 		took := time.Since(start)
-		s.note("resource %d answered %s after %v (%d probes)", r, k, took.Round(time.Millisecond), len(sent))
-		s.stats.count("ping-answered")
+		s.note("%v answered %s after %v (%d probes)", to, k, took.Round(time.Millisecond), len(sent))
+		s.stats.count(what + "-answered")
 		if !path {
-			s.stats.count("ping-answered-without-certain-path")
+			s.stats.count(what + "-answered-without-certain-path")
 		}
 		s.stats.mu.Lock()
 		s.stats.slowest = max(s.stats.slowest, took)
 		s.stats.mu.Unlock()
 		// Steady state: the next packet arrives exactly once and is answered.
-		pr := s.send(r, k)
+		pr := s.send(to, k)
 		if !s.waitFor(steadyWindow, func() bool { return s.snapshot(pr).replies > 0 }) {
-			s.t.Fatalf("probe %d to resource %d right after an answer: %+v within %v", pr.id, r, s.snapshot(pr), steadyWindow)
+			s.t.Fatalf("probe %d to %v right after an answer: %+v within %v", pr.id, to, s.snapshot(pr), steadyWindow)
 		}
 		if o := s.snapshot(pr); len(o.delivered) != 1 || o.replies != 1 {
-			s.t.Fatalf("probe %d to resource %d: delivered %v, %d answers; want exactly once", pr.id, r, o.delivered, o.replies)
+			s.t.Fatalf("probe %d to %v: delivered %v, %d answers; want exactly once", pr.id, to, o.delivered, o.replies)
 		}
 	}
 }
 
 // resourceConfig is resource r as the portal's admin API takes it.
 func resourceConfig(r int, mr modelResource) portalmock.ResourceConfig {
-	rc := portalmock.ResourceConfig{ID: resourceID(r), Type: "cidr", Name: fmt.Sprintf("res-%d", r),
-		Address: resourcePrefix(r).String()}
+	rc := portalmock.ResourceConfig{ID: resourceID(r), Type: "cidr", Name: fmt.Sprintf("res-%d", r)}
+	if isDNS(r) {
+		rc.Type, rc.Address = "dns", dnsPatterns[r]
+	} else {
+		rc.Address = resourcePrefix(r).String()
+	}
 	for _, site := range mr.sites {
 		rc.Sites = append(rc.Sites, siteIDs[site])
 	}
-	if mr.udpOnly {
+	switch mr.filter {
+	case filterUDP53:
 		p := uint16(53)
 		rc.Filters = []portalmock.FilterConfig{{Protocol: "udp", PortRangeStart: &p, PortRangeEnd: &p}}
+	case filterTCP443:
+		p := uint16(443)
+		rc.Filters = []portalmock.FilterConfig{{Protocol: "tcp", PortRangeStart: &p, PortRangeEnd: &p}}
 	}
 	return rc
 }
@@ -638,7 +755,7 @@ func (s *sim) check() {
 		return
 	}
 	// Routes: every resource the client may reach is routed to the tunnel, no other one is.
-	for r := range numResources {
+	for r := range numCIDR {
 		routed := slices.Contains(routes, resourcePrefix(r))
 		if routed != m.visible(r) {
 			s.t.Fatalf("resource %d routed %v, visible %v (routes %v)", r, routed, m.visible(r), routes)
@@ -676,10 +793,10 @@ func (s *sim) putResourceAction(t *rapid.T) { s.putResource(t) }
 func (s *sim) putResource(t *rapid.T) int {
 	r := rapid.IntRange(0, numResources-1).Draw(t, "resource")
 	mr := modelResource{
-		sites:   rapid.SampledFrom([][]int{{0}, {1}, {0, 1}, {1, 0}}).Draw(t, "sites"),
-		udpOnly: rapid.Bool().Draw(t, "udp_only"),
+		sites:  rapid.SampledFrom([][]int{{0}, {1}, {0, 1}, {1, 0}}).Draw(t, "sites"),
+		filter: rapid.SampledFrom([]filterKind{filterNone, filterUDP53, filterTCP443}).Draw(t, "filter"),
 	}
-	s.note("put resource %d: sites %v, udp-only %v", r, mr.sites, mr.udpOnly)
+	s.note("put resource %d: sites %v, filter %v", r, mr.sites, mr.filter)
 	s.mu.Lock()
 	s.m.resources[r] = mr
 	s.mu.Unlock()
@@ -757,11 +874,12 @@ func (s *sim) deletePolicy(t *rapid.T) {
 	s.settle()
 }
 
-// pingAllowedAction pings a resource the client may reach (skipped when there is none).
+// pingAllowedAction pings a CIDR resource the client may reach (skipped when there is none; DNS resources
+// are pinged by dnsQuery).
 func (s *sim) pingAllowedAction(t *rapid.T) {
 	s.mu.Lock()
 	var visible []int
-	for r := range numResources {
+	for r := range numCIDR {
 		if s.m.visible(r) {
 			visible = append(visible, r)
 		}
@@ -771,15 +889,15 @@ func (s *sim) pingAllowedAction(t *rapid.T) {
 		t.Skip("no resource the client may reach")
 	}
 	r := rapid.SampledFrom(visible).Draw(t, "allowed_resource")
-	k := rapid.SampledFrom([]probeKind{probeICMP, probeUDP53, probeUDP80}).Draw(t, "kind")
+	k := rapid.SampledFrom(probeKinds).Draw(t, "kind")
 	s.note("ping resource %d (%s)", r, k)
-	s.ping(r, k)
+	s.ping(cidrTarget(r), k)
 }
 
 func (s *sim) pingAction(t *rapid.T) {
 	s.mu.Lock()
 	var visible []int
-	for r := range numResources {
+	for r := range numCIDR {
 		if s.m.visible(r) {
 			visible = append(visible, r)
 		}
@@ -789,11 +907,11 @@ func (s *sim) pingAction(t *rapid.T) {
 	if len(visible) > 0 && rapid.IntRange(0, 3).Draw(t, "any_resource") < 3 {
 		r = rapid.SampledFrom(visible).Draw(t, "allowed_resource")
 	} else {
-		r = rapid.IntRange(0, numResources-1).Draw(t, "resource")
+		r = rapid.IntRange(0, numCIDR-1).Draw(t, "resource")
 	}
-	k := rapid.SampledFrom([]probeKind{probeICMP, probeUDP53, probeUDP80}).Draw(t, "kind")
+	k := rapid.SampledFrom(probeKinds).Draw(t, "kind")
 	s.note("ping resource %d (%s)", r, k)
-	s.ping(r, k)
+	s.ping(cidrTarget(r), k)
 }
 
 func (s *sim) roam(*rapid.T) {
@@ -1057,6 +1175,8 @@ func TestScenarios(t *testing.T) {
 				"ping":            s.pingAction,
 				"ping_allowed":    s.pingAllowedAction, // traffic is what the invariants are about
 				"ping_allowed_2":  s.pingAllowedAction,
+				"dns_query":       s.dnsQueryAction,
+				"dns_query_2":     s.dnsQueryAction,
 				"roam":            s.roam,
 				"kill_relay":      s.killRelay,
 				"revive_relay":    s.reviveRelay,
