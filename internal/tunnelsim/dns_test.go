@@ -28,8 +28,10 @@ import (
 // Each upstream answers every A query with its marker address (markerOutside, markerTunnel), so that the
 // model can tell which way an answer came, and AAAA queries with no records.
 //
-// DNS resources: dnsPatterns, an exact name and a wildcard. The gateways resolve names with gatewayHosts,
-// the resource network's hosts; a name missing there does not resolve.
+// DNS resources: dnsPatterns, two exact names and a wildcard that covers one of them (the most specific
+// pattern the client may reach wins). The gateways resolve names with gatewayHosts, the resource
+// network's hosts (app.sim.test has two, b.svc.sim.test's lies inside CIDR resource 1, whose filters must
+// not apply to it); a name missing there does not resolve.
 var (
 	upstreamOut = netip.MustParseAddrPort("198.18.53.53:53")
 	upstreamIn  = netip.MustParseAddrPort("203.0.113.153:53")
@@ -37,12 +39,12 @@ var (
 	markerOutside = netip.MustParseAddr("192.0.2.1")
 	markerTunnel  = netip.MustParseAddr("192.0.2.2")
 
-	dnsPatterns = map[int]string{numCIDR: "app.sim.test", numCIDR + 1: "*.svc.sim.test"}
+	dnsPatterns = map[int]string{numCIDR: "app.sim.test", numCIDR + 1: "*.svc.sim.test", numCIDR + 2: "a.svc.sim.test"}
 
-	gatewayHosts = map[string]netip.Addr{
-		"app.sim.test":   netip.MustParseAddr("203.0.113.10"),
-		"a.svc.sim.test": netip.MustParseAddr("203.0.113.20"),
-		"b.svc.sim.test": netip.MustParseAddr("203.0.113.21"),
+	gatewayHosts = map[string][]netip.Addr{
+		"app.sim.test":   {netip.MustParseAddr("203.0.113.10"), netip.MustParseAddr("203.0.113.11")},
+		"a.svc.sim.test": {netip.MustParseAddr("203.0.113.20")},
+		"b.svc.sim.test": {cidrHost(1).Next().Next().Next().Next().Next()},
 	}
 
 	// dnsNames are the names applications look up: resource names (c.svc.sim.test does not resolve at the
@@ -54,15 +56,41 @@ var (
 // upstreamRes is the CIDR resource upstreamIn lies in.
 var upstreamRes = resourceOf(upstreamIn.Addr())
 
-// nameResource returns the DNS resource whose pattern matches name (-1: none).
-func nameResource(name string) int {
-	switch {
-	case name == "app.sim.test":
-		return numCIDR
-	case strings.HasSuffix(name, ".svc.sim.test") && strings.Count(name, ".") == 3:
-		return numCIDR + 1
+// nameResources returns the DNS resources whose patterns match name, the most specific first.
+func nameResources(name string) []int {
+	var out []int
+	if name == "app.sim.test" {
+		out = append(out, numCIDR)
+	}
+	if name == "a.svc.sim.test" {
+		out = append(out, numCIDR+2)
+	}
+	if strings.HasSuffix(name, ".svc.sim.test") && strings.Count(name, ".") == 3 {
+		out = append(out, numCIDR+1)
+	}
+	return out
+}
+
+// nameOwner returns the resource name routes to: the most specific matching resource the client may
+// reach (-1: none).
+func nameOwner(m *model, name string) int {
+	for _, r := range nameResources(name) {
+		if m.visible(r) {
+			return r
+		}
 	}
 	return -1
+}
+
+// realFor returns the host a probe to proxy IP ip of name must reach: the gateway's NAT gives the sorted
+// proxy IPs of a family the sorted real IPs in turn (invalid: the name does not resolve).
+func realFor(name string, ip netip.Addr, proxies []netip.Addr) netip.Addr {
+	reals := gatewayHosts[name]
+	i := slices.Index(proxies, ip)
+	if len(reals) == 0 || i < 0 {
+		return netip.Addr{}
+	}
+	return reals[i%len(reals)]
 }
 
 // upstreamAnswer is an upstream's answer to query: marker for A, no records for AAAA (nil: not a query).
@@ -88,8 +116,8 @@ func upstreamAnswer(query []byte, marker netip.Addr) []byte {
 
 // gatewayResolve is a gateway host's resolver.
 func gatewayResolve(name string) ([]netip.Addr, error) {
-	if a, ok := gatewayHosts[name]; ok {
-		return []netip.Addr{a}, nil
+	if as, ok := gatewayHosts[name]; ok {
+		return slices.Clone(as), nil
 	}
 	return nil, fmt.Errorf("lookup %s: no such host", name)
 }
@@ -233,7 +261,7 @@ func (s *sim) dnsQueryAction(t *rapid.T) {
 	// Mostly names the client may reach (traffic is what the invariants are about).
 	var reachable []string
 	for _, n := range dnsNames {
-		if r := nameResource(n); r >= 0 && m.visible(r) {
+		if nameOwner(&m, n) >= 0 {
 			reachable = append(reachable, n)
 		}
 	}
@@ -248,17 +276,19 @@ func (s *sim) dnsQueryAction(t *rapid.T) {
 	if len(sentinels) != 2 {
 		t.Fatalf("the client's sentinels are %v, want one for each of the 2 upstreams", sentinels)
 	}
-	res := nameResource(name)
+	res := nameOwner(&m, name)
 	s.note("application looks up %s %s through sentinel %v (upstream %v)", name, mdns.TypeToString[qtype], sentinels[up],
 		[]netip.AddrPort{upstreamOut, upstreamIn}[up])
-	if res >= 0 && m.visible(res) {
+	if res >= 0 {
 		s.resolveLocal(t, name, qtype, res, sentinels[up])
 		return
 	}
 	s.resolveUpstream(name, qtype, up, sentinels[up], m)
-	if res < 0 {
+	matches := nameResources(name)
+	if len(matches) == 0 {
 		return
 	}
+	res = matches[0]
 	// A name of a resource the client may not reach (any more): proxy IPs it had go nowhere.
 	s.mu.Lock()
 	old := s.proxyIPs[name+"/A"]
@@ -267,7 +297,7 @@ func (s *sim) dnsQueryAction(t *rapid.T) {
 		ip := rapid.SampledFrom(old).Draw(t, "stale_proxy_ip")
 		k := rapid.SampledFrom(probeKinds).Draw(t, "kind")
 		s.note("ping %s's old proxy IP %v (%s)", name, ip, k)
-		s.ping(target{res: res, dst: ip, real: gatewayHosts[name], name: name}, k)
+		s.ping(target{res: res, dst: ip, real: realFor(name, ip, old), name: name}, k)
 	}
 }
 
@@ -318,7 +348,7 @@ func (s *sim) resolveLocal(t *rapid.T, name string, qtype uint16, res int, senti
 	ip := rapid.SampledFrom(ips).Draw(t, "proxy_ip")
 	k := rapid.SampledFrom(probeKinds).Draw(t, "kind")
 	s.note("ping %s at %v (%s)", name, ip, k)
-	s.ping(target{res: res, dst: ip, real: gatewayHosts[name], name: name}, k)
+	s.ping(target{res: res, dst: ip, real: realFor(name, ip, ips), name: name}, k)
 }
 
 // resolveUpstream checks the way a query for a name that is no resource's goes: to the internet resolver,

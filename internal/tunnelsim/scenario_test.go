@@ -55,7 +55,7 @@ const (
 // Resources 0 to numCIDR-1 are CIDR resources; the others are DNS resources (dnsPatterns).
 const (
 	numCIDR      = 4
-	numResources = numCIDR + 2
+	numResources = numCIDR + 3
 )
 
 // isDNS reports whether resource r is a DNS resource.
@@ -1121,34 +1121,51 @@ func (s *sim) shutdown() {
 // of MiB, so a heap this large is a runaway (a packet storm, a queue without bound).
 const heapLimit = 2 << 30
 
-// watchHeap checks the heap every second until stop is closed; past heapLimit it prints the running
-// scenario's steps and every goroutine, and panics.
+// stallLimit is the real time without a new step after which the watchdog stops the test: a scenario's
+// step takes well under a second of real time, so a minute without one is a deadlock (which synctest
+// cannot see when a goroutine waits for a mutex).
+const stallLimit = time.Minute
+
+// watchHeap checks the heap and the progress of the scenarios every second until stop is closed; past
+// heapLimit, or after stallLimit without a step, it prints the running scenario's steps and every
+// goroutine, and panics.
 func watchHeap(st *stats, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	lastSteps, lastChange := -1, time.Now()
 	for {
 		select {
 		case <-stop:
 			return
 		case <-tick.C:
 		}
+		st.mu.Lock()
+		n := st.steps
+		st.mu.Unlock()
+		if n != lastSteps {
+			lastSteps, lastChange = n, time.Now()
+		}
+		stalled := time.Since(lastChange) > stallLimit
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		if ms.HeapAlloc < heapLimit {
+		if ms.HeapAlloc < heapLimit && !stalled {
 			continue
 		}
 		st.mu.Lock()
 		s := st.current
 		st.mu.Unlock()
-		var steps []string
-		if s != nil {
-			s.mu.Lock()
+		steps := []string{"(the scenario's lock is held)"}
+		if s != nil && s.mu.TryLock() { // a deadlock may hold it
 			steps = slices.Clone(s.steps)
 			s.mu.Unlock()
 		}
-		fmt.Fprintf(os.Stderr, "heap %d MiB: runaway scenario:\n  %s\n", ms.HeapAlloc>>20, strings.Join(steps, "\n  "))
-		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 1)
+		fmt.Fprintf(os.Stderr, "heap %d MiB, no step for %v: runaway scenario:\n  %s\n", ms.HeapAlloc>>20,
+			time.Since(lastChange).Round(time.Second), strings.Join(steps, "\n  "))
+		_ = pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
+		if stalled {
+			panic(fmt.Sprintf("tunnelsim: no step for %v", stallLimit))
+		}
 		panic(fmt.Sprintf("tunnelsim: heap grew to %d MiB", ms.HeapAlloc>>20))
 	}
 }
