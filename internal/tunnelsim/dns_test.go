@@ -85,7 +85,12 @@ func nameOwner(m *model, name string) int {
 // realFor returns the host a probe to proxy IP ip of name must reach: the gateway's NAT gives the sorted
 // proxy IPs of a family the sorted real IPs in turn (invalid: the name does not resolve).
 func realFor(name string, ip netip.Addr, proxies []netip.Addr) netip.Addr {
-	reals := gatewayHosts[name]
+	var reals []netip.Addr
+	for _, a := range gatewayHosts[name] {
+		if a.Is4() == ip.Is4() {
+			reals = append(reals, a)
+		}
+	}
 	i := slices.Index(proxies, ip)
 	if len(reals) == 0 || i < 0 {
 		return netip.Addr{}
@@ -291,7 +296,7 @@ func (s *sim) dnsQueryAction(t *rapid.T) {
 	res = matches[0]
 	// A name of a resource the client may not reach (any more): proxy IPs it had go nowhere.
 	s.mu.Lock()
-	old := s.proxyIPs[name+"/A"]
+	old := s.proxyIPs[name+"/"+mdns.TypeToString[qtype]]
 	s.mu.Unlock()
 	if len(old) > 0 {
 		ip := rapid.SampledFrom(old).Draw(t, "stale_proxy_ip")
@@ -342,9 +347,6 @@ func (s *sim) resolveLocal(t *rapid.T, name string, qtype uint16, res int, senti
 		t.Fatalf("proxy IPs of %s %v overlap those of %s", name, ips, clash)
 	}
 	s.stats.count("dns-local")
-	if qtype != mdns.TypeA {
-		return
-	}
 	ip := rapid.SampledFrom(ips).Draw(t, "proxy_ip")
 	k := rapid.SampledFrom(probeKinds).Draw(t, "kind")
 	s.note("ping %s at %v (%s)", name, ip, k)

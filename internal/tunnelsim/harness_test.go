@@ -39,6 +39,7 @@ const (
 var (
 	siteIDs  = []string{"517e0000-0000-4000-8000-000000000001", "517e0000-0000-4000-8000-000000000002"}
 	clientV4 = netip.MustParseAddr("100.64.0.1")
+	clientV6 = netip.MustParseAddr("fd00:2021:1111::1:1")
 )
 
 // gatewaySpec is one gateway of the account.
@@ -61,7 +62,7 @@ func portalFile() *portalmock.File {
 	for i, s := range siteIDs {
 		acc.Sites = append(acc.Sites, portalmock.SiteConfig{ID: s, Name: fmt.Sprintf("site-%d", i)})
 	}
-	acc.Clients = []portalmock.ClientConfig{{ID: clientID, Name: "client", Token: clientToken, IPv4: clientV4.String()}}
+	acc.Clients = []portalmock.ClientConfig{{ID: clientID, Name: "client", Token: clientToken, IPv4: clientV4.String(), IPv6: clientV6.String()}}
 	for i, g := range gatewaySpecs {
 		acc.Gateways = append(acc.Gateways, portalmock.GatewayConfig{ID: g.id, Name: fmt.Sprintf("gateway-%d", i),
 			Site: siteIDs[g.site], Token: g.token})
@@ -356,6 +357,17 @@ func (dm *daemon) read(f func(pkt []byte)) {
 			}
 		}
 	})
+}
+
+// isClient reports whether a is one of the client's tunnel addresses.
+func isClient(a netip.Addr) bool { return a == clientV4 || a == clientV6 }
+
+// clientAddr is the client's tunnel address of dst's family.
+func clientAddr(dst netip.Addr) netip.Addr {
+	if dst.Is4() {
+		return clientV4
+	}
+	return clientV6
 }
 
 // parse parses an IP packet.
