@@ -96,6 +96,17 @@ type runResult struct {
 }
 
 func main() {
+	if len(os.Args) > 1 && (os.Args[1] == "fastgen-client" || os.Args[1] == "fastgen-peer") {
+		run := fastgenClient
+		if os.Args[1] == "fastgen-peer" {
+			run = fastgenPeer
+		}
+		if err := run(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		return
+	}
 	quick := flag.Bool("quick", false, "one repetition, 10 and 50 clients, both sizes, fewer messages")
 	reps := flag.Int("reps", 3, "repetitions per server and configuration")
 	clientsFlag := flag.String("clients", "1,10,50", "client counts")
@@ -111,11 +122,32 @@ func main() {
 	profDir := flag.String("cpu-profile-dir", "", "write snowgate-relay CPU profiles (one per run) into this directory")
 	gomaxprocs := flag.Int("gomaxprocs", 0, "GOMAXPROCS for snowgate-relay (0: Go's default)")
 	netns := flag.Bool("netns", false, "run in network namespaces over veth (root), so that snowgate's XDP kernel path is used")
+	gen := flag.String("gen", "uclient", "load generator: uclient (coturn's turnutils_uclient and turnutils_peer) or fast (--netns only: batched Go generator, stepped rates)")
+	ratesFlag := flag.String("rates", "50000,100000,200000,400000,800000,0", "--gen fast: offered datagrams/s per step (0: as fast as the generator can)")
+	stepDur := flag.Duration("step", 5*time.Second, "--gen fast: sending time per step")
+	channels := flag.Int("channels", 50, "--gen fast: allocations (distinct client ports), one channel each")
+	fastBatch := flag.Int("fast-batch", 64, "--gen fast: datagrams per sendmmsg/recvmmsg")
+	genCPU := flag.Int("gen-cpu", 0, "--gen fast: CPU to pin the generator's client to (taskset; -1: none)")
+	peerCPU := flag.Int("peer-cpu", 0, "--gen fast: CPU to pin the generator's peer to (taskset; -1: none)")
+	serverCPU := flag.Int("server-cpu", -2, "CPU to pin the server to (taskset; -1: none; default: 1 with --gen fast, else none)")
+	threaded := flag.Bool("threaded-napi", true, "--gen fast: threaded NAPI on both veth ends, rly0's pinned to --server-cpu and out0's to --gen-cpu")
 	flag.Parse()
 	serversSet := false
 	flag.Visit(func(f *flag.Flag) { serversSet = serversSet || f.Name == "servers" })
 	if *netns && !serversSet {
 		*servers = "snowgate,snowgate-user,coturn"
+		if *gen == "fast" {
+			*servers += ",none"
+		}
+	}
+	if *serverCPU == -2 {
+		*serverCPU = -1
+		if *gen == "fast" {
+			*serverCPU = 1
+		}
+	}
+	if *gen != "uclient" && (*gen != "fast" || !*netns) {
+		fatal(errors.New("--gen is uclient, or fast with --netns"))
 	}
 	if *quick {
 		*reps, *clientsFlag, *msgs = 1, "10,50", 10000
@@ -125,7 +157,11 @@ func main() {
 	if err := errors.Join(err1, err2); err != nil {
 		fatal(err)
 	}
-	for _, bin := range []string{"turnserver", "turnutils_uclient", "turnutils_peer"} {
+	tools := []string{"turnserver", "turnutils_uclient", "turnutils_peer"}
+	if *gen == "fast" {
+		tools = tools[:1]
+	}
+	for _, bin := range tools {
 		if _, err := exec.LookPath(bin); err != nil {
 			fatal(fmt.Errorf("%s not found (Debian package coturn): %w", bin, err))
 		}
@@ -158,7 +194,7 @@ func main() {
 			fatal(errors.New("server baseline needs --baseline-bin"))
 		}
 	}
-	env := benchEnv{dir: dir, relayBin: relayBin, baselineBin: *baseline, sockets: *sockets, batch: *batch, noFast: *noFast, profDir: *profDir, gomaxprocs: *gomaxprocs}
+	env := benchEnv{dir: dir, relayBin: relayBin, baselineBin: *baseline, sockets: *sockets, batch: *batch, noFast: *noFast, profDir: *profDir, gomaxprocs: *gomaxprocs, serverCPU: *serverCPU}
 	if *netns {
 		lab, err := newNetnsLab()
 		if err != nil {
@@ -167,6 +203,20 @@ func main() {
 		cleanup = lab.close
 		defer lab.close()
 		env.lab = lab
+	}
+	if *gen == "fast" {
+		rates, err := intList(*ratesFlag)
+		if err != nil {
+			fatal(err)
+		}
+		if *threaded && *serverCPU >= 0 && *genCPU >= 0 {
+			if err := env.lab.threadedNAPI(*serverCPU, *genCPU); err != nil {
+				fatal(err)
+			}
+		}
+		o := fastOpts{rates: rates, step: *stepDur, channels: *channels, batch: *fastBatch, genCPU: *genCPU, peerCPU: *peerCPU}
+		runFastAll(env, srvs, sizes, *reps, o)
+		return
 	}
 	fmt.Fprintf(os.Stderr, "bench: %d configurations × %d reps × %v, %d msgs/client\n", len(cfgs), *reps, srvs, *msgs)
 	var results []runResult
@@ -225,6 +275,8 @@ type benchEnv struct {
 	gomaxprocs int
 	// lab, if set, runs everything in network namespaces (--netns).
 	lab *netnsLab
+	// serverCPU, if ≥ 0, is the CPU the server is pinned to (taskset).
+	serverCPU int
 }
 
 // command is name with args, run inside namespace ns (empty: here).
@@ -423,7 +475,6 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		return res
 	}
 	defer logf.Close()
-	bootAtStart := bootClock()
 	relayIP, peerAddr, srvNS, outNS := "127.0.0.1", peerIP, "", ""
 	var port, peerPort int
 	if e.lab != nil {
@@ -446,56 +497,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		return res
 	}
 	defer peer.stop()
-	var srv *proc
-	switch server {
-	case "snowgate", "snowgate-user", "baseline":
-		args := []string{"--listen-port", strconv.Itoa(port), "--public-ip4", relayIP, "--listen-addr4", relayIP,
-			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", peerAddr + "/32",
-			"--turn-rest-secret", secret, "--health-check-addr", "", "--drain-timeout", "0s",
-			"--max-allocations-per-user", "10000", "--log-level", "warn"}
-		if e.sockets > 0 {
-			args = append(args, "--sockets", strconv.Itoa(e.sockets))
-		}
-		if e.noFast {
-			args = append(args, "--no-fast-path")
-		}
-		if server == "snowgate-user" {
-			args = append(args, "--no-kernel-path")
-		}
-		if e.batch > 0 {
-			args = append(args, "--batch-read", strconv.Itoa(e.batch))
-		}
-		if e.profDir != "" {
-			args = append(args, "--cpu-profile", filepath.Join(e.profDir,
-				fmt.Sprintf("snowgate-c%d-s%d-z%d-%d.pprof", clients, size, interval, time.Now().UnixNano())))
-		}
-		var env []string
-		if e.gomaxprocs > 0 {
-			env = append(env, fmt.Sprintf("GOMAXPROCS=%d", e.gomaxprocs))
-		}
-		bin := e.relayBin
-		if server == "baseline" {
-			bin = e.baselineBin
-		}
-		name, args := command(srvNS, bin, args...)
-		srv, err = startEnv(name, args, logf, env...)
-	case "coturn":
-		tdir, derr := os.MkdirTemp(e.dir, "coturn-")
-		if derr != nil {
-			res.err = derr
-			return res
-		}
-		name, args := command(srvNS, "turnserver", "-n", "--listening-ip", relayIP, "--listening-port", strconv.Itoa(port),
-			"--relay-ip", relayIP, "--min-port", "61000", "--max-port", "65535",
-			"--use-auth-secret", "--static-auth-secret", secret, "--realm", "firezone",
-			"--allow-loopback-peers", "--no-tcp", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
-			"--pidfile", filepath.Join(tdir, "turnserver.pid"), "--userdb", filepath.Join(tdir, "turndb"),
-			"--log-file", filepath.Join(tdir, "turn.log"), "--simple-log", "--no-stdout-log")
-		srv, err = start(name, args, logf)
-	default:
-		res.err = fmt.Errorf("unknown server %q", server)
-		return res
-	}
+	srv, err := e.startServer(server, port, relayIP, peerAddr, srvNS, fmt.Sprintf("c%d-s%d-z%d", clients, size, interval), logf)
 	if err != nil {
 		res.err = err
 		return res
@@ -509,7 +511,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	host0, soft0 := hostCPU()
 	xdp0 := time.Duration(0)
 	if e.lab != nil {
-		xdp0, _, _ = xdpRuntime(bootAtStart)
+		xdp0, _, _ = e.lab.xdpRuntime()
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
@@ -568,7 +570,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	host1, soft1 := hostCPU()
 	res.hostCPU, res.softirqCPU = host1-host0, soft1-soft0
 	if e.lab != nil {
-		if xdp1, _, ok := xdpRuntime(bootAtStart); ok {
+		if xdp1, _, ok := e.lab.xdpRuntime(); ok {
 			res.xdpCPU = xdp1 - xdp0
 		}
 	}
@@ -621,6 +623,61 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		res.steadyRate = median(steady)
 	}
 	return res
+}
+
+// startServer starts server (snowgate, snowgate-user, baseline or coturn)
+// listening on relayIP:port in namespace srvNS (empty: here), allowing
+// peers at peerAddr; label names its CPU profile.
+func (e benchEnv) startServer(server string, port int, relayIP, peerAddr, srvNS, label string, logf io.Writer) (*proc, error) {
+	switch server {
+	case "snowgate", "snowgate-user", "baseline":
+		args := []string{"--listen-port", strconv.Itoa(port), "--public-ip4", relayIP, "--listen-addr4", relayIP,
+			"--lowest-port", "61000", "--highest-port", "65535", "--allow-peer", peerAddr + "/32",
+			"--turn-rest-secret", secret, "--health-check-addr", "", "--drain-timeout", "0s",
+			"--max-allocations-per-user", "10000", "--log-level", "warn"}
+		if e.sockets > 0 {
+			args = append(args, "--sockets", strconv.Itoa(e.sockets))
+		}
+		if e.noFast {
+			args = append(args, "--no-fast-path")
+		}
+		if server == "snowgate-user" {
+			args = append(args, "--no-kernel-path")
+		}
+		if e.batch > 0 {
+			args = append(args, "--batch-read", strconv.Itoa(e.batch))
+		}
+		if e.profDir != "" {
+			args = append(args, "--cpu-profile", filepath.Join(e.profDir,
+				fmt.Sprintf("snowgate-%s-%d.pprof", label, time.Now().UnixNano())))
+		}
+		var env []string
+		if e.gomaxprocs > 0 {
+			env = append(env, fmt.Sprintf("GOMAXPROCS=%d", e.gomaxprocs))
+		}
+		bin := e.relayBin
+		if server == "baseline" {
+			bin = e.baselineBin
+		}
+		name, args := pinned(e.serverCPU, bin, args...)
+		name, args = command(srvNS, name, args...)
+		return startEnv(name, args, logf, env...)
+	case "coturn":
+		tdir, derr := os.MkdirTemp(e.dir, "coturn-")
+		if derr != nil {
+			return nil, derr
+		}
+		name, args := pinned(e.serverCPU, "turnserver", "-n", "--listening-ip", relayIP, "--listening-port", strconv.Itoa(port),
+			"--relay-ip", relayIP, "--min-port", "61000", "--max-port", "65535",
+			"--use-auth-secret", "--static-auth-secret", secret, "--realm", "firezone",
+			"--allow-loopback-peers", "--no-tcp", "--no-tls", "--no-dtls", "--no-cli", "--no-tcp-relay",
+			"--pidfile", filepath.Join(tdir, "turnserver.pid"), "--userdb", filepath.Join(tdir, "turndb"),
+			"--log-file", filepath.Join(tdir, "turn.log"), "--simple-log", "--no-stdout-log")
+		name, args = command(srvNS, name, args...)
+		return start(name, args, logf)
+	default:
+		return nil, fmt.Errorf("unknown server %q", server)
+	}
 }
 
 // uclientRamp is how long turnutils_uclient takes to start all its sessions

@@ -8,11 +8,13 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/snowgate/snowgate/internal/xdppass"
@@ -31,6 +33,9 @@ type netnsLab struct {
 	relay, outside string
 	pass           io.Closer
 	stats          io.Closer // BPF run-time statistics, on while the lab exists
+	// napi holds the NAPI kernel threads of rly0 and out0 once
+	// threadedNAPI has run.
+	napi map[string][]int
 }
 
 func ipCmd(args ...string) error {
@@ -87,54 +92,98 @@ func newNetnsLab() (*netnsLab, error) {
 	return l, nil
 }
 
-// bootClock is the time since boot (the clock of BPF programs' load times).
-func bootClock() time.Duration {
-	var ts unix.Timespec
-	if unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts) != nil {
-		return 0
-	}
-	return time.Duration(ts.Nano())
-}
-
-// xdpRuntime returns the run time and run count of the newest XDP program
-// named turn_router (snowgate's) loaded after since (boot clock); false if
-// there is none.
-func xdpRuntime(since time.Duration) (time.Duration, uint64, bool) {
-	var best *ebpf.Program
-	var bestLoad time.Duration
-	for id := ebpf.ProgramID(0); ; {
-		next, err := ebpf.ProgramGetNextID(id)
+// xdpRuntime returns the run time and run count of the XDP program
+// attached to rly0 in the relay namespace (the relay's own, whatever else
+// runs on the machine); false if there is none.
+func (l *netnsLab) xdpRuntime() (time.Duration, uint64, bool) {
+	var id uint32
+	if err := inNetns(l.relay, func() error {
+		link, err := netlink.LinkByName("rly0")
 		if err != nil {
-			break
+			return err
 		}
-		id = next
-		p, err := ebpf.NewProgramFromID(id)
-		if err != nil {
-			continue
+		if x := link.Attrs().Xdp; x != nil && x.Attached {
+			id = x.ProgId
 		}
-		info, err := p.Info()
-		load, ok := time.Duration(0), false
-		if err == nil {
-			load, ok = info.LoadTime()
-		}
-		if err != nil || info.Name != "turn_router" || !ok || load < since || load < bestLoad {
-			_ = p.Close()
-			continue
-		}
-		if best != nil {
-			_ = best.Close()
-		}
-		best, bestLoad = p, load
-	}
-	if best == nil {
+		return nil
+	}); err != nil || id == 0 {
 		return 0, 0, false
 	}
-	defer best.Close()
-	st, err := best.Stats()
+	p, err := ebpf.NewProgramFromID(ebpf.ProgramID(id))
+	if err != nil {
+		return 0, 0, false
+	}
+	defer p.Close()
+	st, err := p.Stats()
 	if err != nil {
 		return 0, 0, false
 	}
 	return st.Runtime, st.RunCount, true
+}
+
+// napiThreads returns the pids of kernel threads named napi/<dev>-<id>.
+func napiThreads(dev string) map[int]bool {
+	out := map[int]bool{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if b, err := os.ReadFile("/proc/" + e.Name() + "/comm"); err == nil &&
+			strings.HasPrefix(string(b), "napi/"+dev+"-") {
+			out[pid] = true
+		}
+	}
+	return out
+}
+
+// threadedNAPI turns on GRO (so that veth always receives through NAPI,
+// with or without an XDP program) and threaded NAPI on both veth ends, and
+// pins rly0's NAPI thread to relayCPU and out0's to outsideCPU: the relay
+// side's receive work (the XDP program included) then runs on the relay's
+// CPU, as on a host whose NIC interrupts go to its own cores, instead of on
+// whichever CPU sent the frame.
+func (l *netnsLab) threadedNAPI(relayCPU, outsideCPU int) error {
+	l.napi = map[string][]int{}
+	for _, side := range []struct {
+		ns, dev string
+		cpu     int
+	}{{l.relay, "rly0", relayCPU}, {l.outside, "out0", outsideCPU}} {
+		before := napiThreads(side.dev)
+		if out, err := exec.Command("ip", "netns", "exec", side.ns, "ethtool", "-K", side.dev, "gro", "on").CombinedOutput(); err != nil {
+			return fmt.Errorf("ethtool -K %s gro on: %w: %s", side.dev, err, out)
+		}
+		if out, err := exec.Command("ip", "netns", "exec", side.ns, "sh", "-c",
+			"echo 1 > /sys/class/net/"+side.dev+"/threaded").CombinedOutput(); err != nil {
+			return fmt.Errorf("threaded NAPI on %s: %w: %s", side.dev, err, out)
+		}
+		for pid := range napiThreads(side.dev) {
+			if before[pid] {
+				continue // another namespace's device of the same name
+			}
+			var set unix.CPUSet
+			set.Set(side.cpu)
+			if err := unix.SchedSetaffinity(pid, &set); err != nil {
+				return fmt.Errorf("pin NAPI thread %d of %s: %w", pid, side.dev, err)
+			}
+			l.napi[side.dev] = append(l.napi[side.dev], pid)
+		}
+		if len(l.napi[side.dev]) == 0 {
+			return fmt.Errorf("no NAPI thread appeared for %s", side.dev)
+		}
+	}
+	return nil
+}
+
+// napiCPU is the CPU time of dev's NAPI threads (threadedNAPI).
+func (l *netnsLab) napiCPU(dev string) time.Duration {
+	var sum time.Duration
+	for _, pid := range l.napi[dev] {
+		d, _ := cpuTime(pid)
+		sum += d
+	}
+	return sum
 }
 
 // prime resolves the relay's neighbours (client and peer) before a run, so
@@ -219,6 +268,26 @@ func setTxChecksum(dev string, on bool) error {
 	runtime.KeepAlive(&val)
 	if errno != 0 {
 		return fmt.Errorf("ethtool tx off on %s: %w", dev, errno)
+	}
+	return nil
+}
+
+// bigBuffers gives c 4 MiB socket buffers, above the sysctl limits
+// (SO_RCVBUFFORCE and SO_SNDBUFFORCE: the benchmark runs as root).
+func bigBuffers(c *net.UDPConn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = errors.Join(unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20),
+			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, 4<<20))
+	}); err != nil {
+		return err
+	}
+	if serr != nil {
+		return fmt.Errorf("socket buffers: %w", serr)
 	}
 	return nil
 }
