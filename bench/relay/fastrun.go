@@ -43,6 +43,7 @@ type fastResult struct {
 	// Receive drops (/proc/net/udp) of the server's listener (L) and relay
 	// (R) sockets, the peer's (P) and the client's (C).
 	dropL, dropR, dropP, dropC uint64
+	dropVeth                   uint64 // rx/tx drops of the veth pair
 }
 
 // cpuSample is the CPU counters at one instant.
@@ -53,6 +54,7 @@ type cpuSample struct {
 	napiRelay, napiOut time.Duration
 	dropL, dropR       uint64
 	dropP, dropC       uint64
+	dropVeth           uint64
 }
 
 // sockDrops sums the receive drops of pid's UDP sockets: those bound to
@@ -87,6 +89,7 @@ func (e benchEnv) sampleCPU(srv, gen, peer, port int) cpuSample {
 	s.dropL, s.dropR = sockDrops(srv, port)
 	_, s.dropC = sockDrops(gen, -1)
 	_, s.dropP = sockDrops(peer, -1)
+	s.dropVeth = e.lab.vethDrops()
 	return s
 }
 
@@ -186,7 +189,8 @@ func (e benchEnv) runFast(server string, size int, o fastOpts) ([]fastResult, er
 				srvCPU: s1.srv - s0.srv, genCPU: s1.gen - s0.gen, peerCPU: s1.peer - s0.peer,
 				host: s1.host - s0.host, softirq: s1.softirq - s0.softirq, xdp: s1.xdp - s0.xdp,
 				napiRelay: s1.napiRelay - s0.napiRelay, napiOut: s1.napiOut - s0.napiOut,
-				dropL: s1.dropL - s0.dropL, dropR: s1.dropR - s0.dropR, dropP: s1.dropP - s0.dropP, dropC: s1.dropC - s0.dropC})
+				dropL: s1.dropL - s0.dropL, dropR: s1.dropR - s0.dropR, dropP: s1.dropP - s0.dropP, dropC: s1.dropC - s0.dropC,
+				dropVeth: s1.dropVeth - s0.dropVeth})
 		}
 	}
 	if err := cl.Wait(); err != nil {
@@ -212,6 +216,7 @@ type fastAgg struct {
 	napiOut      time.Duration
 	dropL, dropR uint64
 	dropP, dropC uint64
+	dropVeth     uint64
 }
 
 func aggregateFast(results []fastResult) []*fastAgg {
@@ -251,6 +256,7 @@ func aggregateFast(results []fastResult) []*fastAgg {
 		a.dropR += r.dropR
 		a.dropP += r.dropP
 		a.dropC += r.dropC
+		a.dropVeth += r.dropVeth
 	}
 	rateOrder := func(r int) int {
 		if r == 0 {
@@ -300,18 +306,18 @@ func perRT(d time.Duration, recv int64) float64 {
 // saturation summary.
 func printFastTable(w io.Writer, results []fastResult) {
 	aggs := aggregateFast(results)
-	fmt.Fprintln(w, "| size B | server | offered dg/s | runs | sent dg/s | rt/s back | loss | server % | rly0 napi % | xdp % | gen % | peer % | out0 napi % | host % (of 200) | softirq % | relay side µs/rt | xdp µs/rt | host µs/rt | drops L/R/P/C |")
+	fmt.Fprintln(w, "| size B | server | offered dg/s | runs | sent dg/s | rt/s back | loss | server % | rly0 napi % | xdp % | gen % | peer % | out0 napi % | host % (of 200) | softirq % | relay side µs/rt | xdp µs/rt | host µs/rt | drops L/R/P/C/veth |")
 	fmt.Fprintln(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
 	for _, a := range aggs {
 		offered := strconv.Itoa(a.rate)
 		if a.rate == 0 {
 			offered = "max"
 		}
-		fmt.Fprintf(w, "| %d | %s | %s | %d | %.0f | %.0f | %.2f%% | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %d/%d/%d/%d |\n",
+		fmt.Fprintf(w, "| %d | %s | %s | %d | %.0f | %.0f | %.2f%% | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.0f | %.2f | %.2f | %.2f | %d/%d/%d/%d/%d |\n",
 			a.size, a.server, offered, len(a.rtRates), median(a.sendRates), median(a.rtRates), 100*median(a.losses),
 			pct(a.srv, a.wall), pct(a.napiRelay, a.wall), pct(a.xdp, a.wall), pct(a.gen, a.wall), pct(a.peer, a.wall),
 			pct(a.napiOut, a.wall), pct(a.host, a.wall), pct(a.softirq, a.wall),
-			perRT(a.srv+a.napiRelay, a.recv), perRT(a.xdp, a.recv), perRT(a.host, a.recv), a.dropL, a.dropR, a.dropP, a.dropC)
+			perRT(a.srv+a.napiRelay, a.recv), perRT(a.xdp, a.recv), perRT(a.host, a.recv), a.dropL, a.dropR, a.dropP, a.dropC, a.dropVeth)
 	}
 	fmt.Fprintln(w)
 	// Saturation: the highest paced offered rate whose median loss is
@@ -366,10 +372,10 @@ func runFastAll(env benchEnv, servers []string, sizes []int, reps int, o fastOpt
 				}
 				for _, r := range rs {
 					secs := r.step.sendTime.Seconds()
-					fmt.Fprintf(os.Stderr, "  %-13s size=%-4d rep=%d rate=%-7d sent %.0f/s back %.0f/s srv %.0f%% rly0-napi %.0f%% xdp %.0f%% gen %.0f%% peer %.0f%% out0-napi %.0f%% host %.0f%% drops %d/%d/%d/%d\n",
+					fmt.Fprintf(os.Stderr, "  %-13s size=%-4d rep=%d rate=%-7d sent %.0f/s back %.0f/s srv %.0f%% rly0-napi %.0f%% xdp %.0f%% gen %.0f%% peer %.0f%% out0-napi %.0f%% host %.0f%% drops %d/%d/%d/%d/%d\n",
 						srv, size, rep+1, r.step.rate, float64(r.step.sent)/secs, float64(r.step.recv)/secs,
 						pct(r.srvCPU, r.wall), pct(r.napiRelay, r.wall), pct(r.xdp, r.wall), pct(r.genCPU, r.wall),
-						pct(r.peerCPU, r.wall), pct(r.napiOut, r.wall), pct(r.host, r.wall), r.dropL, r.dropR, r.dropP, r.dropC)
+						pct(r.peerCPU, r.wall), pct(r.napiOut, r.wall), pct(r.host, r.wall), r.dropL, r.dropR, r.dropP, r.dropC, r.dropVeth)
 				}
 				if err != nil {
 					fmt.Fprintf(os.Stderr, "  %-13s size=%d rep=%d: %v\n", srv, size, rep+1, err)

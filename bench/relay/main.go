@@ -123,7 +123,7 @@ func main() {
 	gomaxprocs := flag.Int("gomaxprocs", 0, "GOMAXPROCS for snowgate-relay (0: Go's default)")
 	netns := flag.Bool("netns", false, "run in network namespaces over veth (root), so that snowgate's XDP kernel path is used")
 	gen := flag.String("gen", "uclient", "load generator: uclient (coturn's turnutils_uclient and turnutils_peer) or fast (--netns only: batched Go generator, stepped rates)")
-	ratesFlag := flag.String("rates", "50000,100000,200000,400000,800000,0", "--gen fast: offered datagrams/s per step (0: as fast as the generator can)")
+	ratesFlag := flag.String("rates", "25000,50000,100000,150000,200000,0", "--gen fast: offered datagrams/s per step (0: as fast as the generator can)")
 	stepDur := flag.Duration("step", 5*time.Second, "--gen fast: sending time per step")
 	channels := flag.Int("channels", 50, "--gen fast: allocations (distinct client ports), one channel each")
 	fastBatch := flag.Int("fast-batch", 64, "--gen fast: datagrams per sendmmsg/recvmmsg")

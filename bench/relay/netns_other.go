@@ -33,3 +33,5 @@ func bigBuffers(c *net.UDPConn) error {
 func (*netnsLab) threadedNAPI(int, int) error { return errors.New("--netns needs Linux") }
 
 func (*netnsLab) napiCPU(string) time.Duration { return 0 }
+
+func (*netnsLab) vethDrops() uint64 { return 0 }
