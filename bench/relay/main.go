@@ -46,6 +46,22 @@
 // runs; it leaves out the driver's work around the program, such as the
 // XDP_TX transmit).
 //
+// Fast generator: --netns --gen fast replaces uclient and turnutils_peer
+// (single-threaded, one message per syscall, the bound of the rates above)
+// with a batched Go generator (fastgen.go): --channels allocations from
+// distinct client ports, ChannelData sent with sendmmsg at stepped offered
+// rates (--rates, --step each; 0 = as fast as it can), a peer echoing with
+// recvmmsg/sendmmsg, and the client counting the echoes: one offered
+// datagram is one round trip (two relayed datagrams). The generator's
+// client and peer are pinned to --gen-cpu and --peer-cpu (default 0), the
+// server to --server-cpu (default 1), and with --threaded-napi (default)
+// both veth ends receive in NAPI threads (SCHED_FIFO, like softirq) pinned
+// to their side's CPU, so CPU 1 is the relay host and CPU 0 the rest of the
+// internet. Server "none" runs no server, to measure the generator's own send
+// rate. One table row per server and offered rate; then the highest offered
+// rate with < 1 % loss and the highest echo rate per server, with the ratio
+// to coturn's.
+//
 // A/B: --baseline-bin PATH --servers snowgate,baseline,coturn also runs a
 // snowgate-relay binary built elsewhere (e.g. from the previous commit with
 // go build -o /tmp/base ./cmd/snowgate-relay) with the same flags,
