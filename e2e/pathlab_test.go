@@ -87,14 +87,27 @@ func (l *lab) blockUDPBetweenSites() {
 		strings.Join(rules, "\n\t\t")+"\n\t}\n}\n")
 }
 
-// packetLoss drops pct percent of the packets the router forwards, independently in each direction (as
-// netem's loss on both ends of its WAN link would). This kernel has no sch_netem (netlab's
-// Link.SetImpairment returns ErrNetemUnavailable), so the drop is nftables' numgen random, which every
-// netlab router has.
-func (l *lab) packetLoss(r *netlab.Router, pct int) {
+// packetLoss drops pct percent of the packets the router forwards into its LAN: the download direction
+// (the data segments, and the gateway's side of every handshake and ICE check). This kernel has no
+// sch_netem (netlab's Link.SetImpairment returns ErrNetemUnavailable), so the drop is nftables' numgen
+// random, which every netlab router has. One direction, not both: with 20 % on the data and on the ACKs
+// as well, a retransmission and its ACK get through only 64 % of the time, and Linux's exponential RTO
+// backoff then stalled a 10 MiB download for minutes once in a few dozen runs (TCP's tail, not the
+// tunnel's: the connection stayed established and direct throughout). Note that the node sends bursts
+// with UDP GSO and a veth forwards them unsegmented, so the router drops whole bursts (up to 64 KiB) of
+// tunnel traffic, not single datagrams: harsher than a wire's loss (a few hundred drops per download).
+func (l *lab) packetLoss(r *netlab.Router, lan *netlab.Network, pct int) {
 	l.t.Helper()
-	l.nft(r.Namespace, fmt.Sprintf("table inet e2eloss {\n\tchain forward {\n\t\ttype filter hook forward priority filter - 20; policy accept;\n"+
-		"\t\tnumgen random mod 100 < %d counter drop\n\t}\n}\n", pct))
+	var rules []string
+	for _, p := range lan.Prefixes() {
+		family := "ip"
+		if p.Addr().Is6() {
+			family = "ip6"
+		}
+		rules = append(rules, fmt.Sprintf("%s daddr %s numgen random mod 100 < %d counter drop", family, p, pct))
+	}
+	l.nft(r.Namespace, "table inet e2eloss {\n\tchain forward {\n\t\ttype filter hook forward priority filter - 20; policy accept;\n\t\t"+
+		strings.Join(rules, "\n\t\t")+"\n\t}\n}\n")
 }
 
 // nftCounter sums the packets counted by the rules of a table (what the loss or block rules dropped).

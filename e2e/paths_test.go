@@ -45,14 +45,14 @@ func TestDownloadRelayed(t *testing.T) {
 	}
 }
 
-// TestDownloadPacketLoss: the client's router drops 20% of what it forwards in each direction (portal,
+// TestDownloadPacketLoss: the client's router drops 20% of what it forwards into the client's LAN (portal,
 // relay and tunnel traffic alike) from before the client starts: the connection still comes up and the
 // download completes intact. (nftables drops the packets: this kernel has no netem; see packetLoss.)
 func TestDownloadPacketLoss(t *testing.T) {
 	t.Parallel()
 	timed(t)
 	l := newLab(t, netlab.StandardOptions{})
-	l.packetLoss(l.RC, 20)
+	l.packetLoss(l.RC, l.ClientLAN, 20)
 	_, c := l.startSite()
 	l.downloadBig(bigURL, 120*time.Second)
 	dropped := l.nftCounter(l.RC.Namespace, "e2eloss")
