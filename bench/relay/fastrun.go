@@ -13,6 +13,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/snowgate/snowgate/bench/internal/procstat"
 )
 
 // fastOpts configures --gen fast.
@@ -79,10 +81,10 @@ func sockDrops(pid, listenPort int) (listen, other uint64) {
 func (e benchEnv) sampleCPU(srv, gen, peer, port int) cpuSample {
 	s := cpuSample{at: time.Now()}
 	if srv > 0 {
-		s.srv, _ = cpuTime(srv)
+		s.srv, _ = procstat.CPUTime(srv)
 	}
-	s.gen, _ = cpuTime(gen)
-	s.peer, _ = cpuTime(peer)
+	s.gen, _ = procstat.CPUTime(gen)
+	s.peer, _ = procstat.CPUTime(peer)
 	s.host, s.softirq = hostCPU()
 	s.xdp, _, _ = e.lab.xdpRuntime()
 	s.napiRelay, s.napiOut = e.lab.napiCPU("rly0"), e.lab.napiCPU("out0")

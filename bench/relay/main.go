@@ -87,6 +87,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/snowgate/snowgate/bench/internal/procstat"
 )
 
 const secret = "bench-secret"
@@ -354,25 +356,6 @@ func (p *proc) stop() {
 	}
 }
 
-// cpuTime reads utime+stime of pid.
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("bad stat")
-	}
-	f := strings.Fields(s[i+2:])
-	// Fields after ")" start at field 3 (state); utime is field 14, stime 15.
-	ut, _ := strconv.ParseUint(f[11], 10, 64)
-	st, _ := strconv.ParseUint(f[12], 10, 64)
-	const hz = 100 // USER_HZ
-	return time.Duration(ut+st) * time.Second / hz, nil
-}
-
 // socketInodes returns the socket inodes a process holds.
 func socketInodes(pid int) map[string]bool {
 	out := map[string]bool{}
@@ -523,7 +506,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 		res.err = err
 		return res
 	}
-	cpu0, _ := cpuTime(srv.pid())
+	cpu0, _ := procstat.CPUTime(srv.pid())
 	host0, soft0 := hostCPU()
 	xdp0 := time.Duration(0)
 	if e.lab != nil {
@@ -581,7 +564,7 @@ func (e benchEnv) run(server string, clients, size, interval, msgs int) (res run
 	}
 	res.wall = time.Since(began)
 	drops := sampler.finish()
-	cpu1, _ := cpuTime(srv.pid())
+	cpu1, _ := procstat.CPUTime(srv.pid())
 	res.cpu = cpu1 - cpu0
 	host1, soft1 := hostCPU()
 	res.hostCPU, res.softirqCPU = host1-host0, soft1-soft0

@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
+	"github.com/snowgate/snowgate/bench/internal/procstat"
 	"github.com/snowgate/snowgate/internal/xdppass"
 )
 
@@ -206,7 +207,7 @@ func (l *netnsLab) vethDrops() uint64 {
 func (l *netnsLab) napiCPU(dev string) time.Duration {
 	var sum time.Duration
 	for _, pid := range l.napi[dev] {
-		d, _ := cpuTime(pid)
+		d, _ := procstat.CPUTime(pid)
 		sum += d
 	}
 	return sum

@@ -21,6 +21,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
+	"github.com/snowgate/snowgate/bench/internal/nulltun"
 	"github.com/snowgate/snowgate/internal/portalapi"
 	"github.com/snowgate/snowgate/node"
 	"github.com/snowgate/snowgate/relay"
@@ -142,7 +143,7 @@ func childWG(args []string) int {
 		out.send(msg{Op: "error", Text: err.Error()})
 		return 1
 	}
-	d := device.NewDevice(newNullTUN(), conn.NewDefaultBind(), device.NewLogger(device.LogLevelError, "wg: "))
+	d := device.NewDevice(nulltun.New(1280), conn.NewDefaultBind(), device.NewLogger(device.LogLevelError, "wg: "))
 	defer d.Close()
 	priv, err := node.GeneratePrivateKey()
 	if err != nil {
@@ -442,35 +443,4 @@ func writeGateway(b *strings.Builder, r *gatewayResult) {
 		"without the per-device buffers that the first packets allocate once (wireguard-go's receive and TUN batches, "+
 		"64 KiB each).\n\nTarget: ≤ %.1f× wireguard-go's cost per peer (second half): %.2f KB vs %.2f KB = %.2f×: %s\n\n",
 		targetGatewayWG, hubPer, wgPer, ratio, verdict)
-}
-
-// nullTUN is a tun.Device that never yields a packet and discards what it is given.
-type nullTUN struct {
-	events chan tun.Event
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newNullTUN() *nullTUN {
-	t := &nullTUN{events: make(chan tun.Event, 1), closed: make(chan struct{})}
-	t.events <- tun.EventUp
-	return t
-}
-
-func (t *nullTUN) File() *os.File { return nil }
-func (t *nullTUN) Read([][]byte, []int, int) (int, error) {
-	<-t.closed
-	return 0, os.ErrClosed
-}
-func (t *nullTUN) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
-func (t *nullTUN) MTU() (int, error)                       { return 1280, nil }
-func (t *nullTUN) Name() (string, error)                   { return "null", nil }
-func (t *nullTUN) Events() <-chan tun.Event                { return t.events }
-func (t *nullTUN) BatchSize() int                          { return 1 }
-func (t *nullTUN) Close() error {
-	t.once.Do(func() {
-		close(t.closed)
-		close(t.events)
-	})
-	return nil
 }

@@ -15,10 +15,10 @@ import (
 	"sync"
 	"syscall"
 
+	"github.com/snowgate/snowgate/bench/internal/nulltun"
 	"github.com/snowgate/snowgate/gateway"
 	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
-	"golang.zx2c4.com/wireguard/tun"
 )
 
 // The helpers are subcommands of this program that the benchmark runs inside a lab namespace (with
@@ -91,7 +91,7 @@ func helperWGPeers(args []string) int {
 			fmt.Fprintln(os.Stderr, "wgpeers: key:", err)
 			return 1
 		}
-		t := newNullTUN()
+		t := nulltun.New(wgMTU)
 		d := device.NewDevice(t, conn.NewDefaultBind(), device.NewLogger(device.LogLevelError, "wgpeers: "))
 		cfg := fmt.Sprintf("private_key=%s\nlisten_port=%s\npublic_key=%s\nallowed_ip=%s\n", priv, fields[1], peerHex, *allowed)
 		if err := d.IpcSet(cfg); err != nil {
@@ -122,35 +122,4 @@ func b64hex(s string) (string, error) {
 		return "", fmt.Errorf("key of %d bytes", len(b))
 	}
 	return hex.EncodeToString(b), nil
-}
-
-// nullTUN is a tun.Device that never yields a packet and discards what it is given.
-type nullTUN struct {
-	events chan tun.Event
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newNullTUN() *nullTUN {
-	t := &nullTUN{events: make(chan tun.Event, 1), closed: make(chan struct{})}
-	t.events <- tun.EventUp
-	return t
-}
-
-func (t *nullTUN) File() *os.File { return nil }
-func (t *nullTUN) Read([][]byte, []int, int) (int, error) {
-	<-t.closed
-	return 0, os.ErrClosed
-}
-func (t *nullTUN) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
-func (t *nullTUN) MTU() (int, error)                       { return wgMTU, nil }
-func (t *nullTUN) Name() (string, error)                   { return "null", nil }
-func (t *nullTUN) Events() <-chan tun.Event                { return t.events }
-func (t *nullTUN) BatchSize() int                          { return 1 }
-func (t *nullTUN) Close() error {
-	t.once.Do(func() {
-		close(t.closed)
-		close(t.events)
-	})
-	return nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,9 +13,6 @@ import (
 
 	"github.com/snowgate/snowgate/internal/netlab"
 )
-
-// clkTck is the kernel's USER_HZ, the unit of utime and stime in /proc/<pid>/stat (100 on Linux).
-const clkTck = 100
 
 // proc is one long-running process started inside a lab namespace with `ip netns exec`, which execs
 // the program: the pid is the program's own, so /proc/<pid> describes it.
@@ -102,30 +98,6 @@ func (p *proc) logSince(offset int64) string {
 		return ""
 	}
 	return string(b[offset:])
-}
-
-// cpuTime is the process's user+system CPU time so far, all threads (/proc/<pid>/stat).
-func cpuTime(pid int) (time.Duration, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
-	}
-	// The command name (field 2) may hold spaces: fields after the last ')'.
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, errors.New("malformed /proc stat")
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0, errors.New("short /proc stat")
-	}
-	ut, err1 := strconv.ParseUint(f[11], 10, 64)
-	st, err2 := strconv.ParseUint(f[12], 10, 64)
-	if err := errors.Join(err1, err2); err != nil {
-		return 0, err
-	}
-	return time.Duration(ut+st) * time.Second / clkTck, nil
 }
 
 // ctxSwitches sums voluntary and involuntary context switches over the process's live threads

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/snowgate/snowgate/bench/internal/procstat"
 	"github.com/snowgate/snowgate/internal/netlab"
 )
 
@@ -22,7 +23,7 @@ type side struct {
 func (s side) cpu() time.Duration {
 	var sum time.Duration
 	for _, p := range s.procs {
-		if d, err := cpuTime(p.pid()); err == nil {
+		if d, err := procstat.CPUTime(p.pid()); err == nil {
 			sum += d
 		}
 	}
