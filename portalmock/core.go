@@ -623,13 +623,12 @@ func (c *core) updateSites(before, after map[string]map[string]portalapi.Resourc
 			for _, st := range r.Sites {
 				sites[st.ID] = true
 			}
-			for _, gid := range sortedKeys(c.gateways) {
-				gs := c.onlineSession(c.gateways, gid)
-				if gs == nil || !sites[c.m.gateways[gid].site] || updated[[2]string{gid, rid}] {
+			for _, g := range c.onlineGatewaysIn(sites) {
+				if updated[[2]string{g.id, rid}] {
 					continue
 				}
-				updated[[2]string{gid, rid}] = true
-				c.push(gs, portalapi.EventResourceUpdated, portalapi.ResourceUpdated{Resource: r.GatewayView()})
+				updated[[2]string{g.id, rid}] = true
+				c.push(g.s, portalapi.EventResourceUpdated, portalapi.ResourceUpdated{Resource: r.GatewayView()})
 			}
 		}
 	}
@@ -658,16 +657,32 @@ func (c *core) rejectLost(before, after map[string]map[string]portalapi.Resource
 			if len(lost) == 0 {
 				continue
 			}
-			for _, gid := range sortedKeys(c.gateways) {
-				gs := c.onlineSession(c.gateways, gid)
-				if gs == nil || !lost[c.m.gateways[gid].site] || rejected[[3]string{gid, cid, rid}] {
+			for _, g := range c.onlineGatewaysIn(lost) {
+				if rejected[[3]string{g.id, cid, rid}] {
 					continue
 				}
-				rejected[[3]string{gid, cid, rid}] = true
-				c.push(gs, portalapi.EventRejectAccess, portalapi.RejectAccess{ClientID: cid, ResourceID: rid})
+				rejected[[3]string{g.id, cid, rid}] = true
+				c.push(g.s, portalapi.EventRejectAccess, portalapi.RejectAccess{ClientID: cid, ResourceID: rid})
 			}
 		}
 	}
+}
+
+// gatewaySession is an online gateway and its session.
+type gatewaySession struct {
+	id string
+	s  *session
+}
+
+// onlineGatewaysIn returns the online gateways whose site is in sites, in id order.
+func (c *core) onlineGatewaysIn(sites map[string]bool) []gatewaySession {
+	var out []gatewaySession
+	for _, gid := range sortedKeys(c.gateways) {
+		if gs := c.onlineSession(c.gateways, gid); gs != nil && sites[c.m.gateways[gid].site] {
+			out = append(out, gatewaySession{id: gid, s: gs})
+		}
+	}
+	return out
 }
 
 func (c *core) onlineSession(active map[string]uint64, id string) *session {
@@ -1024,16 +1039,10 @@ func (c *core) pickGateway(r ResourceConfig, connected []string) *session {
 		}
 	}
 	for _, site := range r.Sites {
-		var online []*session
-		for _, gid := range sortedKeys(c.gateways) {
-			if gs := c.onlineSession(c.gateways, gid); gs != nil && c.m.gateways[gid].site == site {
-				online = append(online, gs)
-			}
-		}
-		if len(online) > 0 {
+		if online := c.onlineGatewaysIn(map[string]bool{site: true}); len(online) > 0 {
 			n := c.rr[site]
 			c.rr[site] = n + 1
-			return online[n%uint64(len(online))]
+			return online[n%uint64(len(online))].s
 		}
 	}
 	return nil
