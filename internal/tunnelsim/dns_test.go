@@ -223,7 +223,7 @@ func (s *sim) query(name string, qtype uint16, sentinel netip.Addr) *dnsQuery {
 	s.mu.Unlock()
 	b, err := m.Pack()
 	if err != nil {
-		s.t.Fatalf("query: %v", err)
+		s.fatalf("query: %v", err)
 	}
 	s.client.write(ipt.UDP(netip.AddrPortFrom(clientV4, q.port), netip.AddrPortFrom(sentinel, 53), b))
 	return q
@@ -364,11 +364,11 @@ func (s *sim) resolveUpstream(name string, qtype uint16, up int, sentinel netip.
 			switch {
 			case a.Rcode == mdns.RcodeServerFailure && servfailOK:
 			case a.Rcode != mdns.RcodeSuccess:
-				s.t.Fatalf("query for %s answered %s", name, mdns.RcodeToString[a.Rcode])
+				s.fatalf("query for %s answered %s", name, mdns.RcodeToString[a.Rcode])
 			case qtype == mdns.TypeA && !slices.Equal(addrsOf(a), []netip.Addr{marker}):
-				s.t.Fatalf("query for %s answered %v, want %v (the upstream's answer)", name, addrsOf(a), marker)
+				s.fatalf("query for %s answered %v, want %v (the upstream's answer)", name, addrsOf(a), marker)
 			case qtype == mdns.TypeAAAA && len(a.Answer) != 0:
-				s.t.Fatalf("query for %s AAAA answered %v, want no records", name, a.Answer)
+				s.fatalf("query for %s AAAA answered %v, want no records", name, a.Answer)
 			default:
 				ok++
 			}
@@ -379,27 +379,27 @@ func (s *sim) resolveUpstream(name string, qtype uint16, up int, sentinel netip.
 	case up == 0:
 		q := s.query(name, qtype, sentinel)
 		if !s.waitFor(time.Second, func() bool { return len(s.answersOf(q)) > 0 }) {
-			s.t.Fatalf("query for %s to the internet resolver not answered within 1 s", name)
+			s.fatalf("query for %s to the internet resolver not answered within 1 s", name)
 		}
 		if check(q, markerOutside, false) != 1 {
-			s.t.Fatalf("query for %s: answers %v, want exactly one", name, s.answersOf(q))
+			s.fatalf("query for %s: answers %v, want exactly one", name, s.answersOf(q))
 		}
 		s.stats.count("dns-upstream")
 	case !m.visible(upstreamRes):
 		q := s.query(name, qtype, sentinel)
 		s.advance(6 * time.Second) // past the stub's upstream timeout
 		if n := len(s.answersOf(q)); n != 0 {
-			s.t.Fatalf("query for %s to a private upstream the client may not reach: %d answers, want none", name, n)
+			s.fatalf("query for %s to a private upstream the client may not reach: %d answers, want none", name, n)
 		}
 		s.stats.count("dns-upstream-unreachable")
 	case !m.allows(upstreamRes, probeUDP53):
 		// The client answers the forward ICMP prohibited: the exchange fails, the application gets SERVFAIL.
 		q := s.query(name, qtype, sentinel)
 		if !s.waitFor(2*time.Second, func() bool { return len(s.answersOf(q)) > 0 }) {
-			s.t.Fatalf("query for %s to an upstream the resource's filters deny: no answer within 2 s", name)
+			s.fatalf("query for %s to an upstream the resource's filters deny: no answer within 2 s", name)
 		}
 		if a := s.answersOf(q); len(a) != 1 || a[0].Rcode != mdns.RcodeServerFailure {
-			s.t.Fatalf("query for %s to an upstream the resource's filters deny: %v, want SERVFAIL", name, a)
+			s.fatalf("query for %s to an upstream the resource's filters deny: %v, want SERVFAIL", name, a)
 		}
 		s.stats.count("dns-upstream-filtered")
 	default:
@@ -423,7 +423,7 @@ func (s *sim) resolveUpstream(name string, qtype uint16, up int, sentinel netip.
 			s.note("upstream inside resource %d answered after %v (%d queries)", upstreamRes, time.Since(start).Round(time.Millisecond), len(sent))
 			s.stats.count("dns-upstream-tunnel")
 		case m.siteUp(upstreamRes) && m.pathCertain(upstreamRes):
-			s.t.Fatalf("query for %s to the upstream inside resource %d not answered within %v although a path exists", name, upstreamRes, pingWindow)
+			s.fatalf("query for %s to the upstream inside resource %d not answered within %v although a path exists", name, upstreamRes, pingWindow)
 		default:
 			s.stats.count("dns-upstream-tunnel-no-path")
 		}

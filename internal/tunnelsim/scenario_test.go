@@ -252,6 +252,8 @@ type stats struct {
 	steps        int
 	// current is the running scenario's step log (for the heap watchdog).
 	current *sim
+	// firstFailure is set once the first broken invariant of the run was printed (see sim.fatalf).
+	firstFailure bool
 }
 
 func (st *stats) count(outcome string) {
@@ -304,6 +306,24 @@ type sim struct {
 // violate records a broken invariant seen on a reader goroutine; the next check fails the scenario.
 func (s *sim) violateLocked(format string, args ...any) {
 	s.violations = append(s.violations, fmt.Sprintf(format, args...))
+}
+
+// fatalf fails the scenario. The first failure of the run is also written to stderr with its steps:
+// when rapid cannot make a failing scenario fail again on replay, it reports only "flaky test" and
+// drops the message, and this is then the only record of what broke.
+func (s *sim) fatalf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	s.stats.mu.Lock()
+	first := !s.stats.firstFailure
+	s.stats.firstFailure = true
+	s.stats.mu.Unlock()
+	if first {
+		s.mu.Lock()
+		steps := strings.Join(s.steps, "\n  ")
+		s.mu.Unlock()
+		fmt.Fprintf(os.Stderr, "tunnelsim: first failure of the run: %s\n  steps:\n  %s\n", msg, steps)
+	}
+	s.t.Fatal(msg)
 }
 
 // note logs a step of the scenario (rapid prints them with the failure).
@@ -380,7 +400,7 @@ func (s *sim) advance(d time.Duration) {
 func (s *sim) startClient() {
 	core, err := clcore.New(clcore.Config{Logger: s.log.With("core", "client")})
 	if err != nil {
-		s.t.Fatalf("client core: %v", err)
+		s.fatalf("client core: %v", err)
 	}
 	s.clientCore = core
 	dm := newDaemon("client", s.clientHost)
@@ -403,7 +423,7 @@ func (s *sim) startClient() {
 		Token: clientToken, Stop: core.HandleShutdown,
 	}, s.log)
 	if dm.d == nil {
-		s.t.Fatalf("client daemon did not start: %v", dm.err)
+		s.fatalf("client daemon did not start: %v", dm.err)
 	}
 	s.client = dm
 	dm.read(s.clientReceived)
@@ -412,7 +432,7 @@ func (s *sim) startClient() {
 func (s *sim) startGateway(g int) {
 	core, err := gwcore.New(gwcore.Config{Logger: s.log.With("core", fmt.Sprintf("gateway-%d", g))})
 	if err != nil {
-		s.t.Fatalf("gateway core: %v", err)
+		s.fatalf("gateway core: %v", err)
 	}
 	dm := newDaemon(fmt.Sprintf("gateway-%d", g), s.gwHosts[g])
 	exec := func(_ context.Context, a tunnel.Action) error {
@@ -427,7 +447,7 @@ func (s *sim) startGateway(g int) {
 		Token: gatewaySpecs[g].token, Stop: core.Shutdown, LeaveFirst: true,
 	}, s.log)
 	if dm.d == nil {
-		s.t.Fatalf("gateway %d did not start: %v", g, dm.err)
+		s.fatalf("gateway %d did not start: %v", g, dm.err)
 	}
 	s.gws[g], s.gwCores[g] = dm, core
 	s.mu.Lock()
@@ -648,16 +668,16 @@ func (s *sim) ping(to target, k probeKind) {
 		pr := s.send(to, k)
 		s.advance(2 * time.Second)
 		if o := s.snapshot(pr); len(o.delivered) > 0 || o.replies > 0 || len(o.icmpCodes) > 0 {
-			s.t.Fatalf("probe %d to %v, which the client may not reach, got %+v", pr.id, to, o)
+			s.fatalf("probe %d to %v, which the client may not reach, got %+v", pr.id, to, o)
 		}
 		s.stats.count(what + "-unauthorised")
 	case !allows:
 		pr := s.send(to, k)
 		if !s.waitFor(2*time.Second, func() bool { return len(s.snapshot(pr).icmpCodes) > 0 }) {
-			s.t.Fatalf("probe %d (%s) to %v, which its filters deny, got no ICMP prohibited", pr.id, k, to)
+			s.fatalf("probe %d (%s) to %v, which its filters deny, got no ICMP prohibited", pr.id, k, to)
 		}
 		if o := s.snapshot(pr); o.icmpCodes[0] != 13 {
-			s.t.Fatalf("probe %d (%s) to %v, which its filters deny, got ICMP code %d, want 13 (prohibited)", pr.id, k, to, o.icmpCodes[0])
+			s.fatalf("probe %d (%s) to %v, which its filters deny, got ICMP code %d, want 13 (prohibited)", pr.id, k, to, o.icmpCodes[0])
 		}
 		s.stats.count(what + "-filtered")
 	case !siteUp:
@@ -665,11 +685,11 @@ func (s *sim) ping(to target, k probeKind) {
 		// while no path led to it (its Goodbye lost) swallows packets until the client finds it dead.
 		sent, ok := retry(siteDownWindow, told)
 		if !ok {
-			s.t.Fatalf("%v, whose site has no gateway up, got no ICMP unreachable within %v (%d probes)", to, siteDownWindow, len(sent))
+			s.fatalf("%v, whose site has no gateway up, got no ICMP unreachable within %v (%d probes)", to, siteDownWindow, len(sent))
 		}
 		for _, pr := range sent {
 			if o := s.snapshot(pr); len(o.icmpCodes) > 0 && o.icmpCodes[0] != 1 {
-				s.t.Fatalf("probe %d to %v, whose site has no gateway up, got ICMP code %d, want 1 (host unreachable)", pr.id, to, o.icmpCodes[0])
+				s.fatalf("probe %d to %v, whose site has no gateway up, got ICMP code %d, want 1 (host unreachable)", pr.id, to, o.icmpCodes[0])
 			}
 		}
 		s.stats.count(what + "-site-down")
@@ -683,7 +703,7 @@ func (s *sim) ping(to target, k probeKind) {
 		sent, ok := retry(pingWindow, func(o probe) bool { return len(o.icmpCodes) > 0 || o.replies > 0 })
 		if !ok {
 			if path {
-				s.t.Fatalf("%v, which the gateway cannot resolve, got no ICMP unreachable within %v although a path exists (%d probes)", to, pingWindow, len(sent))
+				s.fatalf("%v, which the gateway cannot resolve, got no ICMP unreachable within %v although a path exists (%d probes)", to, pingWindow, len(sent))
 			}
 			s.stats.count(what + "-no-path")
 			return
@@ -691,7 +711,7 @@ func (s *sim) ping(to target, k probeKind) {
 		for _, pr := range sent {
 			// Without a certain path the flow may fail first: the client answers host unreachable.
 			if o := s.snapshot(pr); o.replies > 0 || len(o.icmpCodes) > 0 && o.icmpCodes[0] != want && (path || o.icmpCodes[0] != 1) {
-				s.t.Fatalf("probe %d to %v, which the gateway cannot resolve in its family: %+v, want ICMP unreachable code %d", pr.id, to, o, want)
+				s.fatalf("probe %d to %v, which the gateway cannot resolve in its family: %+v, want ICMP unreachable code %d", pr.id, to, o, want)
 			}
 		}
 		s.stats.count(what + "-unresolved")
@@ -700,7 +720,7 @@ func (s *sim) ping(to target, k probeKind) {
 		sent, ok := retry(pingWindow, func(o probe) bool { return o.replies > 0 })
 		if !ok {
 			if path {
-				s.t.Fatalf("%v (%s) not answered within %v although a path exists (%d probes)", to, k, pingWindow, len(sent))
+				s.fatalf("%v (%s) not answered within %v although a path exists (%d probes)", to, k, pingWindow, len(sent))
 			}
 			s.note("no answer from %v without a certain path (%d probes)", to, len(sent))
 			s.stats.count(what + "-no-path")
@@ -718,10 +738,10 @@ func (s *sim) ping(to target, k probeKind) {
 		// Steady state: the next packet arrives exactly once and is answered.
 		pr := s.send(to, k)
 		if !s.waitFor(steadyWindow, func() bool { return s.snapshot(pr).replies > 0 }) {
-			s.t.Fatalf("probe %d to %v right after an answer: %+v within %v", pr.id, to, s.snapshot(pr), steadyWindow)
+			s.fatalf("probe %d to %v right after an answer: %+v within %v", pr.id, to, s.snapshot(pr), steadyWindow)
 		}
 		if o := s.snapshot(pr); len(o.delivered) != 1 || o.replies != 1 {
-			s.t.Fatalf("probe %d to %v: delivered %v, %d answers; want exactly once", pr.id, to, o.delivered, o.replies)
+			s.fatalf("probe %d to %v: delivered %v, %d answers; want exactly once", pr.id, to, o.delivered, o.replies)
 		}
 	}
 }
@@ -762,7 +782,7 @@ func (s *sim) check() {
 	routes := slices.Clone(s.routes)
 	s.mu.Unlock()
 	if len(vs) > 0 {
-		s.t.Fatalf("invariant broken:\n  %s", strings.Join(vs, "\n  "))
+		s.fatalf("invariant broken:\n  %s", strings.Join(vs, "\n  "))
 	}
 	if s.client.d.PortalState() != tunnel.PortalJoined {
 		return
@@ -771,7 +791,7 @@ func (s *sim) check() {
 	for r := range numCIDR {
 		routed := slices.Contains(routes, resourcePrefix(r))
 		if routed != m.visible(r) {
-			s.t.Fatalf("resource %d routed %v, visible %v (routes %v)", r, routed, m.visible(r), routes)
+			s.fatalf("resource %d routed %v, visible %v (routes %v)", r, routed, m.visible(r), routes)
 		}
 	}
 	// No gateway keeps an authorisation the model does not have.
@@ -790,7 +810,7 @@ func (s *sim) check() {
 					}
 				}
 				if r < 0 || !m.visible(r) || !m.serves(g, r) {
-					s.t.Fatalf("gateway %d keeps resource %s authorised for client %s (model: visible %v, served %v)",
+					s.fatalf("gateway %d keeps resource %s authorised for client %s (model: visible %v, served %v)",
 						g, rs.ID, c.ID, r >= 0 && m.visible(r), r >= 0 && m.serves(g, r))
 				}
 			}
@@ -864,7 +884,7 @@ func (s *sim) allow(r int) {
 	}
 	s.note("allow resource %d", r)
 	if err := s.portal.server().PutPolicy(policyConfig(r)); err != nil {
-		s.t.Fatalf("put policy: %v", err)
+		s.fatalf("put policy: %v", err)
 	}
 	s.settle()
 }
@@ -1059,7 +1079,7 @@ func (s *sim) drain() {
 		s.mu.Unlock()
 		if ok {
 			if err := s.portal.server().DeleteResource(resourceID(r)); err != nil {
-				s.t.Fatalf("delete resource: %v", err)
+				s.fatalf("delete resource: %v", err)
 			}
 		}
 	}
@@ -1074,7 +1094,7 @@ func (s *sim) drain() {
 	}
 	start := time.Now()
 	if !s.waitFor(drainWindow, clean) {
-		s.t.Fatalf("%v after every resource was removed: %s", drainWindow, leftover)
+		s.fatalf("%v after every resource was removed: %s", drainWindow, leftover)
 	}
 	s.stats.mu.Lock()
 	s.stats.slowestDrain = max(s.stats.slowestDrain, time.Since(start))
